@@ -1,0 +1,39 @@
+# cbo_ros — the two quick-start commands and a few helpers. Every target sets itself up first.
+SHELL := /bin/bash
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+ENV := source $(ROOT)/cbo_env.sh
+
+.PHONY: setup demo test test-unit test-integration lint eval calibrate benchmark colcon clean distclean
+
+setup:
+	@bash $(ROOT)/scripts/setup.sh
+
+demo: setup
+	@$(ENV) && cbo_demo $(DEMO_ARGS)
+
+test: setup
+	@$(ENV) && python -m pytest -q $(PYTEST_ARGS)
+
+test-unit: setup
+	@$(ENV) && python -m pytest -q -m "not integration" $(PYTEST_ARGS)
+
+lint: setup
+	@$(ENV) && python -m pytest -q test/test_lint.py
+
+calibrate: setup
+	@$(ENV) && cbo_calibrate $(ARGS)
+
+eval: setup
+	@$(ENV) && cbo_eval $(ARGS)
+
+benchmark: setup
+	@$(ENV) && python $(ROOT)/scripts/benchmark_planner.py && python $(ROOT)/scripts/benchmark_pipeline.py
+
+colcon: setup
+	@bash $(ROOT)/scripts/colcon_build.sh
+
+clean:
+	rm -rf $(ROOT)/build $(ROOT)/install $(ROOT)/log
+
+distclean: clean
+	rm -rf $(ROOT)/.venv $(ROOT)/artifacts $(ROOT)/cbo_env.sh

@@ -1,0 +1,1 @@
+"""Workstation side of cbo_ros: the offload server."""
