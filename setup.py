@@ -32,6 +32,7 @@ setup(
             'cbo_calibrate = cbo_ros.tools.calibrate:main',
             'cbo_eval = cbo_ros.tools.evaluate:main',
             'cbo_prepare_assets = cbo_ros.assets:main',
+            'cbo_link = cbo_ros.link_shaping:main',
         ],
     },
 )

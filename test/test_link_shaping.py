@@ -1,0 +1,182 @@
+"""ShapedLink: a real netns + veth + TBF + nftables link, with a real ROS 2 Probe service across it.
+
+Skipped (with the reason from ShapedLink.available()) where namespaces/tc/nft cannot be used.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from cbo_ros.link_shaping import ShapedLink
+from ros_helpers import ros_env, start_process, stop_process, unique_domain_id
+
+AVAILABLE, REASON = ShapedLink.available()
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not AVAILABLE, reason=f'link shaping unavailable: {REASON}')]
+
+
+def _system_state():
+    netns = subprocess.run(['ip', 'netns', 'list'], capture_output=True, text=True).stdout
+    links = subprocess.run(['ip', '-o', 'link'], capture_output=True, text=True).stdout
+    tables = subprocess.run(['nft', 'list', 'tables'], capture_output=True, text=True).stdout
+    return netns, links, tables
+
+
+def _mine(text, link_names):
+    return [line for line in text.splitlines() if any(name in line for name in link_names)]
+
+
+def test_setup_and_teardown_leave_nothing_behind():
+    with ShapedLink(rate_bps=4e6, loss_pct=2.5, name='cbt') as link:
+        names = [link.netns, link.robot_dev, link.server_dev, link._down_table]
+        netns, links, tables = _system_state()
+        assert link.netns in netns.split()
+        assert link.robot_dev in links
+        qdisc = subprocess.run(['tc', 'qdisc', 'show', 'dev', link.robot_dev],
+                               capture_output=True, text=True).stdout
+        assert 'tbf' in qdisc and '4Mbit' in qdisc
+        rules = subprocess.run(link.wrap_command(['nft', 'list', 'ruleset']),
+                               capture_output=True, text=True).stdout
+        assert 'numgen random mod 10000 < 250' in rules
+        link.set_rate(1e6)
+        link.set_loss(0.0)
+        qdisc = subprocess.run(['tc', 'qdisc', 'show', 'dev', link.robot_dev],
+                               capture_output=True, text=True).stdout
+        assert '1Mbit' in qdisc
+        rules = subprocess.run(link.wrap_command(['nft', 'list', 'ruleset']),
+                               capture_output=True, text=True).stdout
+        assert 'numgen' not in rules
+        assert '1.0 Mbit/s' in link.describe() and link.netns in link.describe()
+        profiles = [link.profile_path('server'), link.profile_path('robot')]
+        assert all(os.path.exists(path) for path in profiles)
+        sleeper = subprocess.Popen(link.wrap_command(['sleep', '60']))
+        deadline = time.monotonic() + 10
+        while sleeper.pid not in link.namespace_pids() and time.monotonic() < deadline:
+            time.sleep(0.05)  # `ip netns exec` has not entered the namespace yet
+    assert sleeper.wait(timeout=5) is not None, 'process left in the namespace'
+    netns, links, tables = _system_state()
+    assert not _mine(netns + links + tables, names)
+    assert not any(os.path.exists(path) for path in profiles)
+
+
+def test_teardown_after_an_error_inside_the_block():
+    with pytest.raises(RuntimeError, match='boom'):
+        with ShapedLink(rate_bps=2e6, name='cbt') as link:
+            names = [link.netns, link.robot_dev, link._down_table]
+            raise RuntimeError('boom')
+    netns, links, tables = _system_state()
+    assert not _mine(netns + links + tables, names)
+
+
+class _Client:
+    """A probe client process in the robot (root) namespace; JSON events on stdout."""
+
+    def __init__(self, link, domain, payload, window, duration):
+        args = [sys.executable, '-m', 'cbo_ros.tools.probe_link', 'client',
+                '--payload', str(payload), '--window', str(window), '--duration', str(duration),
+                '--interval', '0.5', '--wait', '15', '--drain', '3']
+        self.process = subprocess.Popen(args, env=ros_env(domain, **link.env_for_robot()),
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, start_new_session=True)
+        self.events, self.other = [], []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            try:
+                self.events.append(json.loads(line))
+            except ValueError:
+                self.other.append(line)
+
+    def wait(self, timeout=40):
+        try:
+            self.process.wait(timeout)
+        finally:
+            stop_process(self.process)
+            self._reader.join(5)
+        return self
+
+    def event(self, kind):
+        found = [e for e in self.events if e.get('event') == kind]
+        assert found, f'no {kind!r} event; output: {self.events} {"".join(self.other)[-2000:]}'
+        return found[-1]
+
+    def intervals(self):
+        return [e for e in self.events if e.get('event') == 'interval']
+
+
+@pytest.fixture(scope='module')
+def served_link(tmp_path_factory):
+    """A 2 Mbit/s link with the Probe server running in the server namespace."""
+    domain = unique_domain_id()
+    with ShapedLink(rate_bps=2e6, name='cbt') as link:
+        log = tmp_path_factory.mktemp('link') / 'probe_server.log'
+        server = start_process(link.wrap_command([sys.executable, '-m',
+                                                  'cbo_ros.tools.probe_link', 'server']),
+                               ros_env(domain, **link.env_for_server()), log_path=str(log))
+        try:
+            yield link, domain
+        finally:
+            stop_process(server)
+
+
+def _mean(values):
+    return sum(values) / len(values) if values else 0.0
+
+
+def test_probe_round_trip_and_goodput_at_low_rate(served_link):
+    link, domain = served_link
+    link.set_rate(2e6)
+    client = _Client(link, domain, payload=65536, window=4, duration=5.0).wait()
+    assert client.event('discovered')['discovery_s'] < 15
+    done = client.event('done')
+    assert done['calls'] >= 5 and done['lost'] == 0
+    # Skip the first interval (discovery of the reply path, window ramp-up).
+    goodput = _mean([e['goodput_bps'] for e in client.intervals()[2:]])
+    assert 0.5 * 2e6 <= goodput <= 1.3 * 2e6, client.intervals()
+    stats = link.stats()
+    assert stats['up_bytes'] >= done['calls'] * 65536
+
+
+def test_set_rate_changes_goodput(served_link):
+    link, domain = served_link
+    link.set_rate(8e6)  # the new client process paces its requests at 8 Mbit/s
+    client = _Client(link, domain, payload=65536, window=4, duration=9.0)
+    assert client.process.poll() is None
+    deadline = time.monotonic() + 20
+    while len(client.intervals()) < 8 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    link.set_rate(2e6)
+    switched = time.time()
+    client.wait()
+    before = [e['goodput_bps'] for e in client.intervals()[2:8]]
+    after = [e['goodput_bps'] for e in client.intervals() if e['wall'] > switched + 1.0]
+    assert 0.5 * 8e6 <= _mean(before) <= 1.3 * 8e6, client.intervals()
+    assert after and _mean(after) < 0.5 * _mean(before), client.intervals()
+
+
+def test_loss_drops_packets_and_dds_repairs_them(served_link):
+    link, domain = served_link
+    link.set_rate(8e6)
+    client = _Client(link, domain, payload=28000, window=4, duration=6.0)
+    deadline = time.monotonic() + 15
+    while not any(e.get('event') == 'discovered' for e in client.events):
+        assert time.monotonic() < deadline and client.process.poll() is None, client.events
+        time.sleep(0.05)
+    # Loss starts after discovery: lost discovery announcements are re-sent only every few s.
+    link.set_loss(5.0)
+    try:
+        drops_before = link.stats()['up_loss_drops']
+        client.wait()
+        done = client.event('done')
+        drops = link.stats()['up_loss_drops'] - drops_before
+    finally:
+        link.set_loss(0.0)
+    assert drops > 0
+    assert done['calls'] >= 5 and done['lost'] == 0, client.intervals()
