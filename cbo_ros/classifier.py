@@ -81,7 +81,7 @@ class OnnxClassifier:
         return self.session.run(None, {self.input_name: batch})[0]
 
     def logits(self, frames, input_size=None):
-        """Preprocess and classify RGB frames; return logits (N, classes)."""
+        """Classify RGB frames (preprocessing included); return (N, classes) scores."""
         return self.infer(self.preprocess(frames, input_size))
 
     def latency_ms(self, repeats=30, input_size=None):

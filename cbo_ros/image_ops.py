@@ -1,4 +1,4 @@
-"""Image operations shared by the robot model, the offload encoder and the server (OpenCV, RGB uint8)."""
+"""Image operations shared by the robot model, the offload encoder and the server (RGB uint8)."""
 
 import cv2
 import numpy as np

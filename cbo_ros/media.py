@@ -83,7 +83,10 @@ def read_labels_file(path):
 
 
 class ImageFolderSource:
-    """Images of a folder in name order; labels from labels.csv or from 'imagenet_<i>_<cls>' names."""
+    """Images of a folder in name order.
+
+    Labels come from labels.csv (or ``labels_file``) or from 'imagenet_<i>_<cls>' file names.
+    """
 
     def __init__(self, folder, labels_file=None, max_frames=0, fps=10.0):
         self.folder = Path(folder)
@@ -195,7 +198,9 @@ def open_source(spec, max_frames=0, labels_file=None, topic=None, stride=1):
     if not path.exists():
         raise MediaError(f'media not found: {spec!r} (embedded media are in {path.parent})')
     if path.is_dir():
-        if (path / 'metadata.yaml').is_file() or any(path.glob('*.mcap')) or any(path.glob('*.db3')):
+        is_bag = (path / 'metadata.yaml').is_file() or any(path.glob('*.mcap')) \
+            or any(path.glob('*.db3'))
+        if is_bag:
             return RosbagSource(path, topic=topic, max_frames=max_frames)
         return ImageFolderSource(path, labels_file=labels_file, max_frames=max_frames)
     if path.suffix in ('.mcap', '.db3'):

@@ -58,7 +58,7 @@ class _FrameReader:
 
 
 def quantize_int8(fp32_path, int8_path, calibration_batches, input_name='image'):
-    """Static int8 (QDQ, per-tensor activations, per-channel weights) quantization with ORT."""
+    """Quantize to static int8 with onnxruntime (QDQ, per-channel weights)."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -38,7 +38,7 @@ def results_dir():
 
 
 def config_dir():
-    """The shipped config/ directory (ament share directory when installed by colcon)."""
+    """Return the shipped config/ directory (the ament share directory when installed)."""
     try:
         from ament_index_python.packages import get_package_share_directory
         share = Path(get_package_share_directory('cbo_ros')) / 'config'

@@ -1,4 +1,4 @@
-"""cbo_interfaces: every message and service imports, and a result round-trips over DDS between processes."""
+"""cbo_interfaces: every interface imports; a result round-trips over DDS between processes."""
 
 import subprocess
 import sys

@@ -16,7 +16,8 @@ def test_setup_rerun_skips_every_step_and_keeps_artifacts():
                             text=True, timeout=600, env=dict(os.environ))
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
-    for step in ('installing', 'creating virtualenv', 'building cbo_interfaces', 'exporting models'):
+    for step in ('installing', 'creating virtualenv', 'building cbo_interfaces',
+                 'exporting models'):
         assert step not in output, f'setup re-ran "{step}":\n{output}'
     assert 'ready' in output
     assert {p: p.stat().st_mtime_ns for p in artifacts} == before
