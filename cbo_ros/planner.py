@@ -1,13 +1,15 @@
 """The CBO planner: which frames to offload, and at which resolution (ROS-free).
 
-Formulation (see docs/planner.md): frame i arrives at a_i with calibrated local confidence c_i and
-must be answered by d_i. Offloading at resolution r costs a payload s_r(i) bytes on the uplink
-(transfers are serialised FIFO behind those already queued), then the RTT and the server time; it is
-worth A_r(c_i) - c_i, where A_r(c) is the profiled probability that the server is correct at r for
-frames whose local confidence is c. The offline evaluator and the live offload_planner_node call the
-same ``OnlinePlanner.decide``.
+Formulation (ours; see docs/planner.md): frame i is ready at t_i with calibrated local confidence
+c_i and must be answered by d_i. Offloading at resolution r costs a payload s_r(i) bytes on the
+uplink (transfers are serialised FIFO behind those already queued), then the RTT and the server
+time; it is worth (1 - loss) * (A_r(c_i) - c_i), where A_r(c) is the profiled probability that the
+server is correct at r for frames whose local confidence is c. The offline evaluator and the live
+offload_planner_node call the same ``decide`` of the planners built by ``make_planner``.
 """
 
+import math
+from collections import deque
 from dataclasses import dataclass, field
 
 
@@ -30,6 +32,7 @@ class FrameCandidate:
     deadline_s: float          # absolute time by which the answer must be published
     confidence: float          # calibrated P(local answer correct)
     options: list = field(default_factory=list)   # list[OffloadOption]
+    raw_confidence: float = None   # max softmax of the robot model (None: same as confidence)
 
 
 @dataclass
@@ -56,3 +59,364 @@ class Decision:
     expected_finish_s: float = 0.0     # absolute planned arrival of the server answer
     link_free_after_s: float = 0.0     # absolute time the uplink is free after this transfer
     reason: str = ''
+
+
+# ------------------------------------------------------------------------------------ link model
+
+def transfer_seconds(payload_bytes, bandwidth_bps):
+    """Time to push ``payload_bytes`` through the uplink at ``bandwidth_bps``."""
+    return 8.0 * float(payload_bytes) / float(bandwidth_bps)
+
+
+def plan_transfer(option, link, now_s):
+    """Return ``(start_s, link_free_s, answer_s)`` of offloading ``option`` now (FIFO link)."""
+    start = max(float(now_s), float(link.busy_until_s))
+    free = start + transfer_seconds(option.payload_bytes, link.bandwidth_bps)
+    return start, free, free + float(link.rtt_s) + float(option.server_time_s)
+
+
+def link_usable(link):
+    """Tell whether the planner may offload at all over ``link``."""
+    return bool(link.reachable) and link.bandwidth_bps > 0 and math.isfinite(link.bandwidth_bps)
+
+
+def expected_gain(candidate, option, loss_rate=0.0):
+    """(1 - loss) * (A_r(c) - c): expected accuracy gained by offloading instead of answering."""
+    return (1.0 - float(loss_rate)) * (float(option.server_accuracy) - float(candidate.confidence))
+
+
+def _local(candidate, reason, confidence=None):
+    conf = candidate.confidence if confidence is None else confidence
+    return Decision(seq=candidate.seq, offload=False, expected_accuracy=float(conf),
+                    reason=reason)
+
+
+def _offload(candidate, option, link, now_s, reason, confidence=None, accuracy=None):
+    conf = candidate.confidence if confidence is None else confidence
+    server = option.server_accuracy if accuracy is None else accuracy
+    _, free, answer = plan_transfer(option, link, now_s)
+    loss = float(link.loss_rate)
+    exp_acc = (1.0 - loss) * server + loss * conf
+    return Decision(seq=candidate.seq, offload=True, resolution=int(option.resolution),
+                    payload_bytes=int(option.payload_bytes), expected_accuracy=float(exp_acc),
+                    expected_gain=float(exp_acc - conf), expected_finish_s=float(answer),
+                    link_free_after_s=float(free), reason=reason)
+
+
+class BasePlanner:
+    """Common part of every strategy: the feasibility test against the deadline."""
+
+    name = 'base'
+
+    def __init__(self, bundle=None, safety_margin_s=0.005, **_ignored):
+        self.bundle = bundle
+        self.safety_margin_s = float(safety_margin_s)
+
+    def feasible(self, candidate, option, link, now_s):
+        """Tell whether the answer at ``option`` is predicted to arrive before the deadline."""
+        _, _, answer = plan_transfer(option, link, now_s)
+        return answer <= candidate.deadline_s - self.safety_margin_s
+
+    def feasible_options(self, candidate, link, now_s):
+        return [o for o in candidate.options if self.feasible(candidate, o, link, now_s)]
+
+    def decide(self, candidate, link, now_s):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def reset(self):
+        """Forget any state (between evaluation runs)."""
+
+
+class LocalOnlyPlanner(BasePlanner):
+    """Never offload: the robot model's answer always stands."""
+
+    name = 'local_only'
+
+    def decide(self, candidate, link, now_s):
+        return _local(candidate, 'local only')
+
+
+class ServerOnlyPlanner(BasePlanner):
+    """Offload every frame at one fixed resolution; a late answer falls back to the local one."""
+
+    def __init__(self, resolution, bundle=None, **options):
+        super().__init__(bundle, **options)
+        self.resolution = int(resolution)
+        self.name = f'server_only_{self.resolution}'
+
+    def decide(self, candidate, link, now_s):
+        if not link_usable(link):
+            return _local(candidate, 'link unusable')
+        option = _nearest_option(candidate.options, self.resolution)
+        if option is None:
+            return _local(candidate, 'no offload option')
+        late = '' if self.feasible(candidate, option, link, now_s) else ' (predicted late)'
+        return _offload(candidate, option, link, now_s, f'server only {option.resolution}{late}')
+
+
+def _nearest_option(options, resolution):
+    if not options:
+        return None
+    return min(options, key=lambda o: abs(int(o.resolution) - int(resolution)))
+
+
+def _best_accuracy_option(options):
+    return max(options, key=lambda o: (o.server_accuracy, -o.payload_bytes)) if options else None
+
+
+class ThresholdPlanner(BasePlanner):
+    """Pacheco-style p_tar rule: offload when the confidence is below p_tar.
+
+    Offloads at the feasible resolution with the highest profiled server accuracy; stays local
+    when no resolution meets the deadline. ``raw=True`` thresholds the raw max-softmax.
+    """
+
+    def __init__(self, bundle=None, p_tar=0.7, raw=False, **options):
+        super().__init__(bundle, **options)
+        self.p_tar = float(p_tar)
+        self.raw = bool(raw)
+        self.name = 'raw_threshold' if raw else 'calibrated_threshold'
+
+    def decide(self, candidate, link, now_s):
+        conf = candidate.confidence
+        if self.raw and candidate.raw_confidence is not None:
+            conf = float(candidate.raw_confidence)
+        if conf >= self.p_tar:
+            return _local(candidate, f'confident ({conf:.2f} >= p_tar {self.p_tar:.2f})')
+        if not link_usable(link):
+            return _local(candidate, 'link unusable')
+        option = _best_accuracy_option(self.feasible_options(candidate, link, now_s))
+        if option is None:
+            return _local(candidate, 'no resolution meets the deadline')
+        return _offload(candidate, option, link, now_s,
+                        f'unsure ({conf:.2f} < {self.p_tar:.2f}): offload {option.resolution}')
+
+
+class _FrameInterval:
+    """Running estimate of the time between frames (from their ready times)."""
+
+    def __init__(self, alpha=0.1):
+        self.alpha = alpha
+        self.last = None
+        self.value = None
+
+    def update(self, t):
+        if self.last is not None and t > self.last:
+            gap = t - self.last
+            self.value = gap if self.value is None else (1 - self.alpha) * self.value \
+                + self.alpha * gap
+        self.last = t
+        return self.value
+
+    def reset(self):
+        self.last = self.value = None
+
+
+class BandwidthDrivenPlanner(BasePlanner):
+    """FastVA/DeepDecision-like: resolution from bandwidth alone, offload every feasible frame.
+
+    Picks the largest resolution whose transfer fits in one frame interval at the estimated
+    bandwidth (so the link keeps up with the frame rate), falling back to smaller resolutions
+    when that one would miss the deadline.
+    """
+
+    name = 'bandwidth_driven'
+
+    def __init__(self, bundle=None, **options):
+        super().__init__(bundle, **options)
+        self.interval = _FrameInterval()
+
+    def reset(self):
+        self.interval.reset()
+
+    def decide(self, candidate, link, now_s):
+        interval = self.interval.update(candidate.arrival_s)
+        if not link_usable(link):
+            return _local(candidate, 'link unusable')
+        options = sorted(candidate.options, key=lambda o: o.payload_bytes)
+        if not options:
+            return _local(candidate, 'no offload option')
+        if interval:
+            fits = [o for o in options
+                    if transfer_seconds(o.payload_bytes, link.bandwidth_bps) <= interval]
+            target = fits[-1] if fits else options[0]
+        else:
+            target = options[-1]
+        for option in reversed(options[:options.index(target) + 1]):
+            if self.feasible(candidate, option, link, now_s):
+                return _offload(candidate, option, link, now_s,
+                                f'bandwidth-driven {option.resolution}')
+        return _local(candidate, 'no resolution meets the deadline')
+
+
+def upper_hull_increments(points):
+    """Incremental (bytes, gain) steps of the upper concave hull of ``points`` and (0, 0).
+
+    ``points`` are (bytes, gain) of one frame's options; only gains > 0 matter. Returns a list of
+    (delta_bytes, delta_gain) with decreasing gain per byte: the items of the LP relaxation of the
+    multiple-choice knapsack for that frame.
+    """
+    hull = [(0.0, 0.0)]
+    for size, gain in sorted((float(b), float(g)) for b, g in points if g > 0 and b > 0):
+        if gain <= hull[-1][1]:
+            continue
+        while len(hull) >= 2:
+            (x0, y0), (x1, y1) = hull[-2], hull[-1]
+            # Drop the middle point when it lies on or below the chord to the new point.
+            if (y1 - y0) * (size - x0) <= (gain - y0) * (x1 - x0):
+                hull.pop()
+            else:
+                break
+        hull.append((size, gain))
+    return [(x1 - x0, y1 - y0) for (x0, y0), (x1, y1) in zip(hull, hull[1:])]
+
+
+def lp_shadow_price(increments, capacity_bytes):
+    """Gain per byte of the marginal increment of the greedy LP-relaxation solution.
+
+    ``increments`` are (delta_bytes, delta_gain) items; the LP fills ``capacity_bytes`` with the
+    most efficient ones first. The price is 0 when everything fits.
+    """
+    if not increments:
+        return 0.0
+    items = sorted(increments, key=lambda item: item[1] / item[0], reverse=True)
+    used = 0.0
+    for size, gain in items:
+        used += size
+        if used >= capacity_bytes:
+            return gain / size
+    return 0.0
+
+
+class CboPlanner(BasePlanner):
+    """The online CBO policy: maximise gain - lambda * bytes over the feasible options.
+
+    lambda, the shadow price of the uplink (gain per byte), solves the LP relaxation of the
+    multiple-choice knapsack over a sliding window of the last ``window`` frames, whose capacity
+    is what the estimated bandwidth carries in the window's span times ``utilisation`` (1.5 by
+    default: tuned on the calibration videos; the LP over-prices because, with deadlines, frames
+    that arrive while the link is busy cannot use it anyway). Per decision: O(R) to score the
+    options plus O(W R log(W R)) to re-price.
+    ``calibrated=False`` uses the raw max-softmax instead of the calibrated confidence (and the
+    server profile indexed by raw confidence): the "CBO without calibration" ablation.
+    """
+
+    def __init__(self, bundle=None, window=50, utilisation=1.5, calibrated=True, **options):
+        super().__init__(bundle, **options)
+        self.window = int(window)
+        self.utilisation = float(utilisation)
+        self.calibrated = bool(calibrated)
+        self.name = 'cbo' if calibrated else 'cbo_uncalibrated'
+        self.history = deque(maxlen=self.window)   # (ready time, hull increments)
+        self.price_per_byte = 0.0
+
+    def reset(self):
+        self.history.clear()
+        self.price_per_byte = 0.0
+
+    def _view(self, candidate):
+        """Confidence and per-option server accuracy the policy believes in."""
+        if self.calibrated or candidate.raw_confidence is None:
+            return candidate.confidence, [o.server_accuracy for o in candidate.options]
+        raw = float(candidate.raw_confidence)
+        if self.bundle is not None:
+            accuracies = [self.bundle.server_accuracy(o.resolution, raw, raw=True)
+                          for o in candidate.options]
+        else:
+            accuracies = [o.server_accuracy for o in candidate.options]
+        return raw, accuracies
+
+    def _reprice(self, link):
+        if len(self.history) < 2:
+            self.price_per_byte = 0.0
+            return
+        span = self.history[-1][0] - self.history[0][0]
+        span *= len(self.history) / (len(self.history) - 1)   # n frames cover n intervals
+        capacity = self.utilisation * link.bandwidth_bps * span / 8.0
+        increments = [item for _, steps in self.history for item in steps]
+        self.price_per_byte = lp_shadow_price(increments, capacity)
+
+    def decide(self, candidate, link, now_s):
+        conf, accuracies = self._view(candidate)
+        keep = 1.0 - float(link.loss_rate)
+        gains = [keep * (a - conf) for a in accuracies]
+        if not link_usable(link):
+            self.history.append((candidate.arrival_s, []))
+            return _local(candidate, 'link unusable', conf)
+        # The window's demand: options that could meet the deadline on an idle link.
+        budget = candidate.deadline_s - candidate.arrival_s - self.safety_margin_s - link.rtt_s
+        self.history.append((candidate.arrival_s, upper_hull_increments(
+            [(o.payload_bytes, g) for o, g in zip(candidate.options, gains)
+             if transfer_seconds(o.payload_bytes, link.bandwidth_bps) + o.server_time_s
+             <= budget])))
+        self._reprice(link)
+        best, best_score = None, 0.0
+        for option, gain, accuracy in zip(candidate.options, gains, accuracies):
+            if gain <= 0:
+                continue
+            score = gain - self.price_per_byte * option.payload_bytes
+            if score > best_score and self.feasible(candidate, option, link, now_s):
+                best, best_score = (option, accuracy), score
+        if best is None:
+            if not any(g > 0 for g in gains):
+                return _local(candidate, f'server not expected to do better (c={conf:.2f})', conf)
+            return _local(candidate, 'no option worth its link time before the deadline', conf)
+        option, accuracy = best
+        return _offload(candidate, option, link, now_s,
+                        f'offload {option.resolution}: gain {best_score:.3f} after link price',
+                        conf, accuracy)
+
+
+class SchedulePlanner(BasePlanner):
+    """Replays a precomputed schedule {seq: resolution} (the oracle and the exact solver)."""
+
+    def __init__(self, schedule=None, bundle=None, name='oracle', **options):
+        super().__init__(bundle, **options)
+        self.schedule = dict(schedule or {})
+        self.name = name
+
+    def decide(self, candidate, link, now_s):
+        resolution = int(self.schedule.get(candidate.seq, 0))
+        if not resolution or not link_usable(link):
+            return _local(candidate, f'{self.name}: local')
+        option = _nearest_option(candidate.options, resolution)
+        return _offload(candidate, option, link, now_s, f'{self.name}: offload {resolution}')
+
+
+FIXED_STRATEGIES = ('local_only', 'raw_threshold', 'calibrated_threshold', 'bandwidth_driven',
+                    'cbo_uncalibrated', 'cbo', 'oracle')
+
+
+def strategy_names(offload_resolutions=(96, 128, 176, 224, 260)):
+    """All strategy names (server_only_<r> for each offload resolution)."""
+    server = [f'server_only_{int(r)}' for r in offload_resolutions]
+    return ['local_only'] + server + list(FIXED_STRATEGIES[1:])
+
+
+def make_planner(strategy='cbo', bundle=None, **options):
+    """Build the planner of ``strategy`` (see ``strategy_names``); ``options`` tune it.
+
+    Options: ``safety_margin_s`` (all), ``p_tar`` (thresholds), ``window`` and ``utilisation``
+    (cbo), ``schedule`` (oracle: {seq: resolution}, evaluator only).
+    """
+    name = str(strategy).strip()
+    if name == 'local_only':
+        return LocalOnlyPlanner(bundle, **options)
+    if name.startswith('server_only_'):
+        try:
+            resolution = int(name[len('server_only_'):])
+        except ValueError:
+            raise ValueError(f"bad strategy '{name}': expected server_only_<pixels>") from None
+        return ServerOnlyPlanner(resolution, bundle, **options)
+    if name in ('raw_threshold', 'calibrated_threshold'):
+        return ThresholdPlanner(bundle, raw=name == 'raw_threshold', **options)
+    if name == 'bandwidth_driven':
+        return BandwidthDrivenPlanner(bundle, **options)
+    if name in ('cbo', 'cbo_uncalibrated'):
+        return CboPlanner(bundle, calibrated=name == 'cbo', **options)
+    if name in ('oracle', 'cbo_exact'):
+        if 'schedule' not in options:
+            raise ValueError(f"strategy '{name}' needs a precomputed schedule (evaluator only)")
+        return SchedulePlanner(bundle=bundle, name=name, **options)
+    raise ValueError(f"unknown planner strategy '{name}' (choose from "
+                     f"{', '.join(strategy_names())})")

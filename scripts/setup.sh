@@ -117,4 +117,14 @@ if ! stamp_ok assets "$asset_hash" || [ ! -f "$ARTIFACTS/models/manifest.json" ]
   "$PY" -m cbo_ros.assets --artifacts "$ARTIFACTS"
   stamp_set assets "$asset_hash"
 fi
+
+# ---------------------------------------------------------------- 7. confidence calibration
+# Fits the default calibration file from the calibration-role videos (about a minute on 2 cores).
+calib_file="$ARTIFACTS/calibration/cbo_calibration.json"
+calib_hash="$(cd "$ROOT" && hash_of cbo_ros/calibration.py cbo_ros/calibration_fit.py cbo_ros/tools/calibrate.py cbo_ros/evaluation/outputs_cache.py "$ARTIFACTS/models/manifest.json" "$ARTIFACTS/media/manifest.json")"
+if ! stamp_ok calibration "$calib_hash" || [ ! -f "$calib_file" ]; then
+  log "calibrating the robot model's confidence (cbo_calibrate)"
+  "$PY" -m cbo_ros.tools.calibrate --no-progress --output "$calib_file"
+  stamp_set calibration "$calib_hash"
+fi
 log "ready: source $ROOT/cbo_env.sh"

@@ -1,0 +1,449 @@
+"""Confidence calibration of the robot model and the calibration bundle the nodes load (ROS-free).
+
+Calibrators map the robot model's logits to a calibrated P(local top-1 answer is correct):
+
+- ``TemperatureScaling``: one temperature T, fitted by minimising the multi-class NLL of
+  softmax(logits / T); it keeps the ranking and the top-1 class.
+- ``HistogramBinning``: equal-width bins of the raw max-softmax, each mapped to its empirical
+  accuracy (shrunk towards the overall accuracy when a bin holds few samples).
+- ``IsotonicCalibration``: a non-decreasing map of the raw max-softmax fitted by pool adjacent
+  violators, interpolated linearly between blocks.
+
+Every calibrator has ``fit(logits, labels)`` and ``predict(logits) -> confidences``;
+binning and isotonic regression also fit/predict on confidences directly
+(``fit_confidences(confidences, correct)`` / ``predict_confidences(confidences)``).
+
+``CalibrationBundle`` is what ``cbo_calibrate`` writes and the classifier and planner nodes load:
+a calibrator per robot input resolution, the profile A_r(c) of the server's accuracy at each
+offload resolution r per local-confidence bin, and the profiled server time per resolution.
+"""
+
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from cbo_ros.calibration_metrics import (brier_score, calibration_report,  # noqa: F401 (API)
+                                         expected_calibration_error, maximum_calibration_error,
+                                         multiclass_nll, negative_log_likelihood)
+from cbo_ros.image_ops import softmax
+from cbo_ros.paths import artifacts_dir
+
+FORMAT = 'cbo_calibration/1'
+METHODS = ('temperature', 'histogram', 'isotonic')
+
+
+class CalibrationError(ValueError):
+    """A calibration file is missing or invalid, or a calibrator cannot be fitted."""
+
+
+def default_calibration_path():
+    """Where ``cbo_calibrate`` writes the calibration and the nodes look for it."""
+    return artifacts_dir() / 'calibration' / 'cbo_calibration.json'
+
+
+def max_softmax(logits):
+    """Top-1 softmax probability of each row of ``logits`` (N, C) -> (N,)."""
+    return softmax(np.atleast_2d(logits)).max(axis=1)
+
+
+def top1_correct(logits, labels):
+    """1.0 where the argmax of a row of ``logits`` equals its label, else 0.0."""
+    logits = np.atleast_2d(logits)
+    labels = np.asarray(labels).ravel()
+    if len(labels) != len(logits):
+        raise CalibrationError(f'{len(logits)} logit rows but {len(labels)} labels')
+    if len(labels) and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+        raise CalibrationError(f'labels must lie in [0, {logits.shape[1]}) (got '
+                               f'{labels.min()}..{labels.max()}): mismatched label set?')
+    return (logits.argmax(axis=1) == labels).astype(np.float64)
+
+
+class TemperatureScaling:
+    """softmax(logits / T) with the NLL-optimal temperature T."""
+
+    method = 'temperature'
+
+    def __init__(self, temperature=1.0):
+        self.temperature = float(temperature)
+
+    def fit(self, logits, labels):
+        """Find T minimising the multi-class NLL on (logits, labels); return self."""
+        logits = np.atleast_2d(np.asarray(logits, dtype=np.float64))
+        labels = np.asarray(labels, dtype=np.int64).ravel()
+        top1_correct(logits, labels)  # validates the labels
+        rows = np.arange(len(labels))
+        shifted = logits - logits.max(axis=1, keepdims=True)
+
+        def nll(log_t):
+            scaled = shifted / math.exp(log_t)
+            log_norm = np.log(np.exp(scaled - scaled.max(axis=1, keepdims=True)).sum(axis=1)) \
+                + scaled.max(axis=1)
+            return float(np.mean(log_norm - scaled[rows, labels]))
+
+        result = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method='bounded',
+                                 options={'xatol': 1e-5})
+        self.temperature = float(math.exp(result.x))
+        return self
+
+    def probabilities(self, logits):
+        """Return the calibrated class probability vectors, one row per logits row."""
+        return softmax(np.atleast_2d(logits) / self.temperature)
+
+    def predict(self, logits):
+        """Calibrated top-1 confidence of each row of ``logits``."""
+        return max_softmax(np.atleast_2d(np.asarray(logits, dtype=np.float64)) / self.temperature)
+
+    def to_dict(self):
+        return {'method': self.method, 'temperature': self.temperature}
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(float(data['temperature']))
+
+
+class _ConfidenceCalibrator:
+    """Shared logits-level interface of the calibrators that work on the raw max-softmax."""
+
+    def fit(self, logits, labels):
+        """Fit on logits and labels (through the raw max-softmax and top-1 correctness)."""
+        return self.fit_confidences(max_softmax(logits), top1_correct(logits, labels))
+
+    def predict(self, logits):
+        """Calibrated top-1 confidence of each row of ``logits``."""
+        return self.predict_confidences(max_softmax(logits))
+
+
+class HistogramBinning(_ConfidenceCalibrator):
+    """Equal-width bins of the raw confidence mapped to their (shrunk) empirical accuracy."""
+
+    method = 'histogram'
+
+    def __init__(self, bins=15, prior_strength=2.0, values=None):
+        self.bins = int(bins)
+        self.prior_strength = float(prior_strength)
+        self.values = None if values is None else np.asarray(values, dtype=np.float64)
+
+    def fit_confidences(self, confidences, correct):
+        """Fit the bin accuracies; empty or thin bins lean on the overall accuracy."""
+        conf = np.clip(np.asarray(confidences, dtype=np.float64).ravel(), 0.0, 1.0)
+        hits = np.asarray(correct, dtype=np.float64).ravel()
+        if conf.size == 0 or conf.size != hits.size:
+            raise CalibrationError('histogram binning needs as many confidences as outcomes (>0)')
+        index = self._index(conf)
+        counts = np.bincount(index, minlength=self.bins)
+        sums = np.bincount(index, weights=hits, minlength=self.bins)
+        prior = float(hits.mean())
+        self.values = (sums + self.prior_strength * prior) / (counts + self.prior_strength)
+        return self
+
+    def _index(self, conf):
+        return np.clip((conf * self.bins).astype(int), 0, self.bins - 1)
+
+    def predict_confidences(self, confidences):
+        """Map raw confidences to their bin's accuracy."""
+        if self.values is None:
+            raise CalibrationError('HistogramBinning used before fit')
+        conf = np.clip(np.asarray(confidences, dtype=np.float64), 0.0, 1.0)
+        return self.values[self._index(conf)]
+
+    def to_dict(self):
+        return {'method': self.method, 'bins': self.bins, 'prior_strength': self.prior_strength,
+                'values': [float(v) for v in self.values]}
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(int(data['bins']), float(data.get('prior_strength', 2.0)), data['values'])
+
+
+def pool_adjacent_violators(y, weights=None):
+    """Non-decreasing least-squares fit of the sequence ``y`` (already ordered by x)."""
+    y = np.asarray(y, dtype=np.float64)
+    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=np.float64)
+    means, masses, sizes = [], [], []
+    for value, weight in zip(y, w):
+        means.append(value)
+        masses.append(weight)
+        sizes.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            mass = masses[-2] + masses[-1]
+            mean = (means[-2] * masses[-2] + means[-1] * masses[-1]) / mass
+            size = sizes[-2] + sizes[-1]
+            del means[-1], masses[-1], sizes[-1]
+            means[-1], masses[-1], sizes[-1] = mean, mass, size
+    return np.repeat(means, sizes)
+
+
+class IsotonicCalibration(_ConfidenceCalibrator):
+    """Non-decreasing map of the raw confidence (pool adjacent violators), linear in between."""
+
+    method = 'isotonic'
+
+    def __init__(self, knots_x=None, knots_y=None):
+        self.knots_x = None if knots_x is None else np.asarray(knots_x, dtype=np.float64)
+        self.knots_y = None if knots_y is None else np.asarray(knots_y, dtype=np.float64)
+
+    def fit_confidences(self, confidences, correct):
+        """Fit the isotonic map; the knots are the centres of the pooled blocks."""
+        conf = np.clip(np.asarray(confidences, dtype=np.float64).ravel(), 0.0, 1.0)
+        hits = np.asarray(correct, dtype=np.float64).ravel()
+        if conf.size == 0 or conf.size != hits.size:
+            raise CalibrationError('isotonic regression needs as many confidences as outcomes')
+        order = np.argsort(conf, kind='mergesort')
+        fitted = pool_adjacent_violators(hits[order])
+        xs, ys = conf[order], fitted
+        # One knot per block of equal fitted values: at the block's mean confidence.
+        starts = np.flatnonzero(np.r_[True, np.diff(ys) != 0])
+        ends = np.r_[starts[1:], len(ys)]
+        knots_x = np.array([xs[s:e].mean() for s, e in zip(starts, ends)])
+        knots_y = ys[starts]
+        # Keep the extremes of [0, 1] reachable and the map within (0, 1).
+        self.knots_x = knots_x
+        self.knots_y = np.clip(knots_y, 1e-3, 1.0 - 1e-3)
+        return self
+
+    def predict_confidences(self, confidences):
+        """Interpolate the isotonic map (constant beyond the first and last knots)."""
+        if self.knots_x is None:
+            raise CalibrationError('IsotonicCalibration used before fit')
+        conf = np.clip(np.asarray(confidences, dtype=np.float64), 0.0, 1.0)
+        return np.interp(conf, self.knots_x, self.knots_y)
+
+    def to_dict(self):
+        return {'method': self.method, 'knots_x': [float(v) for v in self.knots_x],
+                'knots_y': [float(v) for v in self.knots_y]}
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(data['knots_x'], data['knots_y'])
+
+
+class IdentityCalibration(_ConfidenceCalibrator):
+    """No calibration: the raw max-softmax (the explicit uncalibrated fallback)."""
+
+    method = 'identity'
+
+    def fit_confidences(self, confidences, correct):
+        return self
+
+    def predict_confidences(self, confidences):
+        return np.clip(np.asarray(confidences, dtype=np.float64), 0.0, 1.0)
+
+    def to_dict(self):
+        return {'method': self.method}
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls()
+
+
+CALIBRATORS = {cls.method: cls for cls in (TemperatureScaling, HistogramBinning,
+                                           IsotonicCalibration, IdentityCalibration)}
+
+
+def make_calibrator(method):
+    """Create an unfitted calibrator by method name ('temperature', 'histogram', 'isotonic')."""
+    try:
+        return CALIBRATORS[method]()
+    except KeyError:
+        raise CalibrationError(f"unknown calibration method '{method}' "
+                               f"(choose from {', '.join(CALIBRATORS)})") from None
+
+
+def calibrator_from_dict(data):
+    """Rebuild a calibrator saved with ``to_dict``."""
+    method = data.get('method')
+    if method not in CALIBRATORS:
+        raise CalibrationError(f"unknown calibration method '{method}'")
+    return CALIBRATORS[method].from_dict(data)
+
+
+class ServerProfile:
+    """A_r(c): P(server correct at offload resolution r | local confidence c), per confidence bin.
+
+    ``accuracy[r]`` holds one value per bin of ``edges`` (equal width over [0, 1]); lookups
+    interpolate linearly between bin centres. ``raw_accuracy`` is the same profile indexed by the
+    raw (uncalibrated) confidence, used by the uncalibrated CBO variant.
+    """
+
+    def __init__(self, edges, accuracy, raw_accuracy=None, overall=None):
+        self.edges = np.asarray(edges, dtype=np.float64)
+        self.centres = 0.5 * (self.edges[:-1] + self.edges[1:])
+        self.accuracy = {int(r): np.asarray(v, dtype=np.float64) for r, v in accuracy.items()}
+        raw = raw_accuracy or accuracy
+        self.raw_accuracy = {int(r): np.asarray(v, dtype=np.float64) for r, v in raw.items()}
+        self.overall = {int(r): float(v) for r, v in (overall or {}).items()} or {
+            r: float(np.mean(v)) for r, v in self.accuracy.items()}
+
+    @classmethod
+    def fit(cls, confidences, raw_confidences, server_correct, bins=10, prior_strength=4.0):
+        """Profile from per-frame local confidences and server correctness {r: (N,) 0/1}."""
+        edges = np.linspace(0.0, 1.0, int(bins) + 1)
+
+        def per_bin(conf, hits):
+            index = np.clip((np.asarray(conf) * bins).astype(int), 0, bins - 1)
+            counts = np.bincount(index, minlength=bins)
+            sums = np.bincount(index, weights=hits, minlength=bins)
+            prior = float(np.mean(hits))
+            return (sums + prior_strength * prior) / (counts + prior_strength)
+
+        accuracy, raw_accuracy, overall = {}, {}, {}
+        for r, hits in server_correct.items():
+            hits = np.asarray(hits, dtype=np.float64)
+            accuracy[int(r)] = per_bin(confidences, hits)
+            raw_accuracy[int(r)] = per_bin(raw_confidences, hits)
+            overall[int(r)] = float(hits.mean())
+        return cls(edges, accuracy, raw_accuracy, overall)
+
+    def lookup(self, resolution, confidence, raw=False):
+        """A_r(c), interpolated between bin centres; the nearest profiled r if r is unknown."""
+        table = self.raw_accuracy if raw else self.accuracy
+        r = int(resolution)
+        if r not in table:
+            r = min(table, key=lambda known: abs(known - int(resolution)))
+        return float(np.interp(float(confidence), self.centres, table[r]))
+
+    def to_dict(self):
+        return {'edges': [float(e) for e in self.edges],
+                'accuracy': {str(r): [float(x) for x in v] for r, v in self.accuracy.items()},
+                'raw_accuracy': {str(r): [float(x) for x in v]
+                                 for r, v in self.raw_accuracy.items()},
+                'overall': {str(r): v for r, v in self.overall.items()}}
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(data['edges'], data['accuracy'], data.get('raw_accuracy'), data.get('overall'))
+
+
+# Used only by the explicit uncalibrated fallback: a guess, not a measurement.
+_FALLBACK_SERVER_TIME_S = 0.04
+
+
+def _fallback_server_accuracy(resolution):
+    return float(min(0.9, 0.4 + 0.5 * int(resolution) / 260.0))
+
+
+class CalibrationBundle:
+    """Everything the classifier and planner need from calibration, loaded from one JSON file."""
+
+    def __init__(self, calibrators, robot_resolution, offload_resolutions, profile,
+                 server_time_s, method, source_info=None, metrics=None, jpeg_quality=90,
+                 path=None):
+        if not calibrators:
+            raise CalibrationError('a calibration bundle needs at least one calibrator')
+        self.calibrators = {int(r): c for r, c in calibrators.items()}
+        self.robot_resolution = int(robot_resolution)
+        self.offload_resolutions = sorted(int(r) for r in offload_resolutions)
+        self.profile = profile
+        self._server_time_s = {int(r): float(t) for r, t in server_time_s.items()}
+        self.method = str(method)
+        self.source_info = dict(source_info or {})
+        self.metrics = dict(metrics or {})
+        self.jpeg_quality = int(jpeg_quality)
+        self.path = path
+
+    @property
+    def is_identity(self):
+        """True for the explicit uncalibrated fallback."""
+        return self.method == 'identity'
+
+    def calibrator(self, resolution=None):
+        """Return the calibrator fitted at ``resolution`` (or the nearest fitted resolution)."""
+        r = self.robot_resolution if resolution is None else int(resolution)
+        if r not in self.calibrators:
+            r = min(self.calibrators, key=lambda known: abs(known - r))
+        return self.calibrators[r]
+
+    def confidence(self, logits_1d, resolution=224):
+        """Return ``(calibrated, raw)`` top-1 confidence of one logits vector of the robot model."""
+        logits = np.asarray(logits_1d, dtype=np.float64).reshape(1, -1)
+        raw = float(max_softmax(logits)[0])
+        calibrator = self.calibrator(resolution)
+        if isinstance(calibrator, _ConfidenceCalibrator):
+            calibrated = float(calibrator.predict_confidences(np.array([raw]))[0])
+        else:
+            calibrated = float(calibrator.predict(logits)[0])
+        return calibrated, raw
+
+    def calibrate_confidences(self, logits, resolution=None):
+        """Vectorised ``confidence``: calibrated confidences of (N, C) logits."""
+        return self.calibrator(resolution).predict(np.atleast_2d(logits))
+
+    def server_accuracy(self, resolution, confidence, raw=False):
+        """A_r(c): profiled P(server correct at resolution r | local confidence c)."""
+        if self.profile is None:
+            return _fallback_server_accuracy(resolution)
+        return self.profile.lookup(resolution, confidence, raw=raw)
+
+    def server_time_s(self, resolution):
+        """Profiled server time (decode + inference) at an offload resolution."""
+        r = int(resolution)
+        if r in self._server_time_s:
+            return self._server_time_s[r]
+        if not self._server_time_s:
+            return _FALLBACK_SERVER_TIME_S
+        return self._server_time_s[min(self._server_time_s, key=lambda k: abs(k - r))]
+
+    @classmethod
+    def identity(cls, offload_resolutions, robot_resolution=224):
+        """Build the explicitly labelled uncalibrated fallback (raw max-softmax, guesses)."""
+        warnings.warn('using the UNCALIBRATED identity calibration (run cbo_calibrate)',
+                      stacklevel=2)
+        return cls({int(robot_resolution): IdentityCalibration()}, robot_resolution,
+                   offload_resolutions, None,
+                   {int(r): _FALLBACK_SERVER_TIME_S for r in offload_resolutions}, 'identity',
+                   {'note': 'uncalibrated fallback: confidence = raw max-softmax; server '
+                            'accuracy and time are guesses, not measurements'})
+
+    def to_dict(self):
+        return {
+            'format': FORMAT,
+            'method': self.method,
+            'robot_resolution': self.robot_resolution,
+            'calibrators': {str(r): c.to_dict() for r, c in self.calibrators.items()},
+            'offload_resolutions': self.offload_resolutions,
+            'server_profile': None if self.profile is None else self.profile.to_dict(),
+            'server_time_s': {str(r): t for r, t in self._server_time_s.items()},
+            'jpeg_quality': self.jpeg_quality,
+            'source_info': self.source_info,
+            'metrics': self.metrics,
+        }
+
+    @classmethod
+    def from_dict(cls, data, path=None):
+        if data.get('format') != FORMAT:
+            raise CalibrationError(f"unsupported calibration format {data.get('format')!r} "
+                                   f'(expected {FORMAT!r})')
+        profile = data.get('server_profile')
+        return cls({int(r): calibrator_from_dict(c) for r, c in data['calibrators'].items()},
+                   data['robot_resolution'], data['offload_resolutions'],
+                   None if profile is None else ServerProfile.from_dict(profile),
+                   data.get('server_time_s', {}), data['method'], data.get('source_info'),
+                   data.get('metrics'), data.get('jpeg_quality', 90), path)
+
+    def save(self, path):
+        """Write the bundle as JSON (creating the directory)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + '.tmp')
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        os.replace(tmp, path)
+        self.path = path
+        return path
+
+
+def load_calibration(path=None):
+    """Load a calibration bundle; raise ``CalibrationError`` naming the path and the fix."""
+    path = Path(path or default_calibration_path())
+    fix = f'run `cbo_calibrate --output {path}` (or `make calibrate`) to create it'
+    if not path.is_file():
+        raise CalibrationError(f'calibration file {path} not found: {fix}')
+    try:
+        data = json.loads(path.read_text())
+        return CalibrationBundle.from_dict(data, path)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise CalibrationError(f'calibration file {path} is invalid ({error}): {fix}') from error

@@ -1,0 +1,1 @@
+"""Trace-driven evaluator of the offloading strategies (model-output cache, traces, replay)."""

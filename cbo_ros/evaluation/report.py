@@ -1,0 +1,110 @@
+"""Summaries of evaluator replays: per-strategy metrics, the terminal table and the JSON report."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def summarise(result, resolutions):
+    """Metrics of one strategy's ``Replay``."""
+    offloaded = result.resolution > 0
+    misses = offloaded & (result.late | result.lost)
+    return {
+        'accuracy': float(result.correct.mean()),
+        'correct': int(result.correct.sum()),
+        'frames': int(len(result.correct)),
+        'offload_share': float(offloaded.mean()),
+        'offload_share_per_resolution': {str(r): float((result.resolution == r).mean())
+                                         for r in resolutions},
+        'offloads': int(offloaded.sum()),
+        'deadline_misses': int(misses.sum()),
+        'late': int((offloaded & result.late).sum()),
+        'lost': int((offloaded & result.lost).sum()),
+        'bytes_sent': int(result.payload_bytes.sum()),
+        'latency_mean_ms': float(result.latency_s.mean() * 1e3),
+        'latency_p99_ms': float(np.percentile(result.latency_s, 99) * 1e3),
+        'planned_gain': float(result.planned_gain.sum()),
+        'decision_mean_us': float(result.decision_s.mean() * 1e6),
+        'decision_p99_us': float(np.percentile(result.decision_s, 99) * 1e6),
+    }
+
+
+def build_report(results, frames, outputs, bundle, trace, config):
+    """Build the JSON-ready report of one evaluation (one video, one trace, one deadline)."""
+    strategies = {name: summarise(r, frames.resolutions) for name, r in results.items()}
+    report = {
+        'video': outputs.name,
+        'source': outputs.source,
+        'frames': len(outputs),
+        'fps': float(config.fps or outputs.fps),
+        'labels': outputs.label_source,
+        'labels_note': ('true labels of the source' if outputs.label_source == 'true' else
+                        'reference labels: server model at its native resolution on the full '
+                        'frame, no JPEG (most expensive configuration)'),
+        'trace': trace.name,
+        'deadline_ms': config.deadline_s * 1e3,
+        'local_latency_ms': config.local_latency_s * 1e3,
+        'robot_model': config.robot_tag,
+        'robot_resolution': config.robot_resolution,
+        'offload_resolutions': frames.resolutions,
+        'calibration': {'method': bundle.method, 'path': str(bundle.path or ''),
+                        'source_info': bundle.source_info},
+        'strategies': strategies,
+    }
+    local = strategies.get('local_only', {}).get('accuracy')
+    oracle = strategies.get('oracle', {}).get('accuracy')
+    if local is not None and oracle is not None:
+        span = oracle - local
+        report['oracle_gain_share'] = {
+            name: (s['accuracy'] - local) / span if span > 1e-12 else None
+            for name, s in strategies.items()}
+    if 'cbo' in strategies and 'cbo_exact' in strategies:
+        exact = strategies['cbo_exact']['planned_gain']
+        report['online_vs_exact'] = {
+            'cbo_planned_gain': strategies['cbo']['planned_gain'],
+            'exact_planned_gain': exact,
+            'ratio': strategies['cbo']['planned_gain'] / exact if exact > 1e-12 else None,
+            'accuracy_cbo': strategies['cbo']['accuracy'],
+            'accuracy_exact': strategies['cbo_exact']['accuracy'],
+        }
+    return report
+
+
+def format_table(report):
+    """Format one report as a fixed-width terminal table."""
+    resolutions = report['offload_resolutions']
+    share = report.get('oracle_gain_share', {})
+    lines = [
+        f"video {report['video']} ({report['frames']} frames at {report['fps']:g} fps), "
+        f"labels: {report['labels']}, trace: {report['trace']}, "
+        f"deadline {report['deadline_ms']:g} ms, calibration: {report['calibration']['method']}",
+    ]
+    res_header = ' '.join(f'{r:>5}' for r in resolutions)
+    lines.append(f"{'strategy':<22}{'acc%':>7}{'oracle%':>8}{'offl%':>7} {res_header}"
+                 f"{'miss':>6}{'kB':>9}{'lat ms':>8}{'p99 ms':>8}")
+    for name, s in report['strategies'].items():
+        per_res = ' '.join(f"{100 * s['offload_share_per_resolution'][str(r)]:5.1f}"
+                           for r in resolutions)
+        captured = share.get(name)
+        captured = f'{100 * captured:7.1f}' if captured is not None else f"{'-':>7}"
+        lines.append(f"{name:<22}{100 * s['accuracy']:7.1f} {captured}"
+                     f"{100 * s['offload_share']:7.1f} {per_res}{s['deadline_misses']:6d}"
+                     f"{s['bytes_sent'] / 1e3:9.1f}{s['latency_mean_ms']:8.1f}"
+                     f"{s['latency_p99_ms']:8.1f}")
+    lines.append('acc%: top-1 vs labels; oracle%: share of the oracle\'s gain over local-only; '
+                 'offl% per resolution; miss: offloads late or lost')
+    if report.get('online_vs_exact', {}).get('ratio') is not None:
+        ratio = report['online_vs_exact']
+        lines.append(f"online CBO vs exact hindsight solver (same model): planned gain "
+                     f"{ratio['cbo_planned_gain']:.2f} / {ratio['exact_planned_gain']:.2f} = "
+                     f"{100 * ratio['ratio']:.1f}%")
+    return '\n'.join(lines)
+
+
+def write_json(data, path):
+    """Write ``data`` as indented JSON, creating the directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
+    return path

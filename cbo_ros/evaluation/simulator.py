@@ -1,0 +1,200 @@
+"""Trace-driven, deterministic replay of a video through every planner strategy.
+
+Time model (see docs/evaluation.md): frame k is captured at t_k = k / fps, its local answer is
+ready at t_k + local latency (when the planner decides), and its answer is due at t_k + deadline.
+An offloaded frame's transfer starts when the uplink is free (FIFO), lasts as long as the trace's
+bandwidth needs to carry its real JPEG bytes, and its answer arrives after the RTT and the server
+time. A transfer is lost when a seeded uniform draw of the frame falls below the trace's loss
+rate: its answer never arrives (no retransmission) and the local answer is used at the deadline,
+like a late answer. The planner sees the trace's current bandwidth, RTT and loss as its estimate
+and, like the live node, tracks the link's busy time from its own decisions.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cbo_ros.calibration import max_softmax
+from cbo_ros.exact_solver import Job, JobOption, solve_exact
+from cbo_ros.planner import FrameCandidate, LinkState, OffloadOption, make_planner, strategy_names
+
+EXACT_NAME = 'cbo_exact'
+
+
+@dataclass
+class SimulationConfig:
+    """Replay settings shared by every strategy."""
+
+    deadline_s: float = 0.2
+    local_latency_s: float = 0.015
+    fps: float = 0.0                 # 0: the media's frame rate
+    robot_tag: str = 'int8'
+    robot_resolution: int = 224
+    offload_resolutions: tuple = ()  # empty: the bundle's
+    safety_margin_s: float = 0.005
+    seed: int = 0
+    p_tar: float = 0.7
+    window: int = 50
+    exact_quantum_s: float = 0.001
+    planner_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class FrameData:
+    """Per-frame inputs of the replay, shared by all strategies."""
+
+    capture_s: np.ndarray
+    ready_s: np.ndarray
+    deadline_s: np.ndarray
+    confidence: np.ndarray
+    raw_confidence: np.ndarray
+    local_correct: np.ndarray
+    server_correct: dict           # resolution -> (N,) 0/1
+    candidates: list               # FrameCandidate per frame
+    loss_draw: np.ndarray          # uniform draws deciding losses
+    resolutions: list
+
+
+def prepare_frames(outputs, bundle, config):
+    """Candidates (as the node builds them) and ground truth of every frame."""
+    resolutions = [int(r) for r in (config.offload_resolutions or bundle.offload_resolutions)]
+    missing = [r for r in resolutions if r not in outputs.server_pred]
+    if missing:
+        raise ValueError(f'outputs lack offload resolutions {missing}')
+    logits = outputs.robot_logits[(config.robot_tag, int(config.robot_resolution))]
+    confidence = bundle.calibrate_confidences(logits, config.robot_resolution)
+    raw = max_softmax(logits)
+    fps = float(config.fps or outputs.fps)
+    n = len(outputs)
+    capture = np.arange(n) / fps
+    ready = capture + config.local_latency_s
+    deadline = capture + config.deadline_s
+    candidates = []
+    for k in range(n):
+        options = [OffloadOption(r, int(outputs.payload_bytes[r][k]),
+                                 float(bundle.server_accuracy(r, confidence[k])),
+                                 float(bundle.server_time_s(r))) for r in resolutions]
+        candidates.append(FrameCandidate(k, float(ready[k]), float(deadline[k]),
+                                         float(confidence[k]), options, float(raw[k])))
+    return FrameData(capture, ready, deadline, confidence, raw,
+                     outputs.local_correct(config.robot_tag, config.robot_resolution),
+                     {r: outputs.server_correct(r) for r in resolutions}, candidates,
+                     np.random.default_rng(config.seed).random(n), resolutions)
+
+
+@dataclass
+class Replay:
+    """Per-frame outcome of one strategy."""
+
+    name: str
+    correct: np.ndarray
+    resolution: np.ndarray        # 0 = answered locally
+    late: np.ndarray              # offloaded but the answer missed the deadline
+    lost: np.ndarray              # offloaded but the transfer was lost
+    latency_s: np.ndarray
+    payload_bytes: np.ndarray
+    planned_gain: np.ndarray      # model gain of offloads predicted on time
+    decision_s: np.ndarray
+
+
+def replay(planner, frames, trace, bundle):
+    """Run one planner over the frames and the trace; return its ``Replay``."""
+    n = len(frames.candidates)
+    correct = frames.local_correct.copy()
+    resolution = np.zeros(n, dtype=int)
+    late = np.zeros(n, dtype=bool)
+    lost = np.zeros(n, dtype=bool)
+    latency = frames.ready_s - frames.capture_s
+    payload = np.zeros(n, dtype=np.int64)
+    planned = np.zeros(n)
+    decision_time = np.zeros(n)
+    planner.reset()
+    busy_planned, busy_true = 0.0, 0.0
+    for k, candidate in enumerate(frames.candidates):
+        now = float(frames.ready_s[k])
+        bandwidth, rtt, loss = trace.at(now)
+        link = LinkState(bandwidth, rtt, loss, reachable=bandwidth > 0, busy_until_s=busy_planned)
+        start = time.perf_counter()
+        decision = planner.decide(candidate, link, now)
+        decision_time[k] = time.perf_counter() - start
+        if not decision.offload:
+            continue
+        r = int(decision.resolution)
+        option = next(o for o in candidate.options if o.resolution == r)
+        busy_planned = max(busy_planned, float(decision.link_free_after_s))
+        send = max(now, busy_true)
+        busy_true = trace.transfer_finish(send, option.payload_bytes)
+        _, rtt_true, loss_true = trace.at(send)
+        answer = busy_true + rtt_true + bundle.server_time_s(r)
+        resolution[k] = r
+        payload[k] = option.payload_bytes
+        lost[k] = frames.loss_draw[k] < loss_true
+        late[k] = answer > frames.deadline_s[k]
+        if decision.expected_finish_s <= candidate.deadline_s:
+            planned[k] = (1.0 - loss) * (option.server_accuracy - candidate.confidence)
+        if late[k] or lost[k]:
+            latency[k] = frames.deadline_s[k] - frames.capture_s[k]
+        else:
+            latency[k] = answer - frames.capture_s[k]
+            correct[k] = frames.server_correct[r][k]
+    return Replay(planner.name, correct, resolution, late, lost, latency, payload, planned,
+                  decision_time)
+
+
+def _jobs(frames, trace, bundle, gain):
+    jobs = []
+    for k, candidate in enumerate(frames.candidates):
+        rtt = trace.at(candidate.arrival_s)[1]
+        jobs.append(Job(k, candidate.arrival_s, candidate.deadline_s,
+                        [JobOption(o.resolution, o.payload_bytes, rtt + bundle.server_time_s(
+                            o.resolution), gain(k, candidate, o)) for o in candidate.options]))
+    return jobs
+
+
+def oracle_schedule(frames, trace, bundle, quantum_s=0.001):
+    """Solve the upper bound, which knows the right answers and the lost transfers."""
+    def gain(k, candidate, option):
+        lost = frames.loss_draw[k] < trace.at(candidate.arrival_s)[2]
+        return 0.0 if lost else \
+            frames.server_correct[option.resolution][k] - frames.local_correct[k]
+    return solve_exact(_jobs(frames, trace, bundle, gain), trace.transfer_finish,
+                       quantum_s=quantum_s)
+
+
+def exact_model_schedule(frames, trace, bundle, quantum_s=0.001):
+    """Solve the hindsight optimum of the planner's own model (the online policy's yardstick)."""
+    def gain(k, candidate, option):
+        loss = trace.at(candidate.arrival_s)[2]
+        return (1.0 - loss) * (option.server_accuracy - candidate.confidence)
+    return solve_exact(_jobs(frames, trace, bundle, gain), trace.transfer_finish,
+                       quantum_s=quantum_s)
+
+
+def default_strategies(resolutions):
+    """Every strategy of the planner plus the exact hindsight solver."""
+    return strategy_names(resolutions) + [EXACT_NAME]
+
+
+def run_strategies(outputs, bundle, trace, config, strategies=None):
+    """Replay every strategy; return {name: Replay} and the prepared frames."""
+    frames = prepare_frames(outputs, bundle, config)
+    names = list(strategies or default_strategies(frames.resolutions))
+    options = {'safety_margin_s': config.safety_margin_s, **config.planner_options}
+    results = {}
+    for name in names:
+        if name == 'oracle':
+            schedule = oracle_schedule(frames, trace, bundle, config.exact_quantum_s).schedule
+            planner = make_planner('oracle', bundle, schedule=schedule, **options)
+        elif name == EXACT_NAME:
+            schedule = exact_model_schedule(frames, trace, bundle,
+                                            config.exact_quantum_s).schedule
+            planner = make_planner(EXACT_NAME, bundle, schedule=schedule, **options)
+        elif name in ('raw_threshold', 'calibrated_threshold'):
+            planner = make_planner(name, bundle, p_tar=config.p_tar, **options)
+        elif name in ('cbo', 'cbo_uncalibrated'):
+            planner = make_planner(name, bundle, window=config.window, **options)
+        else:
+            planner = make_planner(name, bundle, **options)
+        results[name] = replay(planner, frames, trace, bundle)
+    return results, frames

@@ -1,0 +1,224 @@
+"""cbo_calibrate: fit the robot model's confidence calibration and the server profile.
+
+With no arguments: calibration-role videos of artifacts/media (subsampled), held-out metrics on the
+evaluation-role videos, the default calibration file (artifacts/calibration/cbo_calibration.json),
+reliability diagrams and a before/after table for the int8 robot model and its fp32 twin.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cbo_ros import paths
+from cbo_ros.calibration import (CalibrationError, default_calibration_path, make_calibrator,
+                                 max_softmax, top1_correct)
+from cbo_ros.calibration_fit import fit_bundle, method_metrics, stack_outputs
+from cbo_ros.evaluation.outputs_cache import (DEFAULT_OFFLOAD_RESOLUTIONS, _classifier,
+                                              _expected_total, load_outputs)
+from cbo_ros.media import MediaError, open_source
+
+FALLBACK_ROLES = {'calibration': ['bigbuckbunny.mp4', 'vtest.avi', 'box.mp4'],
+                  'evaluation': ['bikes.mp4', 'cup.mp4']}
+
+
+def media_by_role(role):
+    """Media names of a role in artifacts/media/manifest.json (fallback: the shipped roles)."""
+    manifest = paths.media_dir() / 'manifest.json'
+    if manifest.is_file():
+        roles = json.loads(manifest.read_text())
+        names = [name for name, r in roles.items() if r == role]
+        if names:
+            return names
+    return FALLBACK_ROLES[role]
+
+
+def stride_for(spec, frames_per_video):
+    """Stride that keeps about ``frames_per_video`` frames of a source (1 when unknown)."""
+    if not frames_per_video:
+        return 1
+    source = open_source(spec)
+    try:
+        total = _expected_total(source, 1, 0)
+    finally:
+        source.close()
+    return max(1, -(-int(total or 0) // int(frames_per_video)))
+
+
+def measure_server_time(resolutions, quality):
+    """Median server time per offload resolution on this machine: JPEG decode + inference."""
+    from cbo_ros.image_ops import center_square, decode_image, encode_jpeg
+    server = _classifier(paths.SERVER_MODEL_FP32, paths.SERVER_INPUT_SIZE)
+    inference_s = server.latency_ms(repeats=10) / 1e3
+    frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    times = {}
+    for r in resolutions:
+        data = encode_jpeg(center_square(frame, r), quality)
+        samples = []
+        for _ in range(5):
+            start = time.perf_counter()
+            decode_image(data)
+            samples.append(time.perf_counter() - start)
+        times[int(r)] = inference_s + float(np.median(samples))
+    return times
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog='cbo_calibrate', description=__doc__.splitlines()[0])
+    parser.add_argument('--media', nargs='+', default=None,
+                        help='calibration media (default: the calibration-role videos)')
+    parser.add_argument('--held-out', nargs='*', default=None,
+                        help='held-out media for before/after metrics (default: evaluation-role '
+                             'videos; give none to skip)')
+    parser.add_argument('--frames-per-video', type=int, default=100,
+                        help='subsample each calibration video to about this many frames '
+                             '(0: every frame)')
+    parser.add_argument('--held-out-frames', type=int, default=125,
+                        help='subsample each held-out video to about this many frames (0: all)')
+    parser.add_argument('--labels', default=None, help='labels file of an image-folder source')
+    parser.add_argument('--robot-model', default='int8', choices=['int8', 'fp32'],
+                        help='robot model the calibration file is for')
+    parser.add_argument('--robot-resolutions', type=int, nargs='+',
+                        default=[paths.ROBOT_INPUT_SIZE],
+                        help='robot input resolutions to fit a calibrator for')
+    parser.add_argument('--robot-resolution', type=int, default=paths.ROBOT_INPUT_SIZE,
+                        help='robot resolution the server profile is measured at')
+    parser.add_argument('--offload-resolutions', type=int, nargs='+',
+                        default=list(DEFAULT_OFFLOAD_RESOLUTIONS))
+    parser.add_argument('--method', default='auto',
+                        choices=['auto', 'temperature', 'histogram', 'isotonic'])
+    parser.add_argument('--jpeg-quality', type=int, default=90)
+    parser.add_argument('--output', default=None,
+                        help=f'calibration file (default {default_calibration_path()})')
+    parser.add_argument('--plots', default=None,
+                        help='directory of the reliability diagrams (default: next to --output)')
+    parser.add_argument('--json', default=None, help='also write the metrics table as JSON')
+    parser.add_argument('--cache-dir', default=None, help='model-output cache directory')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+    return parser.parse_args(argv)
+
+
+def format_metrics(table):
+    """Before/after table: one row per (model, method), columns per data set."""
+    lines = []
+    sets = next(iter(table.values()))['metrics'].keys()
+    header = f"{'model':<6}{'method':<14}" + ''.join(
+        f"| {s:<10}{'acc':>6}{'ECE':>7}{'MCE':>7}{'NLL':>7}{'Brier':>7} " for s in sets)
+    lines.append(header)
+    for tag, entry in table.items():
+        methods = entry['metrics'][next(iter(sets))].keys()
+        for method in methods:
+            row = f'{tag:<6}{method:<14}'
+            for s in sets:
+                m = entry['metrics'][s][method]
+                row += (f"| {m['samples']:<10}{100 * m['accuracy']:6.1f}{100 * m['ece']:7.1f}"
+                        f"{100 * m['mce']:7.1f}{m['nll']:7.3f}{m['brier']:7.3f} ")
+            lines.append(row)
+    lines.append('ECE/MCE in %, 15 equal-width bins; NLL/Brier of the top-1 correctness event')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    """Entry point of cbo_calibrate."""
+    args = parse_args(argv)
+    started = time.perf_counter()
+    output = Path(args.output) if args.output else default_calibration_path()
+    plots_dir = Path(args.plots) if args.plots else output.parent
+    media = args.media or media_by_role('calibration')
+    held_out = media_by_role('evaluation') if args.held_out is None else args.held_out
+    overlap = {str(paths.resolve_media(m)) for m in media} & \
+        {str(paths.resolve_media(m)) for m in held_out}
+    if overlap:
+        print(f'cbo_calibrate: calibration and held-out media overlap: {sorted(overlap)}',
+              file=sys.stderr)
+        return 2
+    resolutions = sorted(set(args.robot_resolutions) | {args.robot_resolution})
+    common = dict(robot_resolutions=resolutions, jpeg_quality=args.jpeg_quality,
+                  cache_dir=args.cache_dir, progress=not args.no_progress,
+                  labels_file=args.labels)
+    try:
+        calibration, used = [], []
+        for spec in media:
+            stride = stride_for(spec, args.frames_per_video)
+            outputs = load_outputs(spec, offload_resolutions=args.offload_resolutions,
+                                   stride=stride, **common)
+            calibration.append(outputs)
+            used.append({'media': outputs.name, 'frames': len(outputs), 'stride': stride,
+                         'labels': outputs.label_source})
+        evaluation, held_used = [], []
+        for spec in held_out:
+            stride = stride_for(spec, args.held_out_frames)
+            outputs = load_outputs(spec, offload_resolutions=(), stride=stride, **common)
+            evaluation.append(outputs)
+            held_used.append({'media': outputs.name, 'frames': len(outputs), 'stride': stride,
+                              'labels': outputs.label_source})
+    except (MediaError, ValueError, FileNotFoundError) as error:
+        print(f'cbo_calibrate: {error}', file=sys.stderr)
+        return 1
+
+    table = {}
+    for tag in ('int8', 'fp32'):
+        metrics, extras = method_metrics(calibration, evaluation, tag, args.robot_resolution)
+        table[tag] = {'metrics': metrics, **extras}
+    server_time = measure_server_time(args.offload_resolutions, args.jpeg_quality)
+    labels = sorted({u['labels'] for u in used})
+    info = {
+        'robot_model': args.robot_model,
+        'calibration_media': used,
+        'held_out_media': held_used,
+        'labels': labels,
+        'labels_note': 'true labels where the source has them, else reference labels (server '
+                       'model at its native resolution on the full frame, no JPEG)',
+        'target': 'P(robot top-1 == label)',
+        'server_time_note': 'measured on the calibrating machine (decode + inference)',
+        'created': time.strftime('%Y-%m-%dT%H:%M:%S'),
+    }
+    try:
+        bundle = fit_bundle(calibration, args.robot_model, resolutions, args.robot_resolution,
+                            args.offload_resolutions, args.method, server_time,
+                            args.jpeg_quality, info)
+    except CalibrationError as error:
+        print(f'cbo_calibrate: {error}', file=sys.stderr)
+        return 1
+    bundle.metrics = {tag: entry['metrics'] for tag, entry in table.items()}
+    bundle.save(output)
+
+    from cbo_ros.evaluation.plots import reliability_diagrams
+    figures = []
+    scored = evaluation or calibration
+    set_name = 'held-out' if evaluation else 'calibration (in-sample)'
+    for tag in ('int8', 'fp32'):
+        logits = np.concatenate([o.robot_logits[(tag, args.robot_resolution)] for o in scored])
+        labels_all = np.concatenate([o.labels for o in scored])
+        correct = top1_correct(logits, labels_all)
+        fit_logits, fit_labels = stack_outputs(calibration, tag, args.robot_resolution)
+        panels = [('uncalibrated', max_softmax(logits), correct)]
+        for method in ('temperature', 'histogram', 'isotonic'):
+            calibrator = make_calibrator(method).fit(fit_logits, fit_labels)
+            panels.append((method, calibrator.predict(logits), correct))
+        figures.append(reliability_diagrams(
+            panels, plots_dir / f'reliability_{tag}.png',
+            f'robot {tag} at {args.robot_resolution} px, {set_name} frames'))
+
+    print('calibration media: ' + ', '.join(f"{u['media']} ({u['frames']} frames)" for u in used)
+          + '; held out: ' + (', '.join(f"{u['media']} ({u['frames']} frames)" for u in held_used)
+                              or 'none'))
+    print(format_metrics(table))
+    print(f"temperature int8 {table['int8']['temperature']:.3f}, "
+          f"fp32 {table['fp32']['temperature']:.3f}")
+    print(f'wrote {output} (method {bundle.method} for {args.robot_model}; server accuracy '
+          f'{bundle.source_info["server_accuracy"]})')
+    print(f'reliability diagrams: {", ".join(str(f) for f in figures)}')
+    if args.json:
+        from cbo_ros.evaluation.report import write_json
+        write_json({'table': table, 'source_info': info, 'calibration_file': str(output)},
+                   args.json)
+    print(f'done in {time.perf_counter() - started:.0f} s')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

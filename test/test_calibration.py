@@ -1,0 +1,144 @@
+"""Calibration math: calibrators, metrics and the bundle the nodes load (no ROS)."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from cbo_ros.calibration import (CalibrationBundle, CalibrationError, HistogramBinning,
+                                 IsotonicCalibration, ServerProfile, TemperatureScaling,
+                                 brier_score, default_calibration_path,
+                                 expected_calibration_error, load_calibration, max_softmax,
+                                 maximum_calibration_error, negative_log_likelihood,
+                                 pool_adjacent_violators, top1_correct)
+from cbo_ros.image_ops import softmax
+
+
+def synthetic_logits(temperature, n=20000, classes=10, seed=0):
+    """Logits z and labels drawn from softmax(z / temperature): T is the true temperature."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0.0, 3.0, (n, classes))
+    probs = softmax(logits / temperature)
+    labels = (probs.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
+    return logits, labels
+
+
+@pytest.mark.parametrize('true_t', [0.5, 1.0, 2.5])
+def test_temperature_scaling_recovers_a_known_temperature(true_t):
+    logits, labels = synthetic_logits(true_t)
+    fitted = TemperatureScaling().fit(logits, labels).temperature
+    assert fitted == pytest.approx(true_t, rel=0.06)
+
+
+def test_temperature_scaling_lowers_ece_of_overconfident_logits():
+    logits, labels = synthetic_logits(2.5, seed=1)
+    correct = top1_correct(logits, labels)
+    before = expected_calibration_error(max_softmax(logits), correct)
+    calibrator = TemperatureScaling().fit(*synthetic_logits(2.5, seed=2))
+    after = expected_calibration_error(calibrator.predict(logits), correct)
+    assert before > 0.1 and after < 0.02
+
+
+def test_ece_mce_nll_brier_on_hand_computed_values():
+    conf = np.array([0.9, 0.9, 0.3, 0.3])
+    correct = np.array([1, 0, 0, 0])
+    # Two bins: conf 0.9 with accuracy 0.5 (gap 0.4), conf 0.3 with accuracy 0 (gap 0.3).
+    assert expected_calibration_error(conf, correct) == pytest.approx(0.35)
+    assert maximum_calibration_error(conf, correct) == pytest.approx(0.4)
+    assert brier_score(conf, correct) == pytest.approx((0.01 + 0.81 + 0.09 + 0.09) / 4)
+    nll = -(np.log(0.9) + np.log(0.1) + 2 * np.log(0.7)) / 4
+    assert negative_log_likelihood(conf, correct) == pytest.approx(nll)
+
+
+def test_perfectly_calibrated_confidences_have_small_ece():
+    rng = np.random.default_rng(3)
+    conf = rng.random(50000)
+    correct = rng.random(50000) < conf
+    assert expected_calibration_error(conf, correct) < 0.01
+    assert expected_calibration_error(np.clip(conf + 0.2, 0, 1), correct) > 0.15
+
+
+def test_metrics_reject_mismatched_lengths():
+    with pytest.raises(ValueError):
+        expected_calibration_error([0.5, 0.6], [1])
+    with pytest.raises(CalibrationError, match='labels'):
+        top1_correct(np.zeros((2, 5)), [0, 7])
+
+
+@pytest.mark.parametrize('calibrator', [HistogramBinning(), IsotonicCalibration()])
+def test_binning_and_isotonic_fix_a_distorted_confidence(calibrator):
+    rng = np.random.default_rng(4)
+    true_p = rng.random(20000)
+    raw = true_p ** 0.4            # overconfident, monotone distortion
+    correct = rng.random(20000) < true_p
+    calibrator.fit_confidences(raw[:10000], correct[:10000])
+    before = expected_calibration_error(raw[10000:], correct[10000:])
+    after = expected_calibration_error(calibrator.predict_confidences(raw[10000:]),
+                                       correct[10000:])
+    assert before > 0.15 and after < 0.03
+
+
+def test_pool_adjacent_violators_is_monotone_and_exact():
+    assert np.allclose(pool_adjacent_violators([1, 3, 2, 4]), [1, 2.5, 2.5, 4])
+    fitted = pool_adjacent_violators(np.random.default_rng(5).random(200))
+    assert np.all(np.diff(fitted) >= -1e-12)
+
+
+def make_bundle():
+    logits, labels = synthetic_logits(2.0, n=2000)
+    conf = max_softmax(logits)
+    correct = {96: (np.random.default_rng(0).random(2000) < 0.3).astype(float),
+               224: (np.random.default_rng(1).random(2000) < 0.8).astype(float)}
+    profile = ServerProfile.fit(conf, conf, correct, bins=10)
+    return CalibrationBundle({224: TemperatureScaling().fit(logits, labels),
+                              160: IsotonicCalibration().fit(logits, labels)}, 224, [224, 96],
+                             profile, {96: 0.02, 224: 0.03}, 'temperature',
+                             {'calibration_media': ['synthetic']})
+
+
+def test_bundle_round_trip_and_node_api(tmp_path):
+    bundle = make_bundle()
+    path = bundle.save(tmp_path / 'cal.json')
+    loaded = load_calibration(path)
+    assert loaded.offload_resolutions == [96, 224]
+    assert loaded.robot_resolution == 224 and loaded.method == 'temperature'
+    assert loaded.source_info['calibration_media'] == ['synthetic']
+    logits = np.random.default_rng(6).normal(0, 3, 10)
+    calibrated, raw = loaded.confidence(logits, resolution=224)
+    assert raw == pytest.approx(float(softmax(logits).max()))
+    assert calibrated == pytest.approx(bundle.confidence(logits, 224)[0])
+    assert calibrated == pytest.approx(max_softmax(logits / loaded.calibrator().temperature)[0])
+    assert loaded.confidence(logits, resolution=160)[0] != calibrated
+    assert 0.0 <= loaded.server_accuracy(96, 0.4) <= 0.5 < loaded.server_accuracy(224, 0.4)
+    assert loaded.server_time_s(224) == pytest.approx(0.03)
+    assert loaded.server_time_s(200) == pytest.approx(0.03)   # nearest profiled resolution
+
+
+def test_missing_or_invalid_calibration_file_is_a_clear_error(tmp_path):
+    with pytest.raises(CalibrationError, match='cbo_calibrate') as info:
+        load_calibration(tmp_path / 'none.json')
+    assert 'none.json' in str(info.value)
+    assert isinstance(info.value, ValueError)
+    bad = tmp_path / 'bad.json'
+    bad.write_text('{not json')
+    with pytest.raises(CalibrationError, match='invalid'):
+        load_calibration(bad)
+    bad.write_text(json.dumps({'format': 'something else'}))
+    with pytest.raises(CalibrationError, match='format'):
+        load_calibration(bad)
+    assert default_calibration_path().name == 'cbo_calibration.json'
+
+
+def test_identity_bundle_is_labelled_uncalibrated():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        bundle = CalibrationBundle.identity([112, 224])
+    assert caught and 'UNCALIBRATED' in str(caught[0].message)
+    assert bundle.is_identity and bundle.method == 'identity'
+    logits = np.array([2.0, 1.0, 0.0])
+    calibrated, raw = bundle.confidence(logits)
+    assert calibrated == pytest.approx(raw)
+    assert bundle.offload_resolutions == [112, 224]
+    assert 0 < bundle.server_accuracy(112, 0.5) < bundle.server_accuracy(224, 0.5) <= 1
+    assert bundle.server_time_s(112) > 0
