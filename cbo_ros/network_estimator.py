@@ -1,0 +1,203 @@
+"""Estimate the robot -> server link (goodput, RTT, loss, reachability) from measurements.
+
+ROS-free. Three kinds of input, each stamped with ``now`` in seconds of a monotonic clock:
+
+* offload transfers (``add_transfer``): a compressed frame of ``payload_bytes`` went up and the
+  answer came back after ``round_trip_ms``, of which the server spent ``server_ms``. The time the
+  payload took on the wire is ``round_trip_ms - server_ms - base_rtt_ms``, where the base RTT is
+  what a tiny request costs (measured by small probes), so one sample of the uplink goodput is
+  ``8 * payload_bytes / transfer_s``.
+* active probes (``add_probe``): a small probe measures the RTT; a large one (at least
+  ``min_bandwidth_payload_bytes``) is also a goodput sample, like a transfer with server_ms = 0.
+  A probe without an answer is a loss.
+* an external estimate (``set_external``, e.g. from a link monitor with access to the radio or
+  the shaper) takes precedence for goodput, RTT and loss while it is fresh.
+
+Goodput is the median of the per-sample rates in a sliding window (robust to a stalled frame or a
+scheduling hiccup), RTT an EWMA of small-probe RTTs with the window's minimum as the base RTT, loss
+the share of lost transfers/probes in the window. When nothing new is measured, the last values
+are kept but ``estimate_age_s`` grows and ``stale`` becomes true after ``stale_after_s``.
+"""
+
+import collections
+from dataclasses import dataclass
+import statistics
+
+
+@dataclass
+class LinkEstimate:
+    """The estimate at one instant (fields mirror cbo_interfaces/msg/NetworkQuality)."""
+
+    bandwidth_bps: float = 0.0      # 0: unknown
+    rtt_ms: float = 0.0             # 0: unknown
+    loss_rate: float = 0.0
+    server_reachable: bool = False
+    estimate_age_s: float = float('inf')   # inf: never measured (and no start time given)
+    stale: bool = True
+    samples: int = 0
+    source: str = 'none'            # transfers, probes, transfers+probes, external, none
+
+
+@dataclass
+class _External:
+    received: float
+    bandwidth_bps: float
+    rtt_ms: float
+    loss_rate: float
+    server_reachable: bool
+    age_at_receipt_s: float
+    samples: int
+
+
+class NetworkEstimator:
+    """Sliding-window estimator of uplink goodput, RTT, loss and server reachability."""
+
+    def __init__(self, window_s=10.0, stale_after_s=2.0, rtt_alpha=0.3,
+                 min_bandwidth_payload_bytes=4096, min_transfer_ms=0.2,
+                 unreachable_after_s=3.0, max_consecutive_failures=2,
+                 external_timeout_s=2.0, max_samples=200, start_time=None):
+        if window_s <= 0 or stale_after_s <= 0 or not 0 < rtt_alpha <= 1:
+            raise ValueError('window_s and stale_after_s must be > 0, 0 < rtt_alpha <= 1')
+        self.window_s = float(window_s)
+        self.stale_after_s = float(stale_after_s)
+        self.rtt_alpha = float(rtt_alpha)
+        self.min_bandwidth_payload_bytes = int(min_bandwidth_payload_bytes)
+        self.min_transfer_ms = float(min_transfer_ms)
+        self.unreachable_after_s = float(unreachable_after_s)
+        self.max_consecutive_failures = int(max_consecutive_failures)
+        self.external_timeout_s = float(external_timeout_s)
+        # (time, bits per second, kind) of goodput samples
+        self._rates = collections.deque(maxlen=max_samples)
+        # (time, rtt ms) of small probes
+        self._rtts = collections.deque(maxlen=max_samples)
+        # (time, lost, kind) of every transfer/probe outcome
+        self._events = collections.deque(maxlen=4 * max_samples)
+        self._srtt_ms = None
+        self._bandwidth_bps = 0.0
+        self._bandwidth_kinds = set()
+        self._last_measurement = None
+        self._last_success = None
+        self._consecutive_failures = 0
+        self._external = None
+        self._start_time = start_time
+
+    # ------------------------------------------------------------------ inputs
+    def add_transfer(self, now, payload_bytes, round_trip_ms, server_ms=0.0, success=True,
+                     timed_out=False):
+        """Ingest one offload transfer as measured by the robot.
+
+        ``success``: a response arrived; ``timed_out``: none before the frame's deadline. Either
+        failure counts as a loss.
+        """
+        lost = timed_out or not success
+        if not lost and round_trip_ms <= 0.0:
+            return                                  # malformed sample: nothing measured
+        self._events.append((now, lost, 'transfers'))
+        if lost:
+            self._failure(now)
+            return
+        self._success(now)
+        self._add_rate(now, payload_bytes, round_trip_ms - max(server_ms, 0.0), 'transfers')
+
+    def add_probe(self, now, payload_bytes, rtt_ms):
+        """Ingest one probe answered after ``rtt_ms``, or lost when ``rtt_ms`` is None."""
+        if rtt_ms is None:
+            self._events.append((now, True, 'probes'))
+            self._failure(now)
+            return
+        self._events.append((now, False, 'probes'))
+        self._success(now)
+        if payload_bytes >= self.min_bandwidth_payload_bytes:
+            self._add_rate(now, payload_bytes, rtt_ms, 'probes')
+        else:
+            self._rtts.append((now, float(rtt_ms)))
+            if self._srtt_ms is None:
+                self._srtt_ms = float(rtt_ms)
+            else:
+                self._srtt_ms += self.rtt_alpha * (float(rtt_ms) - self._srtt_ms)
+
+    def add_unreachable(self, now):
+        """Record that the server could not be asked at all (e.g. its service is absent).
+
+        Counts towards unreachability but not towards the loss rate: nothing was sent.
+        """
+        self._failure(now)
+
+    def set_external(self, now, bandwidth_bps, rtt_ms, loss_rate, server_reachable=True,
+                     estimate_age_s=0.0, stale=False, samples=0):
+        """Ingest an external estimate; it overrides goodput/RTT/loss while fresh."""
+        if stale:
+            self._external = None
+            return
+        self._external = _External(now, float(bandwidth_bps), float(rtt_ms), float(loss_rate),
+                                   bool(server_reachable), max(float(estimate_age_s), 0.0),
+                                   int(samples))
+
+    # ------------------------------------------------------------------ internals
+    def _success(self, now):
+        self._last_measurement = now
+        self._last_success = now
+        self._consecutive_failures = 0
+
+    def _failure(self, now):
+        self._consecutive_failures += 1
+
+    def base_rtt_ms(self, now):
+        """Cost of a tiny request: the smallest small-probe RTT in the window (0 if none)."""
+        recent = [r for t, r in self._rtts if now - t <= self.window_s]
+        if recent:
+            return min(recent)
+        return self._srtt_ms or 0.0
+
+    def _add_rate(self, now, payload_bytes, wire_ms, kind):
+        if payload_bytes < self.min_bandwidth_payload_bytes:
+            return
+        transfer_ms = max(wire_ms - self.base_rtt_ms(now), self.min_transfer_ms)
+        self._rates.append((now, 8.0 * payload_bytes / (transfer_ms / 1e3), kind))
+
+    def _prune(self, now):
+        for queue in (self._rates, self._rtts, self._events):
+            while queue and now - queue[0][0] > self.window_s:
+                queue.popleft()
+
+    # ------------------------------------------------------------------ output
+    def estimate(self, now):
+        """Return the :class:`LinkEstimate` at ``now``."""
+        self._prune(now)
+        est = LinkEstimate()
+        if self._rates:
+            self._bandwidth_bps = statistics.median(r for _, r, _ in self._rates)
+            self._bandwidth_kinds = {k for _, _, k in self._rates}
+        est.bandwidth_bps = self._bandwidth_bps
+        est.rtt_ms = self._srtt_ms or 0.0
+        lost = sum(1 for _, is_lost, _ in self._events if is_lost)
+        est.loss_rate = lost / len(self._events) if self._events else 0.0
+        est.samples = len(self._events)
+        kinds = set(self._bandwidth_kinds)
+        kinds.update(k for _, is_lost, k in self._events if not is_lost)
+        if self._srtt_ms is not None:
+            kinds.add('probes')
+        est.source = '+'.join(k for k in ('transfers', 'probes') if k in kinds) or 'none'
+        if self._last_success is not None:
+            est.server_reachable = (
+                now - self._last_success <= self.unreachable_after_s
+                and self._consecutive_failures < self.max_consecutive_failures)
+        if self._last_measurement is not None:
+            est.estimate_age_s = max(now - self._last_measurement, 0.0)
+        elif self._start_time is not None:
+            est.estimate_age_s = max(now - self._start_time, 0.0)   # never measured
+        ext = self._external
+        if ext is not None and now - ext.received <= self.external_timeout_s:
+            est.bandwidth_bps = ext.bandwidth_bps or est.bandwidth_bps
+            est.rtt_ms = ext.rtt_ms or est.rtt_ms
+            est.loss_rate = ext.loss_rate
+            if self._last_success is None:
+                est.server_reachable = ext.server_reachable
+            else:
+                est.server_reachable = est.server_reachable and ext.server_reachable
+            est.estimate_age_s = min(est.estimate_age_s,
+                                     ext.age_at_receipt_s + max(now - ext.received, 0.0))
+            est.samples = ext.samples or est.samples
+            est.source = 'external'
+        est.stale = est.estimate_age_s > self.stale_after_s
+        return est

@@ -1,0 +1,292 @@
+"""network_monitor_node: estimate the robot -> server link and publish ``network_quality``.
+
+Inputs:
+  ``offload_transfers`` (cbo_interfaces/msg/TransferSample)        every offload call of the planner
+  ``external_network_quality`` (cbo_interfaces/msg/NetworkQuality)  an external link monitor;
+      takes precedence for goodput/RTT/loss while fresh (``external_timeout_s``)
+  light active probes of the server's ``probe`` service (cbo_interfaces/srv/Probe): a small
+      payload every ``probe_period_s`` for the RTT, and a ``bandwidth_probe_bytes`` payload at most
+      every ``bandwidth_probe_period_s`` while no offload traffic was seen for
+      ``bandwidth_probe_idle_s``. One probe in flight at a time; no answer within
+      ``probe_timeout_s`` counts as lost; an absent service makes the server unreachable.
+
+Outputs:
+  ``network_quality`` (cbo_interfaces/msg/NetworkQuality) at ``publish_rate_hz``
+  ``/diagnostics`` (diagnostic_msgs/msg/DiagnosticArray) every ``diagnostics_period_s``
+
+The estimation itself is ROS-free: :mod:`cbo_ros.network_estimator`.
+"""
+
+import threading
+import time
+
+from cbo_interfaces.msg import NetworkQuality, TransferSample
+from cbo_interfaces.srv import Probe
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+
+from cbo_ros.network_estimator import NetworkEstimator
+from cbo_ros.nodes.ros_common import declare, Diagnostics, RESULT_QOS
+
+
+class NetworkMonitorNode(Node):
+    """Turns transfer samples, probes and external estimates into ``network_quality``."""
+
+    def __init__(self, **kwargs):
+        super().__init__('network_monitor_node', **kwargs)
+        self.probe_enabled = declare(self, 'probe_enabled', True,
+                                     'Send active probes to the server probe service.',
+                                     read_only=True)
+        self.probe_period_s = declare(self, 'probe_period_s', 0.5,
+                                      'Period of the small RTT probes (seconds).',
+                                      minimum=0.05, maximum=60.0, read_only=True)
+        self.probe_timeout_s = declare(self, 'probe_timeout_s', 1.0,
+                                       'A probe without an answer after this long is lost.',
+                                       minimum=0.01, maximum=60.0, read_only=True)
+        self.probe_payload_bytes = declare(self, 'probe_payload_bytes', 64,
+                                           'Payload of the small RTT probes (bytes).',
+                                           minimum=0, maximum=4096, read_only=True)
+        self.bandwidth_probe_bytes = declare(
+            self, 'bandwidth_probe_bytes', 16384,
+            'Payload of the occasional goodput probe (bytes; 0 disables it).',
+            minimum=0, maximum=16 * 1024 * 1024, read_only=True)
+        self.bandwidth_probe_period_s = declare(
+            self, 'bandwidth_probe_period_s', 5.0,
+            'At most one goodput probe per this many seconds.', minimum=0.1, maximum=3600.0,
+            read_only=True)
+        self.bandwidth_probe_idle_s = declare(
+            self, 'bandwidth_probe_idle_s', 2.0,
+            'Goodput probes only when no offload transfer was seen for this long.',
+            minimum=0.0, maximum=3600.0, read_only=True)
+        publish_rate_hz = declare(self, 'publish_rate_hz', 5.0,
+                                  'Rate of network_quality messages (Hz).',
+                                  minimum=0.1, maximum=100.0, read_only=True)
+        diagnostics_period_s = declare(self, 'diagnostics_period_s', 1.0,
+                                       'Period of /diagnostics (seconds).',
+                                       minimum=0.1, maximum=60.0, read_only=True)
+        self.estimator = NetworkEstimator(
+            window_s=declare(self, 'window_s', 10.0,
+                             'Sliding window of the goodput, loss and sample count (seconds).',
+                             minimum=0.5, maximum=600.0, read_only=True),
+            stale_after_s=declare(self, 'stale_after_s', 2.0,
+                                  'The estimate is stale when no measurement arrived for this '
+                                  'long (seconds).', minimum=0.05, maximum=600.0,
+                                  read_only=True),
+            rtt_alpha=declare(self, 'rtt_alpha', 0.3, 'EWMA weight of a new RTT sample.',
+                              minimum=0.01, maximum=1.0, read_only=True),
+            min_bandwidth_payload_bytes=declare(
+                self, 'min_bandwidth_payload_bytes', 4096,
+                'Smallest transfer/probe used as a goodput sample (bytes).',
+                minimum=1, maximum=16 * 1024 * 1024, read_only=True),
+            unreachable_after_s=declare(
+                self, 'unreachable_after_s', 3.0,
+                'The server is unreachable when nothing was answered for this long (seconds).',
+                minimum=0.1, maximum=600.0, read_only=True),
+            max_consecutive_failures=declare(
+                self, 'max_consecutive_failures', 2,
+                'This many failed probes/transfers in a row make the server unreachable.',
+                minimum=1, maximum=1000, read_only=True),
+            external_timeout_s=declare(
+                self, 'external_timeout_s', 2.0,
+                'An external estimate overrides the own one for this long after receipt.',
+                minimum=0.05, maximum=600.0, read_only=True),
+            start_time=time.monotonic())
+
+        self.probe_client = self.create_client(Probe, 'probe')
+        self.probe_service = self.resolve_service_name('probe')      # after remaps/namespace
+        self.quality_pub = self.create_publisher(NetworkQuality, 'network_quality', 10)
+        self.create_subscription(TransferSample, 'offload_transfers', self.on_transfer,
+                                 RESULT_QOS)
+        self.create_subscription(NetworkQuality, 'external_network_quality', self.on_external, 10)
+        self.diagnostics = Diagnostics(self, hardware_id='robot_link')
+        self.probe_timer = self.create_timer(self.probe_period_s, self.on_probe_timer)
+        self.publish_timer = self.create_timer(1.0 / publish_rate_hz, self.on_publish_timer)
+        self.diagnostics_timer = self.create_timer(diagnostics_period_s, self.on_diagnostics)
+
+        # Probe state; the done callback may run in another thread of a MultiThreadedExecutor.
+        self._lock = threading.Lock()
+        self._pending = None            # (future, sent monotonic, payload bytes, token)
+        self._token = 0
+        self._payloads = {}
+        self._last_transfer = None
+        self._last_bandwidth_probe = float('-inf')
+        self._service_absent = False
+        self.probes_sent = 0
+        self.probes_lost = 0
+        self.transfers_seen = 0
+        self.externals_seen = 0
+        self.last = None
+        self.get_logger().info(
+            f"probing '{self.probe_service}' every {self.probe_period_s:g} s "
+            f"({self.probe_payload_bytes} B; {self.bandwidth_probe_bytes} B goodput probes "
+            f"when idle), publishing '{self.quality_pub.topic_name}' at {publish_rate_hz:g} Hz")
+
+    # ------------------------------------------------------------------ inputs
+    def on_transfer(self, msg):
+        """Feed one offload transfer measured by the planner."""
+        now = time.monotonic()
+        self._last_transfer = now
+        self.transfers_seen += 1
+        with self._lock:
+            self.estimator.add_transfer(now, msg.payload_bytes, msg.round_trip_ms, msg.server_ms,
+                                        msg.success, msg.timed_out)
+
+    def on_external(self, msg):
+        """Take an external link estimate."""
+        self.externals_seen += 1
+        with self._lock:
+            self.estimator.set_external(time.monotonic(), msg.bandwidth_bps, msg.rtt_ms,
+                                        msg.loss_rate, msg.server_reachable,
+                                        msg.estimate_age_s, msg.stale, msg.samples)
+
+    # ------------------------------------------------------------------ probes
+    def _payload(self, size):
+        if size not in self._payloads:
+            self._payloads[size] = bytes(size)
+        return self._payloads[size]
+
+    def _expire_probe(self, now):
+        """Count the in-flight probe as lost once it is older than the timeout."""
+        with self._lock:
+            if self._pending is None:
+                return
+            future, sent, size, _ = self._pending
+            if now - sent < self.probe_timeout_s:
+                return
+            self._pending = None
+            self.estimator.add_probe(now, size, None)
+        future.cancel()
+        self.probe_client.remove_pending_request(future)
+        self.probes_lost += 1
+        self.get_logger().warning(f'probe of {size} B lost (no answer in '
+                                  f'{self.probe_timeout_s:g} s)', throttle_duration_sec=5.0)
+
+    def on_probe_timer(self):
+        """Send the next probe unless one is still in flight."""
+        if not self.probe_enabled:
+            return
+        now = time.monotonic()
+        self._expire_probe(now)
+        if self._pending is not None:
+            return
+        if not self.probe_client.service_is_ready():
+            with self._lock:
+                self.estimator.add_unreachable(now)
+            if not self._service_absent:
+                self.get_logger().warning(f"service '{self.probe_service}' not "
+                                          'available: server unreachable')
+            self._service_absent = True
+            return
+        if self._service_absent:
+            self.get_logger().info(f"service '{self.probe_service}' available")
+            self._service_absent = False
+        size = self.probe_payload_bytes
+        idle = (self._last_transfer is None
+                or now - self._last_transfer >= self.bandwidth_probe_idle_s)
+        # A goodput sample needs the base RTT first: the wire time is measured RTT minus it.
+        with self._lock:
+            have_base_rtt = self.estimator.base_rtt_ms(now) > 0
+        if (self.bandwidth_probe_bytes > 0 and idle and have_base_rtt
+                and now - self._last_bandwidth_probe >= self.bandwidth_probe_period_s):
+            size = self.bandwidth_probe_bytes
+            self._last_bandwidth_probe = now
+        request = Probe.Request()
+        request.payload = self._payload(size)
+        self._token += 1
+        token = self._token
+        with self._lock:
+            sent = time.monotonic()
+            future = self.probe_client.call_async(request)
+            self._pending = (future, sent, size, token)
+        self.probes_sent += 1
+        future.add_done_callback(lambda f: self._on_probe_done(f, sent, size, token))
+
+    def _on_probe_done(self, future, sent, size, token):
+        now = time.monotonic()
+        with self._lock:
+            if self._pending is None or self._pending[3] != token or future.cancelled():
+                return                      # already counted as lost
+            self._pending = None
+            if future.exception() is not None:
+                self.probes_lost += 1
+                self.estimator.add_probe(now, size, None)
+                return
+            rtt_ms = 1e3 * (now - sent)
+            self.estimator.add_probe(now, size, rtt_ms)
+        received = future.result().received_bytes
+        if received != size:
+            self.get_logger().warning(f'server received {received} of {size} probe bytes',
+                                      throttle_duration_sec=10.0)
+        self.get_logger().debug(f'probe {size} B: {rtt_ms:.2f} ms')
+
+    # ------------------------------------------------------------------ outputs
+    def on_publish_timer(self):
+        """Publish the current estimate."""
+        now = time.monotonic()
+        self._expire_probe(now)
+        with self._lock:
+            est = self.estimator.estimate(now)
+        self.last = est
+        msg = NetworkQuality()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.bandwidth_bps = float(est.bandwidth_bps)
+        msg.rtt_ms = float(est.rtt_ms)
+        msg.loss_rate = float(est.loss_rate)
+        msg.server_reachable = bool(est.server_reachable)
+        msg.estimate_age_s = float(est.estimate_age_s)
+        msg.stale = bool(est.stale)
+        msg.samples = int(est.samples)
+        msg.source = est.source
+        self.quality_pub.publish(msg)
+
+    def on_diagnostics(self):
+        """Publish the link state on /diagnostics."""
+        est = self.last
+        if est is None:
+            return
+        if not est.server_reachable:
+            level, message = Diagnostics.ERROR, 'server unreachable'
+            if self._service_absent:
+                message += f" (service '{self.probe_service}' absent)"
+        elif est.stale:
+            level, message = Diagnostics.WARN, f'estimate stale ({est.estimate_age_s:.1f} s old)'
+        elif est.loss_rate > 0.2:
+            level, message = Diagnostics.WARN, f'high loss ({100 * est.loss_rate:.0f} %)'
+        else:
+            level, message = Diagnostics.OK, (f'{est.bandwidth_bps / 1e6:.1f} Mbit/s, '
+                                              f'RTT {est.rtt_ms:.1f} ms')
+        self.diagnostics.publish(level, message, {
+            'bandwidth_mbps': f'{est.bandwidth_bps / 1e6:.3f}',
+            'rtt_ms': f'{est.rtt_ms:.2f}',
+            'loss_rate': f'{est.loss_rate:.3f}',
+            'server_reachable': est.server_reachable,
+            'estimate_age_s': f'{est.estimate_age_s:.2f}',
+            'stale': est.stale,
+            'source': est.source,
+            'samples_in_window': est.samples,
+            'probe_service': self.probe_service,
+            'probes_sent': self.probes_sent,
+            'probes_lost': self.probes_lost,
+            'transfers_seen': self.transfers_seen,
+            'external_estimates_seen': self.externals_seen,
+        })
+
+
+def main(args=None):
+    """Run the network monitor until SIGINT/SIGTERM."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = NetworkMonitorNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,168 @@
+"""npu_classifier_node: classify every camera frame with the robot's (int8) model.
+
+Subscribes ``image_raw`` (sensor-data QoS unless overridden) and publishes ``local_result``
+(cbo_interfaces/FrameClassification, ``is_final`` false) for every frame it receives, with the
+header copied from the image, the calibrated and raw confidence, the top-k classes and the latency.
+
+``frame_seq`` is a counter of this node (0, 1, 2, ... in the order frames are received); nodes
+downstream join frames by ``header.stamp``, which is unique per frame.
+
+A malformed frame (unsupported encoding, truncated data, zero size) is answered with an empty
+``class_id``, score 0 and the note ``invalid frame: <reason>``, so it is not silently lost.
+"""
+
+import sys
+import time
+
+import numpy as np
+import rclpy
+from cbo_interfaces.msg import ClassHypothesis, FrameClassification
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from cbo_ros import paths
+from cbo_ros.classifier import OnnxClassifier
+from cbo_ros.image_ops import softmax
+from cbo_ros.media import image_msg_to_rgb
+from cbo_ros.nodes.ros_common import (Diagnostics, RESULT_QOS, RateMeter, class_name, declare,
+                                      frame_qos, load_bundle, stamp_to_ns)
+
+
+class NpuClassifierNode(Node):
+    """Runs the robot model on each frame and publishes the calibrated local result."""
+
+    def __init__(self, **kwargs):
+        super().__init__('npu_classifier_node', **kwargs)
+        model = declare(self, 'model', paths.ROBOT_MODEL_INT8,
+                        'Robot model: ONNX path or a file name in artifacts/models.')
+        self.input_size = declare(self, 'input_size', paths.ROBOT_INPUT_SIZE,
+                                  'Model input side length in pixels.', minimum=32,
+                                  maximum=1024)
+        providers = declare(self, 'providers', ['cpu'],
+                            'ONNX Runtime execution providers in order of preference '
+                            '(e.g. [qnn, openvino, cuda, cpu]); unavailable ones are reported, '
+                            'CPU is the fallback.')
+        threads = declare(self, 'intra_op_threads', 1,
+                          'ONNX Runtime intra-op threads (0: onnxruntime default).', minimum=0,
+                          maximum=256)
+        calibration_file = declare(self, 'calibration_file', '',
+                                   'Calibration bundle (empty: the default path under '
+                                   'artifacts/calibration).')
+        self.top_k = declare(self, 'top_k', 5, 'Classes reported in top_k.', minimum=1,
+                             maximum=1000)
+        reliability = declare(self, 'reliability', 'best_effort',
+                              "QoS reliability of the image_raw subscription: 'best_effort' "
+                              "(sensor data) or 'reliable'.")
+        depth = declare(self, 'depth', 5, 'QoS history depth of image_raw.', minimum=1,
+                        maximum=1000)
+        diag_period = declare(self, 'diagnostics_period_s', 1.0,
+                              'Period of the /diagnostics status.', minimum=0.1, maximum=60.0)
+
+        self.classifier = OnnxClassifier(str(paths.resolve_model(model)), self.input_size,
+                                         providers=providers, intra_op_threads=threads)
+        for warning in self.classifier.provider_warnings:
+            self.get_logger().warning(f'{warning}: falling back to the next provider')
+        self.bundle, self.calibrated, self.calibration_message = load_bundle(
+            self.get_logger(), calibration_file)
+
+        self.result_pub = self.create_publisher(FrameClassification, 'local_result', RESULT_QOS)
+        group = MutuallyExclusiveCallbackGroup()
+        self.image_sub = self.create_subscription(Image, 'image_raw', self.on_image,
+                                                  frame_qos(reliability, depth),
+                                                  callback_group=group)
+        self.diagnostics = Diagnostics(self)
+        self.diag_timer = self.create_timer(diag_period, self.on_diagnostics,
+                                            callback_group=group)
+        self.seq = 0
+        self.invalid = 0
+        self.rate_meter = RateMeter()
+        self.inference_ms = []
+        self.classifier.logits([np.zeros((self.input_size, self.input_size, 3), np.uint8)])
+        self.get_logger().info(
+            f'{self.classifier.name} on {", ".join(self.classifier.active_providers)}; '
+            f'{self.calibration_message}')
+
+    def on_image(self, msg):
+        seq = self.seq
+        self.seq += 1
+        result = FrameClassification(header=msg.header, frame_seq=seq,
+                                     source=FrameClassification.SOURCE_ROBOT,
+                                     model=self.classifier.name, resolution=self.input_size,
+                                     is_final=False)
+        start = time.perf_counter()
+        try:
+            rgb = image_msg_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+        except ValueError as error:
+            self.invalid += 1
+            self.get_logger().error(f'invalid frame (stamp {msg.header.stamp.sec}.'
+                                    f'{msg.header.stamp.nanosec:09d}): {error}',
+                                    throttle_duration_sec=2.0)
+            result.note = f'invalid frame: {error}'
+            self.publish(result, start)
+            return
+        logits = self.classifier.logits([rgb])[0]
+        calibrated, raw = self.bundle.confidence(logits, resolution=self.input_size)
+        probabilities = softmax(logits)
+        order = np.argsort(probabilities)[::-1][:self.top_k]
+        result.class_id = str(int(order[0]))
+        result.class_name = class_name(order[0])
+        result.score = float(calibrated)
+        result.calibrated_confidence = float(calibrated)
+        result.raw_confidence = float(raw)
+        result.top_k = [ClassHypothesis(class_id=str(int(i)), class_name=class_name(i),
+                                        score=float(probabilities[i])) for i in order]
+        result.note = 'local answer' if self.calibrated else 'local answer (uncalibrated)'
+        self.publish(result, start)
+
+    def publish(self, result, start):
+        inference_ms = (time.perf_counter() - start) * 1e3
+        now_ns = self.get_clock().now().nanoseconds
+        result.latency.local_inference_ms = inference_ms
+        result.latency.capture_to_local_ms = (now_ns - stamp_to_ns(result.header.stamp)) / 1e6
+        self.result_pub.publish(result)
+        self.rate_meter.tick(time.monotonic())
+        self.inference_ms = (self.inference_ms + [inference_ms])[-100:]
+        self.get_logger().info(
+            f'frame {result.frame_seq}: class {result.class_id or "-"} '
+            f'conf {result.calibrated_confidence:.2f} ({inference_ms:.1f} ms)',
+            throttle_duration_sec=5.0)
+
+    def on_diagnostics(self):
+        level = Diagnostics.OK if self.calibrated else Diagnostics.WARN
+        message = 'ok' if self.calibrated else 'uncalibrated fallback in use'
+        if self.classifier.provider_warnings:
+            level = Diagnostics.WARN
+            message = '; '.join(self.classifier.provider_warnings)
+        mean_ms = float(np.mean(self.inference_ms)) if self.inference_ms else 0.0
+        self.diagnostics.publish(level, message, {
+            'model': self.classifier.name,
+            'providers': ','.join(self.classifier.active_providers),
+            'inference_rate_hz': f'{self.rate_meter.rate(time.monotonic()):.2f}',
+            'mean_inference_ms': f'{mean_ms:.2f}',
+            'frames': self.seq, 'invalid_frames': self.invalid,
+            'calibration': self.calibration_message})
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = NpuClassifierNode()
+        rclpy.spin(node)
+    except (FileNotFoundError, ImportError, ValueError) as error:
+        rclpy.logging.get_logger('npu_classifier_node').fatal(f'cannot start: {error}')
+        code = 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    sys.exit(code)
+
+
+if __name__ == '__main__':
+    main()

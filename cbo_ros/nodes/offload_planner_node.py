@@ -1,0 +1,545 @@
+"""offload_planner_node: decide per frame whether to offload, and publish one final answer.
+
+Inputs: ``image_raw`` (frames), ``local_result`` (robot answers, joined to frames by
+``header.stamp``) and ``network_quality`` (link estimate of network_monitor_node). For each frame
+the shared planner (``cbo_ros.planner.make_planner``) chooses between the local answer and an
+offload at one of the calibrated resolutions; the payload sizes it weighs are the real JPEG sizes
+of the frame's centre square at each resolution.
+
+Outputs, for every frame exactly once: ``result`` (FrameClassification, ``is_final`` true) by the
+frame's deadline (``deadline_ms`` after its stamp): the server's answer when it came back in time,
+else the local answer (``note`` says why), or an empty class when no local answer arrived either;
+``offload_decision`` (OffloadDecision). For every offload call: ``offload_transfers``
+(TransferSample), which the network monitor learns bandwidth from. Diagnostics on
+``/diagnostics``.
+
+Nothing blocks the executor: the server is called with ``call_async`` and a periodic timer answers
+frames whose deadline is near. ``frame_seq`` is a counter of this node (order of first sight).
+"""
+
+import collections
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time
+from cbo_interfaces.msg import (FrameClassification, NetworkQuality, OffloadDecision,
+                                TransferSample)
+from cbo_interfaces.srv import Offload
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image
+
+from cbo_ros.image_ops import center_square, encode_jpeg
+from cbo_ros.media import image_msg_to_rgb
+from cbo_ros.nodes.ros_common import (Diagnostics, RESULT_QOS, RateMeter, declare, frame_qos,
+                                      load_bundle, ns_to_stamp, stamp_to_ns)
+from cbo_ros.planner import FrameCandidate, LinkState, OffloadOption, make_planner
+
+NS = 1_000_000_000
+
+
+@dataclass
+class FrameState:
+    """Bookkeeping of one frame until its final answer is published."""
+
+    key: int                       # header.stamp in ns (the join key)
+    seq: int
+    header: object
+    deadline_ns: int
+    rgb: object = None             # RGB frame (dropped once the decision is made)
+    image_error: str = ''
+    local: object = None           # FrameClassification from npu_classifier_node
+    decided: bool = False
+    decision: object = None        # OffloadDecision published for this frame
+    offloaded: bool = False
+    latency: dict = field(default_factory=dict)
+
+
+@dataclass
+class PendingCall:
+    """An offload call whose TransferSample is not yet published."""
+
+    future: object
+    key: int
+    seq: int
+    send_ns: int
+    deadline_ns: int
+    payload_bytes: int
+    resolution: int
+    transfer_s: float = 0.0        # planned transfer time (payload / bandwidth)
+
+
+class OffloadPlannerNode(Node):
+    """Confidence-based offloading of frames to the offload server."""
+
+    def __init__(self, **kwargs):
+        super().__init__('offload_planner_node', **kwargs)
+        self.strategy = declare(self, 'strategy', 'cbo',
+                                'Planner strategy (cbo_ros.planner.strategy_names()).',
+                                read_only=True)
+        calibration_file = declare(self, 'calibration_file', '',
+                                   'Calibration bundle (empty: the default path).')
+        resolutions = declare(self, 'offload_resolutions', [0],
+                              'Offload resolutions in pixels ([0]: those of the calibration).')
+        self.deadline_ns = int(declare(
+            self, 'deadline_ms', 300.0, 'Answer deadline of a frame, ms after its stamp.',
+            minimum=10.0, maximum=60000.0) * 1e6)
+        self.margin_ns = int(declare(
+            self, 'deadline_margin_ms', 25.0,
+            'Publish the fallback answer this long before the deadline.', minimum=0.0,
+            maximum=1000.0) * 1e6)
+        check_ms = declare(self, 'deadline_check_ms', 5.0,
+                           'Period of the deadline timer.', minimum=1.0, maximum=100.0)
+        self.jpeg_quality = declare(self, 'jpeg_quality', 90, 'JPEG quality of offloads.',
+                                    minimum=1, maximum=100)
+        self.top_k = declare(self, 'top_k', 5, 'Classes the server returns.', minimum=1,
+                             maximum=255)
+        service = declare(self, 'offload_service', 'offload', 'Offload service name.')
+        self.initial_bandwidth_bps = declare(
+            self, 'initial_bandwidth_bps', 10e6,
+            'Bandwidth assumed until network_quality arrives (bit/s).', minimum=0.0,
+            maximum=1e12)
+        self.initial_rtt_s = declare(self, 'initial_rtt_ms', 5.0,
+                                     'RTT assumed until network_quality arrives.',
+                                     minimum=0.0, maximum=60000.0) / 1e3
+        declare(self, 'bandwidth_cap_bps', 0.0,
+                'Upper bound on the bandwidth the planner may use (bit/s; 0: no cap). Can be '
+                'changed at run time.', minimum=0.0, maximum=1e12)
+        self.quality_timeout_ns = int(declare(
+            self, 'network_quality_timeout_s', 5.0,
+            'A network_quality message older than this is ignored.', minimum=0.1,
+            maximum=3600.0) * NS)
+        self.max_timeouts = declare(self, 'max_consecutive_timeouts', 3,
+                                    'Offloads in a row without an answer before the server is '
+                                    'treated as unreachable.', minimum=1, maximum=1000)
+        self.backoff_ns = int(declare(
+            self, 'server_backoff_s', 2.0,
+            'How long an unresponsive server is not offloaded to.', minimum=0.0,
+            maximum=3600.0) * NS)
+        self.late_grace_ns = int(declare(
+            self, 'late_response_grace_s', 3.0,
+            'Wait this long after a deadline for a late response before giving the call up.',
+            minimum=0.0, maximum=600.0) * NS)
+        self.adapt_server_time = declare(
+            self, 'adapt_server_time', True,
+            'Plan with max(profiled, observed) server time per resolution (observed: round trip '
+            'minus transfer time, decaying back to the profile), so a loaded server gets fewer '
+            'offloads.')
+        self.max_pending = declare(self, 'max_pending_frames', 200,
+                                   'Frames tracked at once; the oldest are answered early '
+                                   'beyond this.', minimum=1, maximum=100000)
+        reliability = declare(self, 'reliability', 'best_effort',
+                              "QoS reliability of the image_raw subscription: 'best_effort' "
+                              "(sensor data) or 'reliable'.")
+        depth = declare(self, 'depth', 5, 'QoS history depth of image_raw.', minimum=1,
+                        maximum=1000)
+        diag_period = declare(self, 'diagnostics_period_s', 1.0,
+                              'Period of the /diagnostics status.', minimum=0.1, maximum=60.0)
+
+        resolutions = [int(r) for r in resolutions if int(r) > 0]
+        self.bundle, self.calibrated, self.calibration_message = load_bundle(
+            self.get_logger(), calibration_file, resolutions)
+        self.resolutions = resolutions or list(self.bundle.offload_resolutions)
+        self.planner = make_planner(self.strategy, self.bundle)
+
+        self.lock = threading.RLock()
+        self.frames = collections.OrderedDict()          # key -> FrameState
+        self.answered = collections.OrderedDict()        # recently answered keys
+        self.pending = {}                                # key -> PendingCall
+        self.seq = 0
+        self.busy_until_s = 0.0
+        self.quality = None
+        self.quality_ns = 0
+        self.consecutive_timeouts = 0
+        self.backoff_until_ns = 0
+        self.stats = collections.Counter()
+        self.round_trips_ms = collections.deque(maxlen=50)
+        self.local_rate = RateMeter()
+        self.offload_rate = RateMeter()
+        self.decision_window = collections.deque(maxlen=100)
+        self.observed_server_s = {}          # resolution -> (EWMA server time s, when ns)
+
+        group = MutuallyExclusiveCallbackGroup()
+        self.client = self.create_client(Offload, service, callback_group=ReentrantCallbackGroup())
+        qos = frame_qos(reliability, depth)
+        self.image_sub = self.create_subscription(Image, 'image_raw', self.on_image, qos,
+                                                  callback_group=group)
+        self.local_sub = self.create_subscription(FrameClassification, 'local_result',
+                                                  self.on_local, RESULT_QOS, callback_group=group)
+        self.quality_sub = self.create_subscription(NetworkQuality, 'network_quality',
+                                                    self.on_quality, 10, callback_group=group)
+        self.result_pub = self.create_publisher(FrameClassification, 'result', RESULT_QOS)
+        self.decision_pub = self.create_publisher(OffloadDecision, 'offload_decision', RESULT_QOS)
+        self.transfer_pub = self.create_publisher(TransferSample, 'offload_transfers', RESULT_QOS)
+        self.diagnostics = Diagnostics(self)
+        self.deadline_timer = self.create_timer(check_ms / 1e3, self.on_deadline_timer,
+                                                callback_group=group)
+        self.diag_timer = self.create_timer(diag_period, self.on_diagnostics,
+                                            callback_group=group)
+        self.get_logger().info(
+            f"strategy '{self.strategy}', deadline {self.deadline_ns / 1e6:.0f} ms, resolutions "
+            f'{self.resolutions}, server {self.client.srv_name}; {self.calibration_message}')
+
+    # ------------------------------------------------------------------ inputs
+    def now_ns(self):
+        return self.get_clock().now().nanoseconds
+
+    def frame_for(self, header):
+        """Return the FrameState of a header's stamp (made on first sight); None once answered."""
+        key = stamp_to_ns(header.stamp)
+        if key in self.answered:
+            return None
+        state = self.frames.get(key)
+        if state is None:
+            state = FrameState(key=key, seq=self.seq, header=header,
+                               deadline_ns=key + self.deadline_ns)
+            self.seq += 1
+            self.frames[key] = state
+            while len(self.frames) > self.max_pending:
+                oldest = next(iter(self.frames.values()))
+                self.finalize(oldest, 'too many frames in flight')
+        return state
+
+    def on_image(self, msg):
+        with self.lock:
+            state = self.frame_for(msg.header)
+            if state is None or state.rgb is not None:
+                return
+            try:
+                state.rgb = image_msg_to_rgb(msg.encoding, msg.height, msg.width, msg.step,
+                                             msg.data)
+            except ValueError as error:
+                state.image_error = str(error)
+            if state.local is not None:
+                self.decide(state)
+
+    def on_local(self, msg):
+        with self.lock:
+            self.local_rate.tick(time.monotonic())
+            state = self.frame_for(msg.header)
+            if state is None or state.local is not None:
+                return
+            state.local = msg
+            if state.rgb is not None or state.image_error or not msg.class_id:
+                self.decide(state)
+
+    def on_quality(self, msg):
+        with self.lock:
+            self.quality = msg
+            self.quality_ns = self.now_ns()
+
+    # ------------------------------------------------------------------ decisions
+    def link_state(self, now_ns):
+        """Return the planner's view of the link: estimate, cap, reachability, queued transfers."""
+        quality = self.quality
+        fresh = quality is not None and now_ns - self.quality_ns < self.quality_timeout_ns
+        if fresh and quality.bandwidth_bps > 0:
+            bandwidth, rtt = quality.bandwidth_bps, quality.rtt_ms / 1e3
+            loss, source = quality.loss_rate, quality.source or 'network_quality'
+        else:
+            bandwidth, rtt, loss, source = (self.initial_bandwidth_bps, self.initial_rtt_s, 0.0,
+                                            'initial')
+        cap = self.get_parameter('bandwidth_cap_bps').value
+        if cap > 0 and (bandwidth <= 0 or cap < bandwidth):
+            bandwidth, source = cap, f'{source}, capped'
+        reachable, why = True, ''
+        if not self.client.service_is_ready():
+            reachable, why = False, 'server unavailable'
+        elif now_ns < self.backoff_until_ns:
+            reachable, why = False, 'server unresponsive (backing off)'
+        elif fresh and not quality.server_reachable:
+            reachable, why = False, 'server unreachable (network monitor)'
+        link = LinkState(bandwidth_bps=float(bandwidth), rtt_s=float(rtt),
+                         loss_rate=float(loss), reachable=reachable,
+                         busy_until_s=self.busy_until_s)
+        return link, why, source
+
+    def decide(self, state):
+        """Run the planner on a frame whose local answer (and image) are known."""
+        if state.decided:
+            return
+        state.decided = True
+        start = time.perf_counter()
+        now_ns = self.now_ns()
+        local = state.local
+        link, unreachable_why, source = self.link_state(now_ns)
+        decision_msg = OffloadDecision(header=state.header, frame_seq=state.seq,
+                                       local_confidence=float(local.calibrated_confidence),
+                                       deadline_ms=self.deadline_ns / 1e6,
+                                       bandwidth_bps=link.bandwidth_bps, strategy=self.strategy)
+        state.decision = decision_msg
+        if not local.class_id or state.image_error or state.rgb is None:
+            why = local.note or f'invalid frame: {state.image_error}'
+            decision_msg.reason = f'not offloadable ({why})'
+            self.publish_decision(decision_msg)
+            self.finalize(state, 'invalid frame')
+            return
+        if not link.reachable:
+            decision_msg.reason = unreachable_why
+            self.publish_decision(decision_msg)
+            state.latency['planning_ms'] = (time.perf_counter() - start) * 1e3
+            self.finalize(state, unreachable_why)
+            return
+
+        encode_start = time.perf_counter()
+        payloads = {r: encode_jpeg(center_square(state.rgb, r), self.jpeg_quality)
+                    for r in self.resolutions}
+        encode_ms = (time.perf_counter() - encode_start) * 1e3
+        confidence = float(local.calibrated_confidence)
+        options = [OffloadOption(resolution=r, payload_bytes=len(payloads[r]),
+                                 server_accuracy=float(self.bundle.server_accuracy(r, confidence)),
+                                 server_time_s=self.server_time_s(r))
+                   for r in self.resolutions]
+        candidate = FrameCandidate(seq=state.seq, arrival_s=now_ns / NS,
+                                   deadline_s=state.deadline_ns / NS, confidence=confidence,
+                                   options=options)
+        if hasattr(candidate, 'raw_confidence'):
+            candidate.raw_confidence = float(local.raw_confidence)
+        decision = self.planner.decide(candidate, link, now_ns / NS)
+        state.rgb = None
+        state.latency['planning_ms'] = (time.perf_counter() - start) * 1e3 - encode_ms
+        state.latency['encode_ms'] = encode_ms
+        decision_msg.offload = bool(decision.offload)
+        decision_msg.expected_gain = float(decision.expected_gain)
+        decision_msg.reason = decision.reason or ('offload' if decision.offload else 'local')
+        decision_msg.bandwidth_bps = link.bandwidth_bps
+        if not decision.offload:
+            decision_msg.expected_accuracy_offload = float(decision.expected_accuracy)
+            self.publish_decision(decision_msg)
+            self.finalize(state, f'local answer: {decision_msg.reason}')
+            return
+        resolution = int(decision.resolution)
+        payload = payloads[resolution]
+        decision_msg.resolution = resolution
+        decision_msg.payload_bytes = len(payload)
+        decision_msg.expected_accuracy_offload = float(decision.expected_accuracy)
+        decision_msg.expected_finish_ms = (decision.expected_finish_s * NS - state.key) / 1e6
+        self.publish_decision(decision_msg)
+        self.busy_until_s = max(self.busy_until_s, float(decision.link_free_after_s))
+
+        request = Offload.Request(header=state.header, frame_seq=state.seq, top_k=self.top_k,
+                                  return_scores=False)
+        request.image = CompressedImage(header=state.header, format='jpeg', data=payload)
+        request.deadline = ns_to_stamp(state.deadline_ns, Time)
+        send_ns = self.now_ns()
+        future = self.client.call_async(request)
+        state.offloaded = True
+        call = PendingCall(future=future, key=state.key, seq=state.seq, send_ns=send_ns,
+                           deadline_ns=state.deadline_ns, payload_bytes=len(payload),
+                           resolution=resolution,
+                           transfer_s=len(payload) * 8.0 / max(link.bandwidth_bps, 1.0))
+        self.pending[state.key] = call
+        future.add_done_callback(lambda done, call=call: self.on_response(call, done))
+        self.stats['offloads'] += 1
+        self.offload_rate.tick(time.monotonic())
+
+    def server_time_s(self, resolution):
+        """Server time to plan with: max(profiled, observed), the excess decaying (half-life 2 s).
+
+        Observed = round trip minus the planned transfer time of answered calls, or the time
+        already waited for calls that missed their deadline: an overloaded server gets fewer
+        offloads, and the estimate returns to the profile when the server recovers.
+        """
+        profiled = float(self.bundle.server_time_s(resolution))
+        if not self.adapt_server_time or resolution not in self.observed_server_s:
+            return profiled
+        value, when_ns = self.observed_server_s[resolution]
+        age_s = max(0.0, (self.now_ns() - when_ns) / NS)
+        return profiled + max(0.0, value - profiled) * 0.5 ** (age_s / 2.0)
+
+    def observe_server_time(self, resolution, seconds):
+        now_ns = self.now_ns()
+        current = self.server_time_s(resolution)
+        value = seconds if resolution not in self.observed_server_s else \
+            0.7 * current + 0.3 * seconds
+        self.observed_server_s[resolution] = (value, now_ns)
+
+    def publish_decision(self, msg):
+        self.decision_pub.publish(msg)
+        self.decision_window.append((msg.offload, msg.resolution))
+        self.get_logger().info(
+            f'frame {msg.frame_seq}: conf {msg.local_confidence:.2f} -> '
+            f'{"offload @%dpx" % msg.resolution if msg.offload else "local"} ({msg.reason}, '
+            f'bw {msg.bandwidth_bps / 1e6:.1f} Mbit/s)', throttle_duration_sec=2.0)
+
+    def on_response(self, call, future):
+        with self.lock:
+            if self.pending.pop(call.key, None) is None:
+                return                     # already given up and reported
+            now_ns = self.now_ns()
+            round_trip_ms = (now_ns - call.send_ns) / 1e6
+            try:
+                response = future.result()
+            except Exception as error:  # noqa: BLE001 - a failed call is reported, not raised
+                response, error_text = None, str(error)
+            else:
+                error_text = '' if response is not None else 'no response'
+            self.publish_transfer(call, success=response is not None,
+                                  round_trip_ms=round_trip_ms if response is not None else 0.0,
+                                  server_ms=response.server_ms if response is not None else 0.0,
+                                  timed_out=now_ns > call.deadline_ns)
+            if response is not None:
+                self.consecutive_timeouts = 0
+                self.round_trips_ms.append(round_trip_ms)
+                self.observe_server_time(call.resolution,
+                                         max(0.0, round_trip_ms / 1e3 - call.transfer_s))
+            state = self.frames.get(call.key)
+            if state is None:
+                self.stats['late_server_answers'] += 1
+                return
+            state.latency['round_trip_ms'] = round_trip_ms
+            if response is None or not response.success:
+                self.stats['server_errors'] += 1
+                reason = error_text or response.error or 'unknown error'
+                self.get_logger().warning(f'frame {call.seq}: server error: {reason}',
+                                          throttle_duration_sec=2.0)
+                self.finalize(state, f'server error ({reason}): local answer')
+                return
+            state.latency['server_ms'] = response.server_ms
+            self.finalize(state, 'server answer', response=response)
+
+    def publish_transfer(self, call, success, round_trip_ms, server_ms, timed_out):
+        sample = TransferSample(frame_seq=call.seq, payload_bytes=call.payload_bytes,
+                                round_trip_ms=float(round_trip_ms), server_ms=float(server_ms),
+                                success=bool(success), timed_out=bool(timed_out))
+        sample.header.stamp = ns_to_stamp(call.send_ns, Time)
+        self.transfer_pub.publish(sample)
+
+    # ------------------------------------------------------------------ answers
+    def finalize(self, state, note, response=None):
+        """Publish the frame's only final result and forget the frame."""
+        now_ns = self.now_ns()
+        local = state.local
+        result = FrameClassification(header=state.header, frame_seq=state.seq, is_final=True)
+        if local is not None:
+            result.calibrated_confidence = local.calibrated_confidence
+            result.raw_confidence = local.raw_confidence
+            result.latency.capture_to_local_ms = local.latency.capture_to_local_ms
+            result.latency.local_inference_ms = local.latency.local_inference_ms
+        if response is not None:
+            result.class_id, result.class_name = response.class_id, response.class_name
+            result.score, result.top_k = response.score, response.top_k
+            result.source = FrameClassification.SOURCE_SERVER
+            result.model, result.resolution = response.model, response.resolution
+            result.note = (f'server answer (offloaded at '
+                           f'{state.decision.resolution if state.decision else 0} px)')
+        elif local is not None and local.class_id:
+            result.class_id, result.class_name = local.class_id, local.class_name
+            result.score, result.top_k = local.score, local.top_k
+            result.source = FrameClassification.SOURCE_ROBOT
+            result.model, result.resolution = local.model, local.resolution
+            result.note = note
+        else:
+            result.source = FrameClassification.SOURCE_ROBOT
+            result.note = (local.note if local is not None and local.note
+                           else f'no local result: {note}')
+            self.stats['empty_answers'] += 1
+        for name, value in state.latency.items():
+            setattr(result.latency, name, float(value))
+        result.latency.total_ms = (now_ns - state.key) / 1e6
+        result.deadline = ns_to_stamp(state.deadline_ns, Time)
+        result.deadline_met = now_ns <= state.deadline_ns
+        self.result_pub.publish(result)
+        self.stats['answered'] += 1
+        self.stats['server_answers' if response is not None else 'local_answers'] += 1
+        if not result.deadline_met:
+            self.stats['deadline_misses'] += 1
+        if state.decision is None:
+            # Answered without a planner decision (no local result in time): still say so.
+            self.publish_decision(OffloadDecision(
+                header=state.header, frame_seq=state.seq, deadline_ms=self.deadline_ns / 1e6,
+                strategy=self.strategy, reason=note))
+        self.frames.pop(state.key, None)
+        self.answered[state.key] = True
+        while len(self.answered) > 2 * self.max_pending + 100:
+            self.answered.popitem(last=False)
+
+    def on_deadline_timer(self):
+        with self.lock:
+            now_ns = self.now_ns()
+            due = [s for s in self.frames.values() if now_ns >= s.deadline_ns - self.margin_ns]
+            for state in due:
+                if state.offloaded:
+                    self.stats['server_late'] += 1
+                    call = self.pending.get(state.key)
+                    if call is not None:
+                        self.observe_server_time(
+                            call.resolution,
+                            max(0.0, (now_ns - call.send_ns) / NS - call.transfer_s))
+                    self.finalize(state, 'server late: local answer')
+                elif state.local is None:
+                    self.finalize(state, 'local result missing at deadline')
+                else:
+                    self.finalize(state, 'deadline: local answer')
+            for call in [c for c in self.pending.values()
+                         if now_ns > c.deadline_ns + self.late_grace_ns]:
+                self.pending.pop(call.key, None)
+                self.client.remove_pending_request(call.future)
+                self.publish_transfer(call, success=False, round_trip_ms=0.0, server_ms=0.0,
+                                      timed_out=True)
+                self.stats['timeouts'] += 1
+                self.consecutive_timeouts += 1
+                if self.consecutive_timeouts >= self.max_timeouts:
+                    self.backoff_until_ns = now_ns + self.backoff_ns
+                    self.consecutive_timeouts = 0
+                    self.get_logger().warning(
+                        f'server did not answer {self.max_timeouts} offloads in a row: local '
+                        f'answers for {self.backoff_ns / NS:.1f} s', throttle_duration_sec=5.0)
+
+    def on_diagnostics(self):
+        with self.lock:
+            now_ns = self.now_ns()
+            link, why, source = self.link_state(now_ns)
+            offloaded = sum(1 for offload, _ in self.decision_window if offload)
+            share = offloaded / len(self.decision_window) if self.decision_window else 0.0
+            rtt = float(np.mean(self.round_trips_ms)) if self.round_trips_ms else 0.0
+            level = Diagnostics.OK if link.reachable else Diagnostics.WARN
+            message = 'ok' if link.reachable else why
+            if self.stats['deadline_misses']:
+                message += f"; {self.stats['deadline_misses']} deadline misses"
+            if not self.calibrated:
+                level, message = Diagnostics.WARN, message + '; uncalibrated fallback in use'
+            self.diagnostics.publish(level, message, {
+                'strategy': self.strategy,
+                'inference_rate_hz': f'{self.local_rate.rate(time.monotonic()):.2f}',
+                'offload_rate_hz': f'{self.offload_rate.rate(time.monotonic()):.2f}',
+                'offload_share_recent': f'{share:.2f}',
+                'server_reachable': link.reachable,
+                'rtt_ms': f'{rtt:.1f}',
+                'bandwidth_bps': f'{link.bandwidth_bps:.0f}',
+                'bandwidth_source': source,
+                'frames_in_flight': len(self.frames),
+                'offloads_in_flight': len(self.pending),
+                'answered': self.stats['answered'],
+                'server_answers': self.stats['server_answers'],
+                'server_late': self.stats['server_late'],
+                'deadline_misses': self.stats['deadline_misses'],
+                'calibration': self.calibration_message})
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = OffloadPlannerNode()
+        rclpy.spin(node)
+    except (ImportError, ValueError, KeyError) as error:
+        rclpy.logging.get_logger('offload_planner_node').fatal(f'cannot start: {error}')
+        code = 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    sys.exit(code)
+
+
+if __name__ == '__main__':
+    main()

