@@ -1,0 +1,66 @@
+"""A recorder node for the demo and the integration tests: what the robot published, and when.
+
+Subscribes ``result`` (final answers), ``local_result``, ``offload_decision``,
+``offload_transfers``, ``network_quality`` and the camera's latched ``frames_published`` count,
+and keeps them (thread-safe) with their receipt time and the current ``phase`` label.
+"""
+
+import threading
+import time
+
+from cbo_interfaces.msg import FrameClassification, NetworkQuality, OffloadDecision, TransferSample
+from rclpy.node import Node
+from std_msgs.msg import UInt64
+
+from cbo_ros.nodes.ros_common import LATCHED_QOS, RESULT_QOS, stamp_to_ns
+
+
+class Recorder(Node):
+    """Records the robot's outputs; ``phase`` labels what arrives from now on."""
+
+    def __init__(self, name='cbo_recorder', namespace='', record_local=False, **kwargs):
+        super().__init__(name, namespace=namespace, **kwargs)
+        self.lock = threading.Lock()
+        self.phase = ''
+        self.results = []           # (receipt monotonic s, phase, FrameClassification)
+        self.local_results = []
+        self.decisions = []
+        self.transfers = []
+        self.qualities = []
+        self.frames_published = 0
+        self.create_subscription(FrameClassification, 'result', self._on('results'), RESULT_QOS)
+        self.create_subscription(OffloadDecision, 'offload_decision', self._on('decisions'),
+                                 RESULT_QOS)
+        self.create_subscription(TransferSample, 'offload_transfers', self._on('transfers'),
+                                 RESULT_QOS)
+        self.create_subscription(NetworkQuality, 'network_quality', self._on('qualities'), 10)
+        if record_local:
+            self.create_subscription(FrameClassification, 'local_result',
+                                     self._on('local_results'), RESULT_QOS)
+        self.create_subscription(UInt64, 'frames_published', self._on_count, LATCHED_QOS)
+
+    def _on(self, attribute):
+        def callback(msg):
+            with self.lock:
+                getattr(self, attribute).append((time.monotonic(), self.phase, msg))
+        return callback
+
+    def _on_count(self, msg):
+        with self.lock:
+            self.frames_published = max(self.frames_published, int(msg.data))
+
+    def set_phase(self, phase):
+        with self.lock:
+            self.phase = phase
+
+    def snapshot(self, attribute):
+        with self.lock:
+            return list(getattr(self, attribute))
+
+    def answered_stamps(self):
+        """Header stamps (ns) of the final results, with repetitions."""
+        return [stamp_to_ns(msg.header.stamp) for _, _, msg in self.snapshot('results')]
+
+    def count(self, attribute):
+        with self.lock:
+            return len(getattr(self, attribute))

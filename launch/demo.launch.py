@@ -1,0 +1,40 @@
+"""Robot and server together on one machine (what `cbo_demo` runs, minus link shaping).
+
+    ros2 launch cbo_ros demo.launch.py mode:=once
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.substitutions import FindPackageShare
+
+
+def generate_launch_description():
+    launch_dir = PathJoinSubstitution([FindPackageShare('cbo_ros'), 'launch'])
+    config_dir = PathJoinSubstitution([FindPackageShare('cbo_ros'), 'config'])
+    shared = {'namespace': LaunchConfiguration('namespace'),
+              'use_sim_time': LaunchConfiguration('use_sim_time'),
+              'log_level': LaunchConfiguration('log_level')}
+    return LaunchDescription([
+        DeclareLaunchArgument('namespace', default_value='', description='Namespace of all nodes'),
+        DeclareLaunchArgument('robot_params_file',
+                              default_value=PathJoinSubstitution([config_dir, 'robot.yaml']),
+                              description='Parameter file of the robot nodes'),
+        DeclareLaunchArgument('server_params_file',
+                              default_value=PathJoinSubstitution([config_dir, 'server.yaml']),
+                              description='Parameter file of the offload server'),
+        DeclareLaunchArgument('use_sim_time', default_value='false', description='Use /clock'),
+        DeclareLaunchArgument('log_level', default_value='info', description='Logging level'),
+        DeclareLaunchArgument('source', default_value='bikes.mp4', description='Camera source'),
+        DeclareLaunchArgument('mode', default_value='once', description='Camera mode'),
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(PathJoinSubstitution([launch_dir, 'server.launch.py'])),
+            launch_arguments={**shared,
+                              'params_file': LaunchConfiguration('server_params_file')}.items()),
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(PathJoinSubstitution([launch_dir, 'robot.launch.py'])),
+            launch_arguments={**shared, 'params_file': LaunchConfiguration('robot_params_file'),
+                              'source': LaunchConfiguration('source'),
+                              'mode': LaunchConfiguration('mode')}.items()),
+    ])

@@ -1,0 +1,196 @@
+"""The launch files (parsed with ast: `launch` is not installable here) and the parameter files.
+
+Checks that every package/executable a launch file starts is a console script of that package,
+that every config/launch path it builds exists (and is installed by setup.py), and that the
+parameter files' keys are exactly the parameters the nodes declare, with accepted values (the
+nodes are instantiated under rclpy with the file, as `--ros-args --params-file` passes it).
+"""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_DIR = ROOT / 'launch'
+LAUNCH_FILES = sorted(LAUNCH_DIR.glob('*.launch.py'))
+PACKAGE_DIRS = {'cbo_ros': ROOT, 'server_node': ROOT / 'server_node'}
+
+
+def entry_points(package):
+    """console_scripts of a package's setup.py: {name: 'module:function'}."""
+    text = (PACKAGE_DIRS[package] / 'setup.py').read_text()
+    return dict(re.findall(r"'([\w-]+)\s*=\s*([\w.]+:\w+)'", text))
+
+
+def call_name(node):
+    func = node.func
+    return func.id if isinstance(func, ast.Name) else getattr(func, 'attr', '')
+
+
+def string(node):
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def launched_nodes(tree):
+    """(package, executable) pairs of the launch_ros Node actions of a launch file.
+
+    A Node whose executable is a parameter of a helper function (``def robot_node(executable)``)
+    is resolved through the string arguments of that helper's calls.
+    """
+    found = []
+    helpers = {}
+    for function in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]:
+        for call in [n for n in ast.walk(function) if isinstance(n, ast.Call)]:
+            if call_name(call) != 'Node':
+                continue
+            keywords = {k.arg: k.value for k in call.keywords}
+            package = string(keywords.get('package'))
+            executable = keywords.get('executable')
+            if string(executable):
+                found.append((package, string(executable)))
+            elif isinstance(executable, ast.Name):
+                arguments = [a.arg for a in function.args.args]
+                if executable.id not in arguments:
+                    continue           # seen from an enclosing function
+                helpers[function.name] = (package, arguments.index(executable.id))
+    for call in [n for n in ast.walk(tree) if isinstance(n, ast.Call)]:
+        if call_name(call) in helpers:
+            package, position = helpers[call_name(call)]
+            found.append((package, string(call.args[position])))
+    return found
+
+
+def share_paths(tree):
+    """Paths built as PathJoinSubstitution([FindPackageShare('pkg'), 'dir', 'file'])."""
+    paths = []
+    for call in [n for n in ast.walk(tree) if isinstance(n, ast.Call)]:
+        if call_name(call) != 'PathJoinSubstitution' or not call.args:
+            continue
+        parts = call.args[0].elts if isinstance(call.args[0], ast.List) else []
+        if parts and isinstance(parts[0], ast.Call) and call_name(parts[0]) == 'FindPackageShare':
+            package = string(parts[0].args[0])
+            rest = [string(p) for p in parts[1:]]
+            if all(rest):
+                paths.append((package, rest))
+    return paths
+
+
+def included_launch_files(tree):
+    """File names joined onto a launch directory: PathJoinSubstitution([launch_dir, 'x'])."""
+    names = []
+    for call in [n for n in ast.walk(tree) if isinstance(n, ast.Call)]:
+        if call_name(call) == 'PathJoinSubstitution' and call.args and \
+                isinstance(call.args[0], ast.List):
+            for part in call.args[0].elts:
+                text = string(part)
+                if text and text.endswith(('.launch.py', '.yaml')):
+                    names.append(text)
+    return names
+
+
+def test_launch_files_present():
+    names = {p.name for p in LAUNCH_FILES}
+    assert {'robot.launch.py', 'server.launch.py', 'demo.launch.py'} <= names
+
+
+@pytest.mark.parametrize('path', LAUNCH_FILES, ids=lambda p: p.name)
+def test_launch_file_references_exist(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    functions = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert 'generate_launch_description' in functions
+    declared = {string(c.args[0]) for c in ast.walk(tree)
+                if isinstance(c, ast.Call) and call_name(c) == 'DeclareLaunchArgument'}
+    assert {'namespace', 'use_sim_time', 'log_level'} <= declared, declared
+    assert any('params_file' in name for name in declared), declared
+    used = {string(c.args[0]) for c in ast.walk(tree)
+            if isinstance(c, ast.Call) and call_name(c) == 'LaunchConfiguration'}
+    assert used <= declared, f'LaunchConfiguration of undeclared arguments: {used - declared}'
+
+    for package, executable in launched_nodes(tree):
+        assert package in PACKAGE_DIRS, f'{path.name}: unknown package {package!r}'
+        scripts = entry_points(package)
+        assert executable in scripts, f'{path.name}: {package} has no executable {executable!r}'
+        module = scripts[executable].split(':')[0]
+        module_file = PACKAGE_DIRS[package] / (module.replace('.', '/') + '.py')
+        assert module_file.is_file(), f'{executable}: {module_file} missing'
+    for package, parts in share_paths(tree):
+        target = PACKAGE_DIRS[package].joinpath(*parts)
+        assert target.exists(), f'{path.name}: {"/".join(parts)} not found in {package}'
+    for name in included_launch_files(tree):
+        folder = LAUNCH_DIR if name.endswith('.launch.py') else ROOT / 'config'
+        assert (folder / name).is_file(), f'{path.name}: {name} not found'
+
+
+def test_robot_launch_starts_the_robot_nodes():
+    tree = ast.parse((LAUNCH_DIR / 'robot.launch.py').read_text())
+    executables = {e for _, e in launched_nodes(tree)}
+    assert executables == {'camera_node', 'npu_classifier_node', 'network_monitor_node',
+                           'offload_planner_node'}
+    tree = ast.parse((LAUNCH_DIR / 'server.launch.py').read_text())
+    assert launched_nodes(tree) == [('server_node', 'server_node')]
+
+
+def test_setup_installs_launch_and_config():
+    text = (ROOT / 'setup.py').read_text()
+    assert "glob('launch/*.launch.py')" in text and "glob('config/*.yaml')" in text
+
+
+def node_sections(path):
+    """{node name: parameters} of a ROS 2 parameter file ('/**/name', 'name' or '/**')."""
+    content = yaml.safe_load(path.read_text())
+    sections = {}
+    for key, value in content.items():
+        name = str(key).split('/')[-1] or '**'
+        sections[name] = value['ros__parameters']
+    return sections
+
+
+NODE_CLASSES = {
+    'camera_node': ('cbo_ros.nodes.camera_node', 'CameraNode'),
+    'npu_classifier_node': ('cbo_ros.nodes.npu_classifier_node', 'NpuClassifierNode'),
+    'offload_planner_node': ('cbo_ros.nodes.offload_planner_node', 'OffloadPlannerNode'),
+    'network_monitor_node': ('cbo_ros.nodes.network_monitor_node', 'NetworkMonitorNode'),
+    '**': ('server_node.offload_server', 'OffloadServer'),
+}
+
+
+@pytest.mark.parametrize('config', ['robot.yaml', 'server.yaml'])
+def test_param_files_match_declared_parameters(config):
+    """Instantiate each node with the file; its keys must be exactly the declared parameters."""
+    import importlib
+
+    import rclpy
+    from ros_helpers import unique_domain_id
+
+    path = ROOT / 'config' / config
+    sections = node_sections(path)
+    assert sections, f'{config} has no node sections'
+    context = rclpy.Context()
+    rclpy.init(args=['test', '--ros-args', '--params-file', str(path)], context=context,
+               domain_id=unique_domain_id())
+    try:
+        for name, values in sections.items():
+            assert name in NODE_CLASSES, f'{config}: section for unknown node {name!r}'
+            module, cls = NODE_CLASSES[name]
+            node = getattr(importlib.import_module(module), cls)(context=context)
+            try:
+                declared = set(node._parameters) - {'use_sim_time',
+                                                    'start_type_description_service'}
+                unknown = set(values) - declared
+                missing = declared - set(values)
+                assert not unknown, f'{config} [{name}]: not declared by the node: {unknown}'
+                assert not missing, f'{config} [{name}]: declared but not in the file: {missing}'
+                for key, value in values.items():
+                    got = node.get_parameter(key).value
+                    if isinstance(value, list):
+                        got = list(got)
+                    assert got == value, f'{name}.{key}: file {value!r}, node {got!r}'
+                    descriptor = node.describe_parameter(key)
+                    assert descriptor.description, f'{name}.{key} has no description'
+            finally:
+                node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
