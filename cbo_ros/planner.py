@@ -126,6 +126,78 @@ class BasePlanner:
     def reset(self):
         """Forget any state (between evaluation runs)."""
 
+    def observe_server_answer(self, seq, resolution, server_score, now_s=None):
+        """Feed back a server answer that has arrived (optional; only CBO uses it).
+
+        ``server_score`` is the softmax probability the server returned with its top-1.
+        Call it when the answer arrives (late answers too, lost ones never); ``now_s`` is the
+        arrival time. The base implementation ignores it.
+        """
+
+
+class ServerFeedback:
+    """Online refinement of the server profile A_r(c) from the answers that have arrived.
+
+    For each answered offload the bundle's score map turns the server's returned score into
+    q = P(server correct | score) (fitted on the calibration videos); the residual
+    logit(q) - logit(A_r(c)) against the profile value used at decision time measures how much
+    easier (> 0) or harder this scene is for the server than the calibration videos. The shift
+    delta is the mean residual of the last ``window`` answers shrunk toward 0 by ``prior``
+    pseudo-answers, and the planner uses sigmoid(logit(A_r(c)) + delta) for every resolution.
+    Only answers that have arrived feed it, so it is causal; answers exist only for offloaded
+    (mostly low-confidence) frames, a selection bias that the shared shift accepts.
+    """
+
+    def __init__(self, bundle, window=50, prior=10.0):
+        self.bundle = bundle
+        self.prior = float(prior)
+        self.residuals = deque(maxlen=int(window))
+        self.pending = {}                   # seq -> profile value A_r(c) used at decision
+
+    def reset(self):
+        self.residuals.clear()
+        self.pending.clear()
+
+    @property
+    def shift(self):
+        """Current logit shift delta of the server profile."""
+        n = len(self.residuals)
+        return sum(self.residuals) / (n + self.prior) if n else 0.0
+
+    def adjust(self, accuracy):
+        """Shifted server accuracy sigmoid(logit(a) + delta)."""
+        delta = self.shift
+        if delta == 0.0:
+            return float(accuracy)
+        return _sigmoid(_logit(accuracy) + delta)
+
+    def remember(self, seq, resolution, accuracy):
+        """Record the (unshifted) profile value of an offload when it is decided."""
+        self.pending[int(seq)] = (int(resolution), float(accuracy))
+        if len(self.pending) > 1000:
+            self.pending.pop(next(iter(self.pending)))
+
+    def observe(self, seq, resolution, server_score):
+        """Add the residual of an arrived answer; return it (None when unusable)."""
+        entry = self.pending.pop(int(seq), None)
+        if entry is None or self.bundle is None or server_score is None:
+            return None
+        q = self.bundle.server_confidence(resolution, server_score)
+        if q is None:
+            return None
+        residual = _logit(q) - _logit(entry[1])
+        self.residuals.append(residual)
+        return residual
+
+
+def _logit(p):
+    p = min(max(float(p), 1e-3), 1.0 - 1e-3)
+    return math.log(p / (1.0 - p))
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
 
 class LocalOnlyPlanner(BasePlanner):
     """Never offload: the robot model's answer always stands."""
@@ -301,21 +373,34 @@ class CboPlanner(BasePlanner):
     server profile indexed by raw confidence): the "CBO without calibration" ablation.
     """
 
-    def __init__(self, bundle=None, window=50, utilisation=1.5, calibrated=True, **options):
+    def __init__(self, bundle=None, window=50, utilisation=1.5, calibrated=True, feedback=True,
+                 feedback_window=50, feedback_prior=10.0, price_overlap_only=True, **options):
         super().__init__(bundle, **options)
+        self.price_overlap_only = bool(price_overlap_only)
+        self.interval = _FrameInterval()
         self.window = int(window)
         self.utilisation = float(utilisation)
         self.calibrated = bool(calibrated)
         self.name = 'cbo' if calibrated else 'cbo_uncalibrated'
         self.history = deque(maxlen=self.window)   # (ready time, hull increments)
         self.price_per_byte = 0.0
+        self.feedback = ServerFeedback(bundle, feedback_window, feedback_prior) \
+            if feedback else None
 
     def reset(self):
         self.history.clear()
         self.price_per_byte = 0.0
+        self.interval.reset()
+        if self.feedback is not None:
+            self.feedback.reset()
 
-    def _view(self, candidate):
-        """Confidence and per-option server accuracy the policy believes in."""
+    def observe_server_answer(self, seq, resolution, server_score, now_s=None):
+        """Refine the server profile with an arrived answer (see ``ServerFeedback``)."""
+        if self.feedback is not None:
+            self.feedback.observe(seq, resolution, server_score)
+
+    def _profile_view(self, candidate):
+        """Confidence and per-option (unshifted) server accuracy of the policy's model."""
         if self.calibrated or candidate.raw_confidence is None:
             return candidate.confidence, [o.server_accuracy for o in candidate.options]
         raw = float(candidate.raw_confidence)
@@ -325,6 +410,13 @@ class CboPlanner(BasePlanner):
         else:
             accuracies = [o.server_accuracy for o in candidate.options]
         return raw, accuracies
+
+    def _view(self, candidate):
+        """Confidence and per-option server accuracy the policy believes in (refined)."""
+        conf, accuracies = self._profile_view(candidate)
+        if self.feedback is not None:
+            accuracies = [self.feedback.adjust(a) for a in accuracies]
+        return conf, accuracies
 
     def _reprice(self, link):
         if len(self.history) < 2:
@@ -336,7 +428,22 @@ class CboPlanner(BasePlanner):
         increments = [item for _, steps in self.history for item in steps]
         self.price_per_byte = lp_shadow_price(increments, capacity)
 
+    def _priced_bytes(self, option, link, now_s, interval):
+        """Bytes of ``option`` that hold the link past the next frame's expected ready time.
+
+        A transfer that ends before the next frame is ready takes nothing from it: the link
+        would have idled. Only the overlap competes with later frames and is priced.
+        """
+        if not self.price_overlap_only or not interval:
+            return option.payload_bytes
+        _, free, _ = plan_transfer(option, link, now_s)
+        overlap = free - (float(now_s) + interval)
+        if overlap <= 0:
+            return 0.0
+        return min(float(option.payload_bytes), overlap * link.bandwidth_bps / 8.0)
+
     def decide(self, candidate, link, now_s):
+        interval = self.interval.update(candidate.arrival_s)
         conf, accuracies = self._view(candidate)
         keep = 1.0 - float(link.loss_rate)
         gains = [keep * (a - conf) for a in accuracies]
@@ -354,7 +461,8 @@ class CboPlanner(BasePlanner):
         for option, gain, accuracy in zip(candidate.options, gains, accuracies):
             if gain <= 0:
                 continue
-            score = gain - self.price_per_byte * option.payload_bytes
+            score = gain - self.price_per_byte * self._priced_bytes(option, link, now_s,
+                                                                    interval)
             if score > best_score and self.feasible(candidate, option, link, now_s):
                 best, best_score = (option, accuracy), score
         if best is None:
@@ -362,6 +470,9 @@ class CboPlanner(BasePlanner):
                 return _local(candidate, f'server not expected to do better (c={conf:.2f})', conf)
             return _local(candidate, 'no option worth its link time before the deadline', conf)
         option, accuracy = best
+        if self.feedback is not None:
+            profiled = self._profile_view(candidate)[1][candidate.options.index(option)]
+            self.feedback.remember(candidate.seq, option.resolution, profiled)
         return _offload(candidate, option, link, now_s,
                         f'offload {option.resolution}: gain {best_score:.3f} after link price',
                         conf, accuracy)
@@ -396,8 +507,10 @@ def strategy_names(offload_resolutions=(96, 128, 176, 224, 260)):
 def make_planner(strategy='cbo', bundle=None, **options):
     """Build the planner of ``strategy`` (see ``strategy_names``); ``options`` tune it.
 
-    Options: ``safety_margin_s`` (all), ``p_tar`` (thresholds), ``window`` and ``utilisation``
-    (cbo), ``schedule`` (oracle: {seq: resolution}, evaluator only).
+    Options: ``safety_margin_s`` (all), ``p_tar`` (thresholds), ``window``, ``utilisation``,
+    ``feedback`` (online refinement of the server profile from ``observe_server_answer``),
+    ``feedback_window`` and ``feedback_prior`` (cbo), ``schedule`` (oracle: {seq: resolution},
+    evaluator only). Every planner has ``observe_server_answer(seq, resolution, score, now_s)``.
     """
     name = str(strategy).strip()
     if name == 'local_only':

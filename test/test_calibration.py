@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cbo_ros.calibration import (CalibrationBundle, CalibrationError, HistogramBinning,
+                                 make_calibrator,
                                  IsotonicCalibration, ServerProfile, TemperatureScaling,
                                  brier_score, default_calibration_path,
                                  expected_calibration_error, load_calibration, max_softmax,
@@ -142,3 +143,102 @@ def test_identity_bundle_is_labelled_uncalibrated():
     assert bundle.offload_resolutions == [112, 224]
     assert 0 < bundle.server_accuracy(112, 0.5) < bundle.server_accuracy(224, 0.5) <= 1
     assert bundle.server_time_s(112) > 0
+
+
+# --------------------------------------------------------------- multi-video fitting and selection
+
+def _video(name, logits, labels):
+    from cbo_ros.evaluation.outputs_cache import VideoOutputs
+    n = len(labels)
+    return VideoOutputs(name, name, 10.0, np.arange(n) / 10.0, np.asarray(labels), 'true',
+                        np.asarray(labels), [str(i) for i in range(n)],
+                        {('int8', 224): np.asarray(logits, dtype=np.float32)})
+
+
+def _shifted_videos(temperatures, n=1500, seed=0):
+    videos = []
+    for i, t in enumerate(temperatures):
+        logits, labels = synthetic_logits(t, n=n, seed=seed + i)
+        videos.append(_video(f'v{i}', logits, labels))
+    return videos
+
+
+def test_lovo_selection_picks_a_calibrator_that_lowers_held_out_ece():
+    from cbo_ros.calibration_fit import select_method, video_groups, video_weights
+    # Every scene is over-confident (true temperature 1.8..2.6): a fitted map must transfer.
+    videos = _shifted_videos([1.8, 2.2, 2.6, 2.0])
+    chosen, scores = select_method(videos, 'int8', 224)
+    assert chosen != 'identity'
+    assert scores[chosen]['log_loss'] < scores['identity']['log_loss']
+    logits = np.concatenate([v.robot_logits[('int8', 224)] for v in videos])
+    labels = np.concatenate([v.labels for v in videos])
+    calibrator = make_calibrator(chosen).fit(logits, labels, video_weights(video_groups(videos)))
+    held_logits, held_labels = synthetic_logits(2.3, n=4000, seed=99)   # an unseen scene
+    correct = top1_correct(held_logits, held_labels)
+    before = expected_calibration_error(max_softmax(held_logits), correct)
+    after = expected_calibration_error(calibrator.predict(held_logits), correct)
+    assert after < 0.5 * before
+
+
+def test_lovo_selection_keeps_the_raw_confidence_when_scenes_disagree():
+    from cbo_ros.calibration_fit import select_method
+    # Scenes mis-calibrated in opposite directions around T = 1: no map transfers.
+    videos = _shifted_videos([0.5, 2.0, 0.5, 2.0], n=800, seed=10)
+    chosen, scores = select_method(videos, 'int8', 224)
+    assert chosen == 'identity'
+    assert set(scores) == {'identity', 'temperature', 'histogram', 'isotonic', 'logistic'}
+
+
+def test_video_weights_give_each_video_the_same_mass():
+    from cbo_ros.calibration_fit import video_weights
+    weights = video_weights(np.array(['a'] * 10 + ['b'] * 30))
+    assert weights[:10].sum() == pytest.approx(weights[10:].sum())
+    assert weights.mean() == pytest.approx(1.0)
+    # A weighted temperature fit equals the fit on duplicated data.
+    logits, labels = synthetic_logits(2.0, n=600, seed=3)
+    w = np.where(np.arange(600) < 300, 2.0, 1.0)
+    dup = np.r_[np.arange(600), np.arange(300)]
+    assert TemperatureScaling().fit(logits, labels, w).temperature == pytest.approx(
+        TemperatureScaling().fit(logits[dup], labels[dup]).temperature, rel=1e-3)
+
+
+def test_logistic_calibration_fixes_overconfidence_and_round_trips():
+    from cbo_ros.calibration import LogisticCalibration, calibrator_from_dict
+    logits, labels = synthetic_logits(2.5, n=6000, seed=4)
+    test_logits, test_labels = synthetic_logits(2.5, n=6000, seed=5)
+    correct = top1_correct(test_logits, test_labels)
+    calibrator = LogisticCalibration().fit(logits, labels)
+    before = expected_calibration_error(max_softmax(test_logits), correct)
+    after = expected_calibration_error(calibrator.predict(test_logits), correct)
+    assert before > 0.1 and after < 0.04 and after < before / 3
+    again = calibrator_from_dict(json.loads(json.dumps(calibrator.to_dict())))
+    assert np.allclose(again.predict(test_logits), calibrator.predict(test_logits))
+    # Infinite shrinkage gives back the raw confidence.
+    rigid = LogisticCalibration(l2=1e9).fit(logits, labels)
+    assert np.allclose(rigid.predict(test_logits), max_softmax(test_logits), atol=1e-3)
+
+
+def test_server_profile_is_monotone_and_maps_server_scores():
+    rng = np.random.default_rng(8)
+    conf = rng.random(3000)
+    hits = (rng.random(3000) < 0.3 + 0.6 * conf).astype(float)
+    hits[(conf > 0.5) & (conf < 0.6)] = 0.0            # a dip the monotone fit must pool
+    profile = ServerProfile.fit(conf, conf, {224: hits})
+    assert np.all(np.diff(profile.accuracy[224]) >= -1e-12)
+    assert profile.server_confidence(224, 0.5) is None
+    scores = rng.random(3000)
+    profile.fit_score_map({224: scores}, {224: (rng.random(3000) < scores).astype(float)})
+    assert profile.server_confidence(224, 0.9) > profile.server_confidence(224, 0.1)
+    restored = ServerProfile.from_dict(json.loads(json.dumps(profile.to_dict())))
+    assert restored.server_confidence(224, 0.9) == pytest.approx(
+        profile.server_confidence(224, 0.9))
+
+
+def test_segment_bootstrap_interval_brackets_the_ece():
+    from cbo_ros.calibration_fit import segment_bootstrap_ece
+    rng = np.random.default_rng(9)
+    conf = rng.random(600)
+    correct = rng.random(600) < conf * 0.7
+    low, high = segment_bootstrap_ece(conf, correct, np.arange(600) // 20, samples=300)
+    assert low <= expected_calibration_error(conf, correct) <= high
+    assert high - low > 0.01

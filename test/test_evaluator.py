@@ -104,3 +104,46 @@ def test_clear_errors_for_bad_media_and_calibration(tmp_path, capsys):
         load_outputs(bogus, cache_dir=tmp_path, progress=False)
     assert evaluate.main(['bikes', '--calibration', str(tmp_path / 'missing.json')]) == 1
     assert 'cbo_calibrate' in capsys.readouterr().err
+
+
+def test_replay_feeds_back_only_answers_that_have_arrived(workspace):
+    from cbo_ros.evaluation.simulator import prepare_frames, replay
+    from cbo_ros.planner import make_planner
+    root, calibration = workspace
+    bundle = load_calibration(calibration)
+    outputs = load_outputs('bikes', robot_tags=('int8',), offload_resolutions=[96, 224],
+                           max_frames=24, cache_dir=root / 'cache', progress=False)
+    trace = NetworkTrace.constant(3e5, 0.02, 0.3)
+    frames = prepare_frames(outputs, bundle, SimulationConfig(seed=1))
+    inner = make_planner('server_only_96', bundle)
+    events = []
+
+    class Recorder:
+        name = 'recorder'
+
+        def reset(self):
+            inner.reset()
+
+        def decide(self, candidate, link, now_s):
+            events.append(('decide', candidate.seq, now_s))
+            return inner.decide(candidate, link, now_s)
+
+        def observe_server_answer(self, seq, resolution, server_score, now_s=None):
+            events.append(('answer', seq, now_s, resolution, server_score))
+
+    result = replay(Recorder(), frames, trace, bundle)
+    answers = [e for e in events if e[0] == 'answer']
+    assert answers
+    for position, event in enumerate(events):
+        if event[0] != 'answer':
+            continue
+        _, seq, arrival, resolution, score = event
+        assert not result.lost[seq] and result.resolution[seq] == resolution
+        assert score == pytest.approx(float(outputs.server_score[resolution][seq]))
+        decided = [e for e in events[:position] if e[0] == 'decide']
+        # Delivered after its own decision, at or before the decision that follows it.
+        assert any(e[1] == seq for e in decided)
+        assert decided[-1][2] <= arrival + 1e-12 or decided[-1][1] == seq
+        following = [e for e in events[position:] if e[0] == 'decide']
+        assert not following or following[0][2] >= arrival - 1e-12
+    assert {e[1] for e in answers} <= set(np.flatnonzero(~result.lost & (result.resolution > 0)))

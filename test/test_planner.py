@@ -124,3 +124,46 @@ def test_hull_and_shadow_price():
     assert efficiencies == sorted(efficiencies, reverse=True)
     assert lp_shadow_price([(100, 0.1), (200, 0.1)], 1000) == 0.0
     assert lp_shadow_price([(100, 0.1), (200, 0.1)], 150) == pytest.approx(0.1 / 200)
+
+
+class _ScoreBundle:
+    """A bundle stub whose score map says: the server is right with probability = its score."""
+
+    def server_confidence(self, resolution, score):
+        return float(score)
+
+
+def test_cbo_feedback_raises_the_server_profile_when_the_server_proves_better():
+    rng = np.random.default_rng(8)
+    link = LinkState(5e6, 0.01)
+    planner = make_planner('cbo', _ScoreBundle(), feedback_prior=2.0)
+    frame = candidate(0, 0.0, 0.2, rng)
+    decision = planner.decide(frame, link, 0.0)
+    assert decision.offload
+    assert planner.feedback.shift == 0.0
+    planner.observe_server_answer(0, decision.resolution, 0.99, now_s=0.1)
+    assert planner.feedback.shift > 0.5
+    # The next frame is judged with a higher server accuracy than the profile's.
+    follow = candidate(1, 0.04, 0.5, rng)
+    after = planner.decide(follow, LinkState(5e6, 0.01), 0.04)
+    assert after.expected_accuracy > next(o.server_accuracy for o in follow.options
+                                          if o.resolution == after.resolution)
+    # Unknown frames, missing scores and bundles without a score map are ignored.
+    planner.observe_server_answer(12345, 224, 0.99)
+    assert len(planner.feedback.residuals) == 1
+    plain = make_planner('cbo', feedback_prior=2.0)
+    plain.decide(candidate(0, 0.0, 0.2, rng), link, 0.0)
+    plain.observe_server_answer(0, 224, 0.99)
+    assert plain.feedback.shift == 0.0
+    planner.reset()
+    assert planner.feedback.shift == 0.0 and not planner.feedback.pending
+
+
+def test_cbo_without_feedback_and_baselines_accept_answers():
+    rng = np.random.default_rng(9)
+    planner = make_planner('cbo', _ScoreBundle(), feedback=False)
+    planner.decide(candidate(0, 0.0, 0.2, rng), LinkState(5e6, 0.01), 0.0)
+    planner.observe_server_answer(0, 224, 0.99)
+    assert planner.feedback is None
+    for name in ('local_only', 'raw_threshold', 'bandwidth_driven', 'server_only_96'):
+        make_planner(name).observe_server_answer(0, 96, 0.5, now_s=0.0)

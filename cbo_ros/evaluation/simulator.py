@@ -7,9 +7,12 @@ bandwidth needs to carry its real JPEG bytes, and its answer arrives after the R
 time. A transfer is lost when a seeded uniform draw of the frame falls below the trace's loss
 rate: its answer never arrives (no retransmission) and the local answer is used at the deadline,
 like a late answer. The planner sees the trace's current bandwidth, RTT and loss as its estimate
-and, like the live node, tracks the link's busy time from its own decisions.
+and, like the live node, tracks the link's busy time from its own decisions. Server answers that
+have arrived (late ones too, lost ones never) are fed back to the planner with
+``observe_server_answer`` before the first decision at or after their arrival time.
 """
 
+import heapq
 import time
 from dataclasses import dataclass, field
 
@@ -51,6 +54,7 @@ class FrameData:
     raw_confidence: np.ndarray
     local_correct: np.ndarray
     server_correct: dict           # resolution -> (N,) 0/1
+    server_score: dict             # resolution -> (N,) server top-1 softmax (what it returns)
     candidates: list               # FrameCandidate per frame
     loss_draw: np.ndarray          # uniform draws deciding losses
     resolutions: list
@@ -79,7 +83,8 @@ def prepare_frames(outputs, bundle, config):
                                          float(confidence[k]), options, float(raw[k])))
     return FrameData(capture, ready, deadline, confidence, raw,
                      outputs.local_correct(config.robot_tag, config.robot_resolution),
-                     {r: outputs.server_correct(r) for r in resolutions}, candidates,
+                     {r: outputs.server_correct(r) for r in resolutions},
+                     {r: outputs.server_score.get(r) for r in resolutions}, candidates,
                      np.random.default_rng(config.seed).random(n), resolutions)
 
 
@@ -111,8 +116,14 @@ def replay(planner, frames, trace, bundle):
     decision_time = np.zeros(n)
     planner.reset()
     busy_planned, busy_true = 0.0, 0.0
+    arrivals = []              # heap of (arrival time, seq, resolution) of answers in flight
     for k, candidate in enumerate(frames.candidates):
         now = float(frames.ready_s[k])
+        while arrivals and arrivals[0][0] <= now:     # causal feedback: arrived answers only
+            arrival, seq, r = heapq.heappop(arrivals)
+            scores = frames.server_score.get(r)
+            planner.observe_server_answer(seq, r, None if scores is None else float(scores[seq]),
+                                          now_s=arrival)
         bandwidth, rtt, loss = trace.at(now)
         link = LinkState(bandwidth, rtt, loss, reachable=bandwidth > 0, busy_until_s=busy_planned)
         start = time.perf_counter()
@@ -131,6 +142,8 @@ def replay(planner, frames, trace, bundle):
         payload[k] = option.payload_bytes
         lost[k] = frames.loss_draw[k] < loss_true
         late[k] = answer > frames.deadline_s[k]
+        if not lost[k]:
+            heapq.heappush(arrivals, (answer, k, r))
         if decision.expected_finish_s <= candidate.deadline_s:
             planned[k] = (1.0 - loss) * (option.server_accuracy - candidate.confidence)
         if late[k] or lost[k]:

@@ -16,12 +16,14 @@ import numpy as np
 from cbo_ros import paths
 from cbo_ros.calibration import (CalibrationError, default_calibration_path, make_calibrator,
                                  max_softmax, top1_correct)
-from cbo_ros.calibration_fit import fit_bundle, method_metrics, stack_outputs
-from cbo_ros.evaluation.outputs_cache import (DEFAULT_OFFLOAD_RESOLUTIONS, _classifier,
+from cbo_ros.calibration_fit import (fit_bundle, method_metrics, stack_outputs, video_groups,
+                                     video_weights)
+from cbo_ros.evaluation.outputs_cache import (DEFAULT_OFFLOAD_RESOLUTIONS, VIEWS, _classifier,
                                               _expected_total, load_outputs)
 from cbo_ros.media import MediaError, open_source
 
-FALLBACK_ROLES = {'calibration': ['bigbuckbunny.mp4', 'vtest.avi', 'box.mp4'],
+FALLBACK_ROLES = {'calibration': ['bigbuckbunny.mp4', 'vtest.avi', 'box.mp4',
+                                  'carphone_pristine.mp4'],
                   'evaluation': ['bikes.mp4', 'cup.mp4']}
 
 
@@ -76,6 +78,10 @@ def parse_args(argv):
     parser.add_argument('--frames-per-video', type=int, default=100,
                         help='subsample each calibration video to about this many frames '
                              '(0: every frame)')
+    parser.add_argument('--views', nargs='*', default=['zoom'],
+                        choices=[v for v in VIEWS if v != 'center'],
+                        help='extra views of each calibration frame to fit the confidence on '
+                             '(the centre view is always used; give none for the centre only)')
     parser.add_argument('--held-out-frames', type=int, default=125,
                         help='subsample each held-out video to about this many frames (0: all)')
     parser.add_argument('--labels', default=None, help='labels file of an image-folder source')
@@ -89,7 +95,8 @@ def parse_args(argv):
     parser.add_argument('--offload-resolutions', type=int, nargs='+',
                         default=list(DEFAULT_OFFLOAD_RESOLUTIONS))
     parser.add_argument('--method', default='auto',
-                        choices=['auto', 'temperature', 'histogram', 'isotonic'])
+                        choices=['auto', 'identity', 'temperature', 'histogram', 'isotonic',
+                                 'logistic'])
     parser.add_argument('--jpeg-quality', type=int, default=90)
     parser.add_argument('--output', default=None,
                         help=f'calibration file (default {default_calibration_path()})')
@@ -105,19 +112,29 @@ def format_metrics(table):
     """Before/after table: one row per (model, method), columns per data set."""
     lines = []
     sets = next(iter(table.values()))['metrics'].keys()
-    header = f"{'model':<6}{'method':<14}" + ''.join(
-        f"| {s:<10}{'acc':>6}{'ECE':>7}{'MCE':>7}{'NLL':>7}{'Brier':>7} " for s in sets)
+    header = f"{'model':<6}{'method':<15}{'LOVO NLL':>9} " + ''.join(
+        f"| {s:<12}{'acc':>6}{'ECE':>6}{' ECE 95% CI':<14}{'MCE':>6}{'NLL':>7}{'Brier':>7} "
+        for s in sets)
     lines.append(header)
     for tag, entry in table.items():
         methods = entry['metrics'][next(iter(sets))].keys()
         for method in methods:
-            row = f'{tag:<6}{method:<14}'
+            chosen = method == entry.get('chosen') or (
+                method == 'uncalibrated' and entry.get('chosen') == 'identity')
+            loo = entry.get('loo', {}).get('identity' if method == 'uncalibrated' else method)
+            loo = f"{loo['log_loss']:9.3f}" if loo else f"{'-':>9}"
+            row = f"{tag:<6}{method + (' *' if chosen else ''):<15}{loo} "
             for s in sets:
                 m = entry['metrics'][s][method]
-                row += (f"| {m['samples']:<10}{100 * m['accuracy']:6.1f}{100 * m['ece']:7.1f}"
-                        f"{100 * m['mce']:7.1f}{m['nll']:7.3f}{m['brier']:7.3f} ")
+                ci = m.get('ece_ci')
+                ci = f' [{100 * ci[0]:4.1f},{100 * ci[1]:5.1f}]' if ci else ''
+                row += (f"| {m['samples']:<12}{100 * m['accuracy']:6.1f}{100 * m['ece']:6.1f}"
+                        f"{ci:<14}{100 * m['mce']:6.1f}{m['nll']:7.3f}{m['brier']:7.3f} ")
             lines.append(row)
-    lines.append('ECE/MCE in %, 15 equal-width bins; NLL/Brier of the top-1 correctness event')
+    lines.append('ECE/MCE in %, 15 equal-width bins (95 % CI: bootstrap over 2-s segments of the '
+                 'held-out videos); NLL/Brier of the top-1 correctness event; LOVO NLL: '
+                 'leave-one-video-out log loss on the calibration videos (the selection '
+                 'criterion); * = chosen')
     return '\n'.join(lines)
 
 
@@ -147,7 +164,13 @@ def main(argv=None):
                                    stride=stride, **common)
             calibration.append(outputs)
             used.append({'media': outputs.name, 'frames': len(outputs), 'stride': stride,
-                         'labels': outputs.label_source})
+                         'labels': outputs.label_source, 'view': 'center'})
+            for view in args.views:
+                outputs = load_outputs(spec, offload_resolutions=(), stride=stride, view=view,
+                                       **common)
+                calibration.append(outputs)
+                used.append({'media': outputs.name, 'frames': len(outputs), 'stride': stride,
+                             'labels': outputs.label_source, 'view': view})
         evaluation, held_used = [], []
         for spec in held_out:
             stride = stride_for(spec, args.held_out_frames)
@@ -161,7 +184,9 @@ def main(argv=None):
 
     table = {}
     for tag in ('int8', 'fp32'):
-        metrics, extras = method_metrics(calibration, evaluation, tag, args.robot_resolution)
+        chosen = None if args.method == 'auto' else args.method
+        metrics, extras = method_metrics(calibration, evaluation, tag, args.robot_resolution,
+                                         chosen)
         table[tag] = {'metrics': metrics, **extras}
     server_time = measure_server_time(args.offload_resolutions, args.jpeg_quality)
     labels = sorted({u['labels'] for u in used})
@@ -195,20 +220,24 @@ def main(argv=None):
         labels_all = np.concatenate([o.labels for o in scored])
         correct = top1_correct(logits, labels_all)
         fit_logits, fit_labels = stack_outputs(calibration, tag, args.robot_resolution)
+        fit_weights = video_weights(video_groups(calibration))
         panels = [('uncalibrated', max_softmax(logits), correct)]
-        for method in ('temperature', 'histogram', 'isotonic'):
-            calibrator = make_calibrator(method).fit(fit_logits, fit_labels)
+        for method in ('temperature', 'isotonic', 'logistic'):
+            calibrator = make_calibrator(method).fit(fit_logits, fit_labels, fit_weights)
             panels.append((method, calibrator.predict(logits), correct))
         figures.append(reliability_diagrams(
             panels, plots_dir / f'reliability_{tag}.png',
             f'robot {tag} at {args.robot_resolution} px, {set_name} frames'))
 
-    print('calibration media: ' + ', '.join(f"{u['media']} ({u['frames']} frames)" for u in used)
+    print('calibration media: ' + ', '.join(f"{u['media']} ({u['frames']} frames)" for u in used
+                                            if u['view'] == 'center')
+          + (f" x views center+{'+'.join(args.views)}" if args.views else '')
           + '; held out: ' + (', '.join(f"{u['media']} ({u['frames']} frames)" for u in held_used)
                               or 'none'))
     print(format_metrics(table))
     print(f"temperature int8 {table['int8']['temperature']:.3f}, "
-          f"fp32 {table['fp32']['temperature']:.3f}")
+          f"fp32 {table['fp32']['temperature']:.3f}; chosen by leave-one-video-out: int8 "
+          f"{table['int8']['chosen']}, fp32 {table['fp32']['chosen']}")
     print(f'wrote {output} (method {bundle.method} for {args.robot_model}; server accuracy '
           f'{bundle.source_info["server_accuracy"]})')
     print(f'reliability diagrams: {", ".join(str(f) for f in figures)}')
