@@ -548,6 +548,11 @@ class CalibrationBundle:
             return _FALLBACK_SERVER_TIME_S
         return self._server_time_s[min(self._server_time_s, key=lambda k: abs(k - r))]
 
+    def set_server_time_s(self, seconds):
+        """Replace the profiled server time at every offload resolution (e.g. a known server)."""
+        resolutions = self._server_time_s or {int(r): 0.0 for r in self.offload_resolutions}
+        self._server_time_s = {int(r): float(seconds) for r in resolutions}
+
     @classmethod
     def identity(cls, offload_resolutions, robot_resolution=224):
         """Build the explicitly labelled uncalibrated fallback (raw max-softmax, guesses)."""

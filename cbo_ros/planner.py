@@ -33,6 +33,7 @@ class FrameCandidate:
     confidence: float          # calibrated P(local answer correct)
     options: list = field(default_factory=list)   # list[OffloadOption]
     raw_confidence: float = None   # max softmax of the robot model (None: same as confidence)
+    local_class: int = None        # robot top-1 (used by online calibration; None: unknown)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Decision:
     expected_finish_s: float = 0.0     # absolute planned arrival of the server answer
     link_free_after_s: float = 0.0     # absolute time the uplink is free after this transfer
     reason: str = ''
+    confidence: float = None           # local confidence the policy used (None: candidate's)
 
 
 # ------------------------------------------------------------------------------------ link model
@@ -88,7 +90,7 @@ def expected_gain(candidate, option, loss_rate=0.0):
 def _local(candidate, reason, confidence=None):
     conf = candidate.confidence if confidence is None else confidence
     return Decision(seq=candidate.seq, offload=False, expected_accuracy=float(conf),
-                    reason=reason)
+                    reason=reason, confidence=float(conf))
 
 
 def _offload(candidate, option, link, now_s, reason, confidence=None, accuracy=None):
@@ -100,7 +102,7 @@ def _offload(candidate, option, link, now_s, reason, confidence=None, accuracy=N
     return Decision(seq=candidate.seq, offload=True, resolution=int(option.resolution),
                     payload_bytes=int(option.payload_bytes), expected_accuracy=float(exp_acc),
                     expected_gain=float(exp_acc - conf), expected_finish_s=float(answer),
-                    link_free_after_s=float(free), reason=reason)
+                    link_free_after_s=float(free), reason=reason, confidence=float(conf))
 
 
 class BasePlanner:
@@ -126,10 +128,12 @@ class BasePlanner:
     def reset(self):
         """Forget any state (between evaluation runs)."""
 
-    def observe_server_answer(self, seq, resolution, server_score, now_s=None):
+    def observe_server_answer(self, seq, resolution, server_score, now_s=None,
+                              server_class=None):
         """Feed back a server answer that has arrived (optional; only CBO uses it).
 
-        ``server_score`` is the softmax probability the server returned with its top-1.
+        ``server_score`` is the softmax probability the server returned with its top-1,
+        ``server_class`` that top-1 (optional: used by ``cbo_adaptive``'s online calibration).
         Call it when the answer arrives (late answers too, lost ones never); ``now_s`` is the
         arrival time. The base implementation ignores it.
         """
@@ -374,7 +378,8 @@ class CboPlanner(BasePlanner):
     """
 
     def __init__(self, bundle=None, window=50, utilisation=1.5, calibrated=True, feedback=True,
-                 feedback_window=50, feedback_prior=10.0, price_overlap_only=True, **options):
+                 feedback_window=50, feedback_prior=10.0, price_overlap_only=True,
+                 online_calibration=None, online_options=None, **options):
         super().__init__(bundle, **options)
         self.price_overlap_only = bool(price_overlap_only)
         self.interval = _FrameInterval()
@@ -382,6 +387,15 @@ class CboPlanner(BasePlanner):
         self.utilisation = float(utilisation)
         self.calibrated = bool(calibrated)
         self.name = 'cbo' if calibrated else 'cbo_uncalibrated'
+        # Online calibration (cbo_adaptive): an OnlineCalibrator, or True to build one.
+        if online_calibration is True:
+            from cbo_ros.online_calibration import OnlineCalibrator
+            online_calibration = OnlineCalibrator(bundle, **(online_options or {})) \
+                if bundle is not None else None
+        self.online = online_calibration if online_calibration not in (None, False) else None
+        self.online_pending = {}               # seq -> (static confidence, local class)
+        if self.online is not None:
+            self.name = 'cbo_adaptive'
         self.history = deque(maxlen=self.window)   # (ready time, hull increments)
         self.price_per_byte = 0.0
         self.feedback = ServerFeedback(bundle, feedback_window, feedback_prior) \
@@ -393,11 +407,23 @@ class CboPlanner(BasePlanner):
         self.interval.reset()
         if self.feedback is not None:
             self.feedback.reset()
+        if self.online is not None:
+            self.online.reset()
+            self.online_pending.clear()
 
-    def observe_server_answer(self, seq, resolution, server_score, now_s=None):
-        """Refine the server profile with an arrived answer (see ``ServerFeedback``)."""
+    def observe_server_answer(self, seq, resolution, server_score, now_s=None,
+                              server_class=None):
+        """Refine the planner's models with an arrived answer.
+
+        The server profile (``ServerFeedback``) and, for ``cbo_adaptive``, the local confidence
+        map (``OnlineCalibrator``; needs ``server_class``).
+        """
         if self.feedback is not None:
             self.feedback.observe(seq, resolution, server_score)
+        pending = self.online_pending.pop(int(seq), None) if self.online is not None else None
+        if pending is not None and server_class is not None:
+            self.online.observe(pending[0], pending[1], server_class, server_score, resolution,
+                                now_s=now_s)
 
     def _profile_view(self, candidate):
         """Confidence and per-option (unshifted) server accuracy of the policy's model."""
@@ -411,9 +437,11 @@ class CboPlanner(BasePlanner):
             accuracies = [o.server_accuracy for o in candidate.options]
         return raw, accuracies
 
-    def _view(self, candidate):
+    def _view(self, candidate, now_s=None):
         """Confidence and per-option server accuracy the policy believes in (refined)."""
         conf, accuracies = self._profile_view(candidate)
+        if self.online is not None:
+            conf = self.online.adjust(conf, now_s)
         if self.feedback is not None:
             accuracies = [self.feedback.adjust(a) for a in accuracies]
         return conf, accuracies
@@ -444,7 +472,7 @@ class CboPlanner(BasePlanner):
 
     def decide(self, candidate, link, now_s):
         interval = self.interval.update(candidate.arrival_s)
-        conf, accuracies = self._view(candidate)
+        conf, accuracies = self._view(candidate, now_s)
         keep = 1.0 - float(link.loss_rate)
         gains = [keep * (a - conf) for a in accuracies]
         if not link_usable(link):
@@ -470,6 +498,11 @@ class CboPlanner(BasePlanner):
                 return _local(candidate, f'server not expected to do better (c={conf:.2f})', conf)
             return _local(candidate, 'no option worth its link time before the deadline', conf)
         option, accuracy = best
+        if self.online is not None and candidate.local_class is not None:
+            self.online_pending[int(candidate.seq)] = (float(candidate.confidence),
+                                                       int(candidate.local_class))
+            if len(self.online_pending) > 1000:
+                self.online_pending.pop(next(iter(self.online_pending)))
         if self.feedback is not None:
             profiled = self._profile_view(candidate)[1][candidate.options.index(option)]
             self.feedback.remember(candidate.seq, option.resolution, profiled)
@@ -495,7 +528,7 @@ class SchedulePlanner(BasePlanner):
 
 
 FIXED_STRATEGIES = ('local_only', 'raw_threshold', 'calibrated_threshold', 'bandwidth_driven',
-                    'cbo_uncalibrated', 'cbo', 'oracle')
+                    'cbo_uncalibrated', 'cbo', 'cbo_adaptive', 'oracle')
 
 
 def strategy_names(offload_resolutions=(96, 128, 176, 224, 260)):
@@ -509,7 +542,8 @@ def make_planner(strategy='cbo', bundle=None, **options):
 
     Options: ``safety_margin_s`` (all), ``p_tar`` (thresholds), ``window``, ``utilisation``,
     ``feedback`` (online refinement of the server profile from ``observe_server_answer``),
-    ``feedback_window`` and ``feedback_prior`` (cbo), ``schedule`` (oracle: {seq: resolution},
+    ``feedback_window`` and ``feedback_prior`` (cbo), ``online_options`` (cbo_adaptive: keyword
+    arguments of ``OnlineCalibrator``), ``schedule`` (oracle: {seq: resolution},
     evaluator only). Every planner has ``observe_server_answer(seq, resolution, score, now_s)``.
     """
     name = str(strategy).strip()
@@ -527,6 +561,9 @@ def make_planner(strategy='cbo', bundle=None, **options):
         return BandwidthDrivenPlanner(bundle, **options)
     if name in ('cbo', 'cbo_uncalibrated'):
         return CboPlanner(bundle, calibrated=name == 'cbo', **options)
+    if name == 'cbo_adaptive':
+        options.setdefault('online_calibration', True)
+        return CboPlanner(bundle, calibrated=True, **options)
     if name in ('oracle', 'cbo_exact'):
         if 'schedule' not in options:
             raise ValueError(f"strategy '{name}' needs a precomputed schedule (evaluator only)")

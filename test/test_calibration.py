@@ -242,3 +242,104 @@ def test_segment_bootstrap_interval_brackets_the_ece():
     low, high = segment_bootstrap_ece(conf, correct, np.arange(600) // 20, samples=300)
     assert low <= expected_calibration_error(conf, correct) <= high
     assert high - low > 0.01
+
+
+# ------------------------------------------------------------- online (scene-adaptive) calibration
+
+def _online_bundle():
+    """Identity static map; the server's score map is q = score at r = 224 (and 96)."""
+    from cbo_ros.calibration import IdentityCalibration
+    score_map = {r: IsotonicCalibration([0.0, 1.0], [0.0, 1.0]) for r in (96, 224)}
+    profile = ServerProfile([0.0, 0.5, 1.0], {96: [0.3, 0.5], 224: [0.7, 0.9]},
+                            score_map=score_map)
+    return CalibrationBundle({224: IdentityCalibration()}, 224, [96, 224], profile,
+                             {96: 0.02, 224: 0.02}, 'identity')
+
+
+def _scene_feedback(calibrator, shift, n, rng, reliability=0.95, max_conf=0.5, t0=0.0):
+    """Feed ``n`` answers of a scene whose true P(correct) = sigmoid(logit(c) + shift).
+
+    Only low-confidence frames (c < ``max_conf``) are offloaded, as the planner does.
+    """
+    def logit(p):
+        return np.log(p / (1.0 - p))
+    for i in range(n):
+        c = rng.uniform(0.03, max_conf)
+        local_right = rng.random() < 1.0 / (1.0 + np.exp(-(logit(c) + shift)))
+        server_right = rng.random() < reliability
+        reference = 0
+        local = reference if local_right else 1 + rng.integers(0, 400)
+        server = reference if server_right else 500 + rng.integers(0, 400)
+        calibrator.observe(c, local, server, reliability, 224, now_s=t0 + 0.04 * i)
+
+
+@pytest.mark.parametrize('shift', [1.5, -1.5])
+def test_online_calibration_learns_a_scene_shift_from_biased_feedback(shift):
+    from cbo_ros.online_calibration import OnlineCalibrator
+    rng = np.random.default_rng(3)
+    online = OnlineCalibrator(_online_bundle())
+    _scene_feedback(online, shift, 150, rng)
+    # Scored on the whole confidence range, not only where the feedback came from.
+    conf = rng.uniform(0.03, 0.97, 20000)
+    truth = 1.0 / (1.0 + np.exp(-(np.log(conf / (1 - conf)) + shift)))
+    correct = (rng.random(conf.size) < truth).astype(float)
+    static_ece = expected_calibration_error(conf, correct)
+    online_ece = expected_calibration_error(np.array([online.adjust(c) for c in conf]), correct)
+    assert static_ece > 0.15
+    assert online_ece < 0.4 * static_ece
+    b, _ = online.parameters()
+    assert np.sign(b) == np.sign(shift)
+
+
+def test_online_calibration_without_feedback_is_the_static_map():
+    from cbo_ros.online_calibration import OnlineCalibrator
+    bundle = _online_bundle()
+    online = OnlineCalibrator(bundle)
+    rng = np.random.default_rng(0)
+    for logits in rng.normal(0, 3, (20, 30)):
+        assert online.confidence(logits, 224) == bundle.confidence(logits, 224)
+    # Unusable answers change nothing: low resolution, no score, no server class.
+    assert online.observe(0.3, 1, 1, 0.9, 96, now_s=0.0) is None
+    assert online.observe(0.3, 1, 1, None, 224, now_s=0.0) is None
+    assert online.observe(0.3, 1, None, 0.9, 224, now_s=0.0) is None
+    assert len(online) == 0 and online.adjust(0.3) == 0.3
+
+
+def test_online_calibration_is_causal():
+    from cbo_ros.online_calibration import OnlineCalibrator
+    online = OnlineCalibrator(_online_bundle())
+    _scene_feedback(online, 2.0, 100, np.random.default_rng(1), t0=10.0)
+    assert online.adjust(0.3, now_s=9.99) == 0.3            # nothing had arrived yet
+    partial = online.adjust(0.3, now_s=10.5)                # the first ~13 answers only
+    full = online.adjust(0.3, now_s=100.0)
+    assert 0.3 < partial < full
+    assert online.adjust(0.3) == full
+    online.reset()
+    assert online.adjust(0.3) == 0.3
+
+
+def test_cbo_adaptive_uses_only_answers_that_have_arrived():
+    from cbo_ros.planner import FrameCandidate, LinkState, OffloadOption, make_planner
+    bundle = _online_bundle()
+    planner = make_planner('cbo_adaptive', bundle)
+    assert planner.name == 'cbo_adaptive'
+    link = LinkState(1e7, 0.01)
+
+    def frame(seq, t, conf=0.2):
+        options = [OffloadOption(r, 2000, bundle.server_accuracy(r, conf), 0.02)
+                   for r in (96, 224)]
+        return FrameCandidate(seq, t, t + 0.2, conf, options, conf, local_class=7)
+
+    for seq in range(30):                                    # low confidence: offloaded
+        decision = planner.decide(frame(seq, 0.04 * seq), link, 0.04 * seq)
+        assert decision.offload and decision.resolution == 224
+        assert decision.confidence == pytest.approx(0.2)     # no answer has arrived yet
+    for seq in range(30):                                    # all agree, arriving at t = 5 s
+        planner.observe_server_answer(seq, 224, 0.95, now_s=5.0, server_class=7)
+    assert planner.decide(frame(30, 4.0), link, 4.0).confidence == pytest.approx(0.2)
+    assert planner.decide(frame(31, 6.0), link, 6.0).confidence > 0.3
+    # The plain CBO planner ignores the server class.
+    plain = make_planner('cbo', bundle)
+    plain.decide(frame(0, 0.0), link, 0.0)
+    plain.observe_server_answer(0, 224, 0.95, now_s=0.1, server_class=7)
+    assert plain.decide(frame(1, 0.2), link, 0.2).confidence == pytest.approx(0.2)

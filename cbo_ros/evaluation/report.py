@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cbo_ros.calibration_metrics import expected_calibration_error
+
 
 def summarise(result, resolutions):
     """Metrics of one strategy's ``Replay``."""
@@ -30,6 +32,38 @@ def summarise(result, resolutions):
     }
 
 
+def time_segments(capture_s, seconds=2.0):
+    """Segment id of each frame: the index of its ``seconds``-long stretch of the video."""
+    block = np.floor(np.asarray(capture_s, dtype=np.float64) / float(seconds)).astype(int)
+    return np.unique(block, return_inverse=True)[1]
+
+
+def confidence_calibration(results, frames, bootstrap=1000):
+    """ECE (15 bins) of the local confidences each policy used, with a 2-s segment bootstrap.
+
+    Rows: 'raw' (max-softmax), 'static' (the bundle's map) and, for each replayed strategy
+    whose confidences differ from the static ones (``cbo_adaptive``: online, causal), that
+    strategy's confidences as computed before each frame's own feedback.
+    """
+    from cbo_ros.calibration_fit import segment_bootstrap_ece
+    correct = np.asarray(frames.local_correct, dtype=np.float64)
+    segments = time_segments(frames.capture_s)
+    rows = {'raw': frames.raw_confidence, 'static': frames.confidence}
+    for name, result in results.items():
+        used = getattr(result, 'confidence', None)
+        if used is not None and name == 'cbo_adaptive':
+            rows[f'online ({name})'] = used
+    table = {}
+    for name, conf in rows.items():
+        conf = np.asarray(conf, dtype=np.float64)
+        entry = {'ece': float(expected_calibration_error(conf, correct)),
+                 'mean_confidence': float(conf.mean()), 'accuracy': float(correct.mean())}
+        if bootstrap:
+            entry['ece_ci'] = list(segment_bootstrap_ece(conf, correct, segments, bootstrap))
+        table[name] = entry
+    return table
+
+
 def build_report(results, frames, outputs, bundle, trace, config):
     """Build the JSON-ready report of one evaluation (one video, one trace, one deadline)."""
     strategies = {name: summarise(r, frames.resolutions) for name, r in results.items()}
@@ -51,6 +85,7 @@ def build_report(results, frames, outputs, bundle, trace, config):
         'calibration': {'method': bundle.method, 'path': str(bundle.path or ''),
                         'source_info': bundle.source_info},
         'strategies': strategies,
+        'confidence_calibration': confidence_calibration(results, frames),
     }
     local = strategies.get('local_only', {}).get('accuracy')
     oracle = strategies.get('oracle', {}).get('accuracy')
@@ -92,6 +127,12 @@ def format_table(report):
                      f"{100 * s['offload_share']:7.1f} {per_res}{s['deadline_misses']:6d}"
                      f"{s['bytes_sent'] / 1e3:9.1f}{s['latency_mean_ms']:8.1f}"
                      f"{s['latency_p99_ms']:8.1f}")
+    for name, c in report.get('confidence_calibration', {}).items():
+        ci = c.get('ece_ci')
+        ci = f' [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]' if ci else ''
+        lines.append(f"local confidence {name:<24} ECE {100 * c['ece']:5.1f}%{ci} "
+                     f"(mean conf {100 * c['mean_confidence']:.1f}%, "
+                     f"local acc {100 * c['accuracy']:.1f}%)")
     lines.append('acc%: top-1 vs labels; oracle%: share of the oracle\'s gain over local-only; '
                  'offl% per resolution; miss: offloads late or lost')
     if report.get('online_vs_exact', {}).get('ratio') is not None:

@@ -13,6 +13,7 @@ have arrived (late ones too, lost ones never) are fed back to the planner with
 """
 
 import heapq
+import inspect
 import time
 from dataclasses import dataclass, field
 
@@ -58,6 +59,7 @@ class FrameData:
     candidates: list               # FrameCandidate per frame
     loss_draw: np.ndarray          # uniform draws deciding losses
     resolutions: list
+    server_pred: dict = None       # resolution -> (N,) server top-1 (what it returns)
 
 
 def prepare_frames(outputs, bundle, config):
@@ -69,6 +71,7 @@ def prepare_frames(outputs, bundle, config):
     logits = outputs.robot_logits[(config.robot_tag, int(config.robot_resolution))]
     confidence = bundle.calibrate_confidences(logits, config.robot_resolution)
     raw = max_softmax(logits)
+    local_class = logits.argmax(axis=1)
     fps = float(config.fps or outputs.fps)
     n = len(outputs)
     capture = np.arange(n) / fps
@@ -80,12 +83,14 @@ def prepare_frames(outputs, bundle, config):
                                  float(bundle.server_accuracy(r, confidence[k])),
                                  float(bundle.server_time_s(r))) for r in resolutions]
         candidates.append(FrameCandidate(k, float(ready[k]), float(deadline[k]),
-                                         float(confidence[k]), options, float(raw[k])))
+                                         float(confidence[k]), options, float(raw[k]),
+                                         int(local_class[k])))
     return FrameData(capture, ready, deadline, confidence, raw,
                      outputs.local_correct(config.robot_tag, config.robot_resolution),
                      {r: outputs.server_correct(r) for r in resolutions},
                      {r: outputs.server_score.get(r) for r in resolutions}, candidates,
-                     np.random.default_rng(config.seed).random(n), resolutions)
+                     np.random.default_rng(config.seed).random(n), resolutions,
+                     {r: outputs.server_pred[r] for r in resolutions})
 
 
 @dataclass
@@ -101,6 +106,7 @@ class Replay:
     payload_bytes: np.ndarray
     planned_gain: np.ndarray      # model gain of offloads predicted on time
     decision_s: np.ndarray
+    confidence: np.ndarray = None  # local confidence the policy used for each frame (causal)
 
 
 def replay(planner, frames, trace, bundle):
@@ -114,7 +120,10 @@ def replay(planner, frames, trace, bundle):
     payload = np.zeros(n, dtype=np.int64)
     planned = np.zeros(n)
     decision_time = np.zeros(n)
+    used_confidence = frames.confidence.astype(np.float64).copy()
     planner.reset()
+    # Planners written before the optional ``server_class`` argument still work.
+    takes_class = 'server_class' in inspect.signature(planner.observe_server_answer).parameters
     busy_planned, busy_true = 0.0, 0.0
     arrivals = []              # heap of (arrival time, seq, resolution) of answers in flight
     for k, candidate in enumerate(frames.candidates):
@@ -122,13 +131,17 @@ def replay(planner, frames, trace, bundle):
         while arrivals and arrivals[0][0] <= now:     # causal feedback: arrived answers only
             arrival, seq, r = heapq.heappop(arrivals)
             scores = frames.server_score.get(r)
+            preds = (frames.server_pred or {}).get(r)
+            extra = {'server_class': int(preds[seq])} if preds is not None and takes_class else {}
             planner.observe_server_answer(seq, r, None if scores is None else float(scores[seq]),
-                                          now_s=arrival)
+                                          now_s=arrival, **extra)
         bandwidth, rtt, loss = trace.at(now)
         link = LinkState(bandwidth, rtt, loss, reachable=bandwidth > 0, busy_until_s=busy_planned)
         start = time.perf_counter()
         decision = planner.decide(candidate, link, now)
         decision_time[k] = time.perf_counter() - start
+        if decision.confidence is not None:
+            used_confidence[k] = decision.confidence
         if not decision.offload:
             continue
         r = int(decision.resolution)
@@ -152,7 +165,7 @@ def replay(planner, frames, trace, bundle):
             latency[k] = answer - frames.capture_s[k]
             correct[k] = frames.server_correct[r][k]
     return Replay(planner.name, correct, resolution, late, lost, latency, payload, planned,
-                  decision_time)
+                  decision_time, used_confidence)
 
 
 def _jobs(frames, trace, bundle, gain):
@@ -205,7 +218,7 @@ def run_strategies(outputs, bundle, trace, config, strategies=None):
             planner = make_planner(EXACT_NAME, bundle, schedule=schedule, **options)
         elif name in ('raw_threshold', 'calibrated_threshold'):
             planner = make_planner(name, bundle, p_tar=config.p_tar, **options)
-        elif name in ('cbo', 'cbo_uncalibrated'):
+        elif name in ('cbo', 'cbo_uncalibrated', 'cbo_adaptive'):
             planner = make_planner(name, bundle, window=config.window, **options)
         else:
             planner = make_planner(name, bundle, **options)

@@ -37,6 +37,8 @@ def parse_args(argv):
     parser.add_argument('--trace', default=None,
                         help='CSV trace (time,bandwidth,rtt,loss) instead of --bandwidth')
     parser.add_argument('--rtt-ms', type=float, default=20.0, help='RTT of a constant link')
+    parser.add_argument('--server-time-ms', type=float, default=0.0,
+                        help='server time per request (0: the calibration file\'s measurement)')
     parser.add_argument('--loss', type=float, default=0.0, help='loss rate of a constant link')
     parser.add_argument('--deadline-ms', type=float, default=200.0,
                         help='answer deadline after capture')
@@ -100,6 +102,8 @@ def main(argv=None):
     except CalibrationError as error:
         print(f'cbo_eval: {error}', file=sys.stderr)
         return 1
+    if args.server_time_ms > 0:
+        bundle.set_server_time_s(args.server_time_ms / 1e3)
     try:
         trace = load_trace(args.trace) if args.trace else \
             NetworkTrace.constant(args.bandwidth, args.rtt_ms / 1e3, args.loss)
