@@ -1,32 +1,52 @@
-"""robot_bringup: the robot's nodes in one process (what launch/robot.launch.py starts).
+"""robot_bringup: the robot's nodes, each in its own process (what launch/robot.launch.py starts).
 
 Starts camera_node, npu_classifier_node, network_monitor_node and offload_planner_node from the
-same parameter file as the launch file (``config/robot.yaml``), parsed by rclpy itself
-(``--ros-args --params-file``), in one MultiThreadedExecutor. Plain ``node_name:`` sections of the
-file are rewritten to ``/**/node_name:`` so they also apply under ``--namespace``.
+same parameter file as the launch file (``config/robot.yaml``). By default every node runs in its
+own process, exactly as ``ros2 launch`` does with launch_ros ``Node`` actions:
+``python -m cbo_ros.nodes.<node> --ros-args --params-file <file> [--params-file <overrides>]
+-r __ns:=/<namespace>``. SIGINT/SIGTERM are forwarded to the children once; a child still
+running after ``--stop-timeout`` seconds is terminated, then killed. Children die with the
+bring-up (``PR_SET_PDEATHSIG``) if it is killed. Why separate processes: in one process the four
+nodes share one GIL and one executor, and on a loaded 2-core machine frames were answered late or
+lost (see docs/live_system.md).
+
+``--single-process`` keeps the former composition: all nodes in one process on a
+MultiThreadedExecutor (``--executor events`` for rclpy's experimental EventsExecutor).
+
+Plain ``node_name:`` sections of the file are rewritten to ``/**/node_name:`` so they also apply
+under ``--namespace``.
 
 Examples::
 
     robot_bringup --video bikes.mp4 --mode once
     robot_bringup --namespace robot1 --params-file my_robot.yaml --strategy local_only
     robot_bringup --no-camera            # frames come from elsewhere (a real camera driver)
+    robot_bringup --single-process --executor events
 """
 
 import argparse
+import contextlib
+import ctypes
 import importlib
 import inspect
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 
-import rclpy
 import yaml
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.node import Node
-from rclpy.parameter import Parameter
 
 from cbo_ros.paths import config_dir
+
+NODES = (  # (executable / module, class, option that disables it)
+    ('camera_node', 'CameraNode', 'no_camera'),
+    ('npu_classifier_node', 'NpuClassifierNode', None),
+    ('network_monitor_node', 'NetworkMonitorNode', 'no_monitor'),
+    ('offload_planner_node', 'OffloadPlannerNode', None),
+)
+_PR_SET_PDEATHSIG = 1
 
 
 def parse_args(argv):
@@ -50,28 +70,187 @@ def parse_args(argv):
     parser.add_argument('--no-camera', action='store_true', help='do not start camera_node')
     parser.add_argument('--no-monitor', action='store_true',
                         help='do not start network_monitor_node')
-    parser.add_argument('--threads', type=int, default=4, help='executor threads')
+    parser.add_argument('--single-process', action='store_true',
+                        help='all nodes in this process (one executor) instead of one process '
+                             'per node')
+    parser.add_argument('--executor', choices=('multi', 'events'), default='multi',
+                        help='--single-process executor: MultiThreadedExecutor (multi) or '
+                             'rclpy.experimental.EventsExecutor (events)')
+    parser.add_argument('--threads', type=int, default=4,
+                        help='MultiThreadedExecutor threads (--single-process)')
+    parser.add_argument('--stop-timeout', type=float, default=5.0,
+                        help='seconds a child gets to exit after SIGINT')
     parser.add_argument('--log-level', default=None, help='debug, info, warn, error')
     return parser.parse_known_args(argv)
+
+
+def namespaced_params(content):
+    """Rewrite plain ``node:`` keys of a parameter file's content to ``/**/node:``."""
+    if not isinstance(content, dict):
+        raise ValueError('not a ROS 2 parameter file')
+    return {(key if str(key).startswith('/') else f'/**/{key}'): value
+            for key, value in content.items()}
+
+
+def write_params(content, prefix):
+    """Write a parameter dict to a temporary YAML file; return its path."""
+    handle = tempfile.NamedTemporaryFile('w', prefix=prefix, suffix='.yaml', delete=False)
+    with handle:
+        yaml.safe_dump(content, handle)
+    return handle.name
 
 
 def namespaced_params_file(path):
     """Copy of a parameter file whose plain ``node:`` keys become ``/**/node:``."""
     with open(path) as handle:
         content = yaml.safe_load(handle) or {}
-    if not isinstance(content, dict):
-        raise ValueError(f'{path}: not a ROS 2 parameter file')
-    rewritten = {(key if str(key).startswith('/') else f'/**/{key}'): value
-                 for key, value in content.items()}
-    handle = tempfile.NamedTemporaryFile('w', prefix='robot_params_', suffix='.yaml',
-                                         delete=False)
-    with handle:
-        yaml.safe_dump(rewritten, handle)
-    return handle.name
+    try:
+        return write_params(namespaced_params(content), 'robot_params_')
+    except ValueError as error:
+        raise ValueError(f'{path}: {error}') from None
 
 
+def node_overrides(options):
+    """Command-line overrides per node name (only the options that were given)."""
+    camera = {'source': options.source, 'mode': options.mode, 'rate_hz': options.rate,
+              'max_frames': options.max_frames, 'start_delay_s': options.start_delay}
+    if not options.single_process:
+        if options.exit_when_done:
+            camera['exit_when_done'] = True
+        # The other processes start (import onnxruntime, load models) at their own pace: the
+        # camera waits until the classifier's and planner's image subscriptions are there.
+        readers = [n for n, _ in selected_nodes(options)
+                   if n in ('npu_classifier_node', 'offload_planner_node')]
+        if not options.no_camera and configured(options.params_file, 'camera_node',
+                                                'wait_for_subscribers', 0) == 0:
+            camera['wait_for_subscribers'] = len(readers)
+    planner = {'strategy': options.strategy, 'deadline_ms': options.deadline_ms}
+    return {name: {k: v for k, v in values.items() if v is not None}
+            for name, values in (('camera_node', camera), ('offload_planner_node', planner))}
+
+
+def configured(params_file, node, name, default=None):
+    """Return a node's parameter value in a parameter file (``default`` when absent)."""
+    with contextlib.suppress(Exception):
+        with open(params_file) as handle:
+            content = yaml.safe_load(handle) or {}
+        for key, value in content.items():
+            if str(key).split('/')[-1] == node and name in value['ros__parameters']:
+                return value['ros__parameters'][name]
+    return default
+
+
+def selected_nodes(options):
+    return [(name, cls) for name, cls, disabled_by in NODES
+            if not (disabled_by and getattr(options, disabled_by))]
+
+
+def deadline_s(params_file, overrides):
+    """Return the planner's deadline in seconds (override, else the parameter file, else 0.3)."""
+    if 'deadline_ms' in overrides.get('offload_planner_node', {}):
+        return overrides['offload_planner_node']['deadline_ms'] / 1e3
+    return float(configured(params_file, 'offload_planner_node', 'deadline_ms', 300.0)) / 1e3
+
+
+# ---------------------------------------------------------------------- one process per node
+def _child_setup():
+    """In the child: own process group (signals come from the bring-up only), die with it."""
+    os.setpgrp()
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def node_command(name, params_files, namespace, ros_args, log_level):
+    """Return the command line that starts one node, as launch_ros builds it."""
+    command = [sys.executable, '-m', f'cbo_ros.nodes.{name}', '--ros-args']
+    for path in params_files:
+        command += ['--params-file', path]
+    if namespace:
+        command += ['-r', f"__ns:=/{namespace.strip('/')}"]
+    if log_level:
+        command += ['--log-level', log_level]
+    return command + list(ros_args)
+
+
+def stop_children(children, timeout):
+    """SIGINT every running child once, then SIGTERM, then SIGKILL; return their exit codes."""
+    for process in children.values():
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
+    for step in (signal.SIGTERM, signal.SIGKILL):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and any(p.poll() is None for p in children.values()):
+            time.sleep(0.05)
+        for process in children.values():
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(step)
+        timeout = 2.0
+    return {name: process.wait() for name, process in children.items()}
+
+
+def run_processes(options, params_file, ros_args):
+    overrides = node_overrides(options)
+    temp_files = []
+    children = {}
+    stopping = []
+
+    def on_signal(signum, _frame):
+        stopping.append(signum)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        for name, _ in selected_nodes(options):
+            files = [params_file]
+            if overrides.get(name):
+                path = write_params({f'/**/{name}': {'ros__parameters': overrides[name]}},
+                                    f'{name}_overrides_')
+                temp_files.append(path)
+                files.append(path)
+            command = node_command(name, files, options.namespace, ros_args, options.log_level)
+            children[name] = subprocess.Popen(command, preexec_fn=_child_setup)
+        started = ', '.join(f'{n} (pid {p.pid})' for n, p in children.items())
+        print(f'[robot_bringup] started {started} (params {options.params_file}; one process '
+              'per node)', flush=True)
+        wait_after_camera = deadline_s(options.params_file, overrides) + 1.0
+        camera_done_at = None
+        reported = set()
+        while not stopping:
+            time.sleep(0.1)
+            for name, process in children.items():
+                if process.poll() is not None and name not in reported:
+                    reported.add(name)
+                    expected = name == 'camera_node' and options.exit_when_done
+                    if process.returncode != 0 or not expected:
+                        print(f'[robot_bringup] {name} exited with {process.returncode}',
+                              flush=True)
+                    if process.returncode != 0:
+                        code = code or 1
+            if options.exit_when_done and 'camera_node' in reported:
+                camera_done_at = camera_done_at or time.monotonic()
+                if time.monotonic() - camera_done_at > wait_after_camera:
+                    print('[robot_bringup] camera done and last deadline passed: exiting',
+                          flush=True)
+                    break
+            if len(reported) == len(children):
+                break
+    finally:
+        codes = stop_children(children, options.stop_timeout)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for path in temp_files:
+            os.unlink(path)
+    bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGINT)}
+    if bad and not stopping:
+        print(f'[robot_bringup] exit codes {bad}', flush=True)
+    return code
+
+
+# ---------------------------------------------------------------------- one process, one executor
 def node_class(module_name, preferred):
     """Return the Node subclass ``preferred`` of a module (or the first one defined there)."""
+    from rclpy.node import Node
     module = importlib.import_module(module_name)
     if hasattr(module, preferred):
         return getattr(module, preferred)
@@ -81,8 +260,63 @@ def node_class(module_name, preferred):
     raise ImportError(f'{module_name} defines no rclpy Node')
 
 
-def overrides(pairs):
-    return [Parameter(name, value=value) for name, value in pairs if value is not None]
+def run_single_process(options, params_file, ros_args):
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    rclpy_args = ['robot_bringup', '--ros-args', '--params-file', params_file] + ros_args
+    if options.log_level:
+        rclpy_args += ['--log-level', options.log_level]
+    rclpy.init(args=rclpy_args)
+    logger = rclpy.logging.get_logger('robot_bringup')
+    if options.executor == 'events':
+        from rclpy.experimental import EventsExecutor
+        executor = EventsExecutor()
+    else:
+        executor = MultiThreadedExecutor(num_threads=max(2, options.threads))
+    overrides = node_overrides(options)
+    nodes = []
+    code = 0
+    try:
+        camera = planner = None
+        for name, class_name in selected_nodes(options):
+            cls = node_class(f'cbo_ros.nodes.{name}', class_name)
+            params = [Parameter(k, value=v) for k, v in overrides.get(name, {}).items()]
+            node = cls(namespace=options.namespace, parameter_overrides=params)
+            nodes.append(node)
+            executor.add_node(node)
+            camera = node if name == 'camera_node' else camera
+            planner = node if name == 'offload_planner_node' else planner
+        logger.info(f"started {', '.join(n.get_fully_qualified_name() for n in nodes)} "
+                    f'(params {options.params_file}; one process)')
+        done_since = None
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.2)
+            if options.exit_when_done and camera is not None and camera.done:
+                done_since = done_since or time.monotonic()
+                if time.monotonic() - done_since > planner.deadline_ns / 1e9 + 1.0:
+                    logger.info('camera done and last deadline passed: exiting')
+                    break
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as error:  # noqa: BLE001 - report why bring-up failed, exit non-zero
+        if rclpy.ok():      # else SIGINT/SIGTERM shut the context down under the executor
+            logger.fatal(f'bring-up failed: {type(error).__name__}: {error}')
+            code = 1
+    finally:
+        # Order matters: stop the executor first (its threads finish the callbacks in progress),
+        # then take the nodes out of it and destroy them. Destroying a node whose callback is
+        # still running or queued made that callback's task fail with "cannot use Destroyable
+        # because destruction was requested", printed at exit as an exception never retrieved.
+        executor.shutdown(timeout_sec=5.0)
+        for node in nodes:
+            with contextlib.suppress(Exception):
+                executor.remove_node(node)
+        for node in reversed(nodes):
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
 
 
 def main(argv=None):
@@ -100,64 +334,12 @@ def main(argv=None):
         print(f'robot_bringup: parameter file not found: {options.params_file}', file=sys.stderr)
         return 2
     params_file = namespaced_params_file(options.params_file)
-    rclpy_args = ['robot_bringup', '--ros-args', '--params-file', params_file] + ros_args
-    if options.log_level:
-        rclpy_args += ['--log-level', options.log_level]
-    rclpy.init(args=rclpy_args)
-    logger = rclpy.logging.get_logger('robot_bringup')
-    executor = MultiThreadedExecutor(num_threads=max(2, options.threads))
-    nodes = []
-    code = 0
     try:
-        specs = []
-        if not options.no_camera:
-            specs.append(('cbo_ros.nodes.camera_node', 'CameraNode', overrides([
-                ('source', options.source), ('mode', options.mode), ('rate_hz', options.rate),
-                ('max_frames', options.max_frames), ('start_delay_s', options.start_delay)])))
-        specs.append(('cbo_ros.nodes.npu_classifier_node', 'NpuClassifierNode', []))
-        if not options.no_monitor:
-            specs.append(('cbo_ros.nodes.network_monitor_node', 'NetworkMonitorNode', []))
-        specs.append(('cbo_ros.nodes.offload_planner_node', 'OffloadPlannerNode', overrides([
-            ('strategy', options.strategy), ('deadline_ms', options.deadline_ms)])))
-        camera = None
-        for module_name, class_name, params in specs:
-            try:
-                cls = node_class(module_name, class_name)
-            except ImportError as error:
-                if class_name != 'NetworkMonitorNode':
-                    raise
-                logger.warning(f'network monitor not started ({error}): the planner uses its '
-                               'initial bandwidth estimate')
-                continue
-            node = cls(namespace=options.namespace, parameter_overrides=params)
-            nodes.append(node)
-            executor.add_node(node)
-            if class_name == 'CameraNode':
-                camera = node
-        logger.info(f"started {', '.join(n.get_fully_qualified_name() for n in nodes)} "
-                    f'(params {options.params_file})')
-        done_since = None
-        while rclpy.ok():
-            executor.spin_once(timeout_sec=0.2)
-            if options.exit_when_done and camera is not None and camera.done:
-                done_since = done_since or time.monotonic()
-                deadline_s = nodes[-1].deadline_ns / 1e9 if hasattr(nodes[-1], 'deadline_ns') \
-                    else 1.0
-                if time.monotonic() - done_since > deadline_s + 1.0:
-                    logger.info('camera done and last deadline passed: exiting')
-                    break
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as error:  # noqa: BLE001 - report why bring-up failed, exit non-zero
-        logger.fatal(f'bring-up failed: {type(error).__name__}: {error}')
-        code = 1
+        if options.single_process:
+            return run_single_process(options, params_file, ros_args)
+        return run_processes(options, params_file, ros_args)
     finally:
-        executor.shutdown(timeout_sec=2.0)
-        for node in reversed(nodes):
-            node.destroy_node()
-        rclpy.try_shutdown()
         os.unlink(params_file)
-    return code
 
 
 if __name__ == '__main__':

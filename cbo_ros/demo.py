@@ -265,7 +265,10 @@ def run(args):
     with contextlib.ExitStack() as stack:
         link = None
         if shaping_ok:
-            link = stack.enter_context(ShapedLink(rate_bps=rates[0], loss_pct=args.loss_pct))
+            # Fast DDS reads its flow controller when a process starts and the phases change the
+            # rate live: pace at the highest phase rate (docs/live_system.md, measured there).
+            link = stack.enter_context(ShapedLink(rate_bps=rates[0], loss_pct=args.loss_pct,
+                                                  flow_control_bps=max(rates)))
             link_text = f'shaped veth: {link.describe()}'
         else:
             link_text = (f'plain loopback, NOT shaped ({reason}); phases applied as the '

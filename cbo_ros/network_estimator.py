@@ -55,7 +55,8 @@ class NetworkEstimator:
     def __init__(self, window_s=10.0, stale_after_s=2.0, rtt_alpha=0.3,
                  min_bandwidth_payload_bytes=4096, min_transfer_ms=0.2,
                  unreachable_after_s=3.0, max_consecutive_failures=2,
-                 external_timeout_s=2.0, max_samples=200, start_time=None):
+                 external_timeout_s=2.0, max_samples=200, start_time=None,
+                 rate_percentile=50.0):
         if window_s <= 0 or stale_after_s <= 0 or not 0 < rtt_alpha <= 1:
             raise ValueError('window_s and stale_after_s must be > 0, 0 < rtt_alpha <= 1')
         self.window_s = float(window_s)
@@ -66,10 +67,15 @@ class NetworkEstimator:
         self.unreachable_after_s = float(unreachable_after_s)
         self.max_consecutive_failures = int(max_consecutive_failures)
         self.external_timeout_s = float(external_timeout_s)
+        # Timing noise (executor wake-ups, scheduling) only ever adds to a measured wire time,
+        # so rate samples err low: a percentile above the median compensates (BBR-like).
+        self.rate_percentile = float(rate_percentile)
         # (time, bits per second, kind) of goodput samples
         self._rates = collections.deque(maxlen=max_samples)
         # (time, rtt ms) of small probes
         self._rtts = collections.deque(maxlen=max_samples)
+        # (sent, end of upload, bytes) of recent transfers with a known send time
+        self._wire = collections.deque(maxlen=64)
         # (time, lost, kind) of every transfer/probe outcome
         self._events = collections.deque(maxlen=4 * max_samples)
         self._srtt_ms = None
@@ -83,21 +89,36 @@ class NetworkEstimator:
 
     # ------------------------------------------------------------------ inputs
     def add_transfer(self, now, payload_bytes, round_trip_ms, server_ms=0.0, success=True,
-                     timed_out=False):
+                     timed_out=False, sent=None):
         """Ingest one offload transfer as measured by the robot.
 
         ``success``: a response arrived; ``timed_out``: none before the frame's deadline. Either
-        failure counts as a loss.
+        counts as a loss (a late answer is useless for its frame), but a late answer still
+        shows that the server is reachable and is a goodput sample.
+
+        ``sent``: when the request was sent (same clock as ``now``). With it, transfers that
+        overlapped on the link are accounted for: the link is FIFO, so a request sent while
+        earlier ones were still on the wire also waited for their remaining bytes; the sample is
+        (own bytes + bytes still ahead of it) / its wire time. Without it each transfer is
+        assumed to have had the link to itself.
         """
         lost = timed_out or not success
-        if not lost and round_trip_ms <= 0.0:
+        if success and round_trip_ms <= 0.0:
             return                                  # malformed sample: nothing measured
         self._events.append((now, lost, 'transfers'))
-        if lost:
+        if not success:
             self._failure(now)
             return
         self._success(now)
-        self._add_rate(now, payload_bytes, round_trip_ms - max(server_ms, 0.0), 'transfers')
+        wire_ms = round_trip_ms - max(server_ms, 0.0)
+        ahead = 0.0
+        if sent is not None:
+            wire_s = max(wire_ms - self.base_rtt_ms(now), self.min_transfer_ms) / 1e3
+            for start, end, size in self._wire:
+                if start <= sent < end:
+                    ahead += size * (end - sent) / max(end - start, 1e-6)
+            self._wire.append((float(sent), float(sent) + wire_s, float(payload_bytes)))
+        self._add_rate(now, payload_bytes, wire_ms, 'transfers', ahead)
 
     def add_probe(self, now, payload_bytes, rtt_ms):
         """Ingest one probe answered after ``rtt_ms``, or lost when ``rtt_ms`` is None."""
@@ -149,11 +170,12 @@ class NetworkEstimator:
             return min(recent)
         return self._srtt_ms or 0.0
 
-    def _add_rate(self, now, payload_bytes, wire_ms, kind):
+    def _add_rate(self, now, payload_bytes, wire_ms, kind, ahead_bytes=0.0):
         if payload_bytes < self.min_bandwidth_payload_bytes:
             return
         transfer_ms = max(wire_ms - self.base_rtt_ms(now), self.min_transfer_ms)
-        self._rates.append((now, 8.0 * payload_bytes / (transfer_ms / 1e3), kind))
+        self._rates.append((now, 8.0 * (payload_bytes + ahead_bytes) / (transfer_ms / 1e3),
+                            kind))
 
     def _prune(self, now):
         for queue in (self._rates, self._rtts, self._events):
@@ -166,7 +188,14 @@ class NetworkEstimator:
         self._prune(now)
         est = LinkEstimate()
         if self._rates:
-            self._bandwidth_bps = statistics.median(r for _, r, _ in self._rates)
+            rates = sorted(r for _, r, _ in self._rates)
+            if self.rate_percentile == 50.0:
+                self._bandwidth_bps = statistics.median(rates)
+            else:
+                position = (len(rates) - 1) * self.rate_percentile / 100.0
+                low = int(position)
+                high = min(low + 1, len(rates) - 1)
+                self._bandwidth_bps = rates[low] + (rates[high] - rates[low]) * (position - low)
             self._bandwidth_kinds = {k for _, _, k in self._rates}
         est.bandwidth_bps = self._bandwidth_bps
         est.rtt_ms = self._srtt_ms or 0.0

@@ -3,8 +3,9 @@
     ros2 launch cbo_ros robot.launch.py namespace:=robot1 source:=bikes.mp4 mode:=once
 
 All nodes read ``params_file`` (default: cbo_ros/config/robot.yaml, sections keyed ``/**/<node>``
-so they apply under any namespace). ``robot_bringup`` starts the same nodes from the same file in
-one process where ``ros2 launch`` is not installed.
+so they apply under any namespace). ``robot_bringup`` starts the same nodes from the same file, one
+process per node like this file (``--single-process``: one executor), where ``ros2 launch`` is not
+installed.
 """
 
 from launch import LaunchDescription

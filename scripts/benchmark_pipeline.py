@@ -121,13 +121,13 @@ def bench_robot_pipeline(args, bare):
     local, final = [], []
     try:
         node = rclpy.create_node('benchmark_pipeline', context=context)
-        from rclpy.qos import qos_profile_sensor_data
+        # Reliable, deep readers (as the recorder): a best-effort reader of this process lost
+        # messages under load and under-counted the pipeline's rate.
+        from cbo_ros.nodes.ros_common import RESULT_QOS
         node.create_subscription(FrameClassification, 'local_result',
-                                 lambda m: local.append((time.monotonic(), m)),
-                                 qos_profile_sensor_data)
+                                 lambda m: local.append((time.monotonic(), m)), RESULT_QOS)
         node.create_subscription(FrameClassification, 'result',
-                                 lambda m: final.append((time.monotonic(), m)),
-                                 qos_profile_sensor_data)
+                                 lambda m: final.append((time.monotonic(), m)), RESULT_QOS)
         executor = rclpy.executors.SingleThreadedExecutor(context=context)
         executor.add_node(node)
         end = time.monotonic() + 30

@@ -1,6 +1,6 @@
 """camera_node: publish frames of a video file, V4L2 camera, image folder or rosbag2.
 
-Publishes ``image_raw`` (sensor_msgs/Image, rgb8 or bgr8, sensor-data QoS unless overridden), and
+Publishes ``image_raw`` (sensor_msgs/Image, rgb8 or bgr8; reliable, depth 30 unless overridden), and
 optionally ``image_raw/compressed`` (JPEG). Stamps are the node clock at publication; the
 ``frame_id`` comes from a parameter. ``frames_published`` (std_msgs/UInt64, latched) carries the
 running count, so the number of captured frames is observable by any late joiner.
@@ -15,6 +15,7 @@ import time
 import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
@@ -69,12 +70,17 @@ class CameraNode(Node):
         self.subscriber_timeout_s = declare(
             self, 'subscriber_timeout_s', 10.0,
             'Longest wait for wait_for_subscribers.', minimum=0.0, maximum=600.0)
+        self.subscriber_settle_s = declare(
+            self, 'subscriber_settle_s', 0.5,
+            'After wait_for_subscribers is met, wait this long more (the subscribers\' own '
+            'publishers, e.g. local_result, are matched with their readers in the meantime).',
+            minimum=0.0, maximum=60.0)
         self.rosbag_topic = declare(self, 'rosbag_topic', '',
                                     'Image topic to read from a rosbag2 (empty: the first one).')
-        reliability = declare(self, 'reliability', 'best_effort',
-                              "QoS reliability of image_raw: 'best_effort' (sensor data) or "
-                              "'reliable'.")
-        depth = declare(self, 'depth', 5, 'QoS history depth of image_raw.', minimum=1,
+        reliability = declare(self, 'reliability', 'reliable',
+                              "QoS reliability of image_raw: 'reliable' (default: no frame is "
+                              "lost on the robot) or 'best_effort'.")
+        depth = declare(self, 'depth', 30, 'QoS history depth of image_raw.', minimum=1,
                         maximum=1000)
         if self.mode not in ('loop', 'once'):
             raise ValueError(f"mode must be 'loop' or 'once', got '{self.mode}'")
@@ -102,6 +108,7 @@ class CameraNode(Node):
         self.done = False
         self.first_publish_s = None
         self.created_s = time.monotonic()
+        self.subscribers_seen_s = None
         self.started = False
         self.count_pub.publish(UInt64(data=0))
 
@@ -118,6 +125,11 @@ class CameraNode(Node):
             return False
         if self.wait_for_subscribers and waited < self.start_delay_s + self.subscriber_timeout_s:
             if self.image_pub.get_subscription_count() < self.wait_for_subscribers:
+                self.subscribers_seen_s = None
+                return False
+            now = time.monotonic()
+            self.subscribers_seen_s = self.subscribers_seen_s or now
+            if now - self.subscribers_seen_s < self.subscriber_settle_s:
                 return False
         return True
 
@@ -208,6 +220,9 @@ def main(args=None):
         code = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RCLError:
+        if rclpy.ok():
+            raise               # else: SIGINT shut the context down during a publish
     finally:
         if node is not None:
             node.destroy_node()

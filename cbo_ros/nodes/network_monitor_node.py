@@ -91,6 +91,11 @@ class NetworkMonitorNode(Node):
                 self, 'external_timeout_s', 2.0,
                 'An external estimate overrides the own one for this long after receipt.',
                 minimum=0.05, maximum=600.0, read_only=True),
+            rate_percentile=declare(
+                self, 'rate_percentile', 50.0,
+                'Goodput = this percentile of the window\'s rate samples (timing noise only '
+                'lowers a sample; a TBF burst raises it: the median by default).',
+                minimum=1.0, maximum=100.0, read_only=True),
             start_time=time.monotonic())
 
         self.probe_client = self.create_client(Probe, 'probe')
@@ -128,9 +133,14 @@ class NetworkMonitorNode(Node):
         now = time.monotonic()
         self._last_transfer = now
         self.transfers_seen += 1
+        # The header stamp is the send time (ROS clock): map it onto the monotonic clock.
+        sent_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        sent = now - (self.get_clock().now().nanoseconds - sent_ns) / 1e9 if sent_ns else None
+        if sent is not None and now - sent < msg.round_trip_ms / 1e3 - 0.005:
+            sent = None         # not a send time (the answer needed round_trip_ms after it)
         with self._lock:
             self.estimator.add_transfer(now, msg.payload_bytes, msg.round_trip_ms, msg.server_ms,
-                                        msg.success, msg.timed_out)
+                                        msg.success, msg.timed_out, sent=sent)
 
     def on_external(self, msg):
         """Take an external link estimate."""

@@ -1,6 +1,6 @@
 """npu_classifier_node: classify every camera frame with the robot's (int8) model.
 
-Subscribes ``image_raw`` (sensor-data QoS unless overridden) and publishes ``local_result``
+Subscribes ``image_raw`` (reliable, depth 30 unless overridden) and publishes ``local_result``
 (cbo_interfaces/FrameClassification, ``is_final`` false) for every frame it receives, with the
 header copied from the image, the calibrated and raw confidence, the top-k classes and the latency.
 
@@ -26,8 +26,8 @@ from cbo_ros import paths
 from cbo_ros.classifier import OnnxClassifier
 from cbo_ros.image_ops import softmax
 from cbo_ros.media import image_msg_to_rgb
-from cbo_ros.nodes.ros_common import (Diagnostics, RESULT_QOS, RateMeter, class_name, declare,
-                                      frame_qos, load_bundle, stamp_to_ns)
+from cbo_ros.nodes.ros_common import (Diagnostics, LOCAL_RESULT_QOS, RateMeter, class_name,
+                                      declare, frame_qos, load_bundle, stamp_to_ns)
 
 
 class NpuClassifierNode(Node):
@@ -52,10 +52,10 @@ class NpuClassifierNode(Node):
                                    'artifacts/calibration).')
         self.top_k = declare(self, 'top_k', 5, 'Classes reported in top_k.', minimum=1,
                              maximum=1000)
-        reliability = declare(self, 'reliability', 'best_effort',
+        reliability = declare(self, 'reliability', 'reliable',
                               "QoS reliability of the image_raw subscription: 'best_effort' "
-                              "(sensor data) or 'reliable'.")
-        depth = declare(self, 'depth', 5, 'QoS history depth of image_raw.', minimum=1,
+                              "or 'reliable' (default: no frame is lost on the robot).")
+        depth = declare(self, 'depth', 30, 'QoS history depth of image_raw.', minimum=1,
                         maximum=1000)
         diag_period = declare(self, 'diagnostics_period_s', 1.0,
                               'Period of the /diagnostics status.', minimum=0.1, maximum=60.0)
@@ -67,7 +67,8 @@ class NpuClassifierNode(Node):
         self.bundle, self.calibrated, self.calibration_message = load_bundle(
             self.get_logger(), calibration_file)
 
-        self.result_pub = self.create_publisher(FrameClassification, 'local_result', RESULT_QOS)
+        self.result_pub = self.create_publisher(FrameClassification, 'local_result',
+                                                LOCAL_RESULT_QOS)
         group = MutuallyExclusiveCallbackGroup()
         self.image_sub = self.create_subscription(Image, 'image_raw', self.on_image,
                                                   frame_qos(reliability, depth),

@@ -13,11 +13,13 @@ else the local answer (``note`` says why), or an empty class when no local answe
 (TransferSample), which the network monitor learns bandwidth from. Diagnostics on
 ``/diagnostics``.
 
-Nothing blocks the executor: the server is called with ``call_async`` and a periodic timer answers
-frames whose deadline is near. ``frame_seq`` is a counter of this node (order of first sight).
+Nothing blocks the executor: the server is called with ``call_async`` and a timer, re-armed for the
+nearest due frame, answers frames whose deadline is near. Timing, QoS and the server-time model:
+docs/live_system.md. ``frame_seq`` is a counter of this node (order of first sight).
 """
 
 import collections
+import copy
 import sys
 import threading
 import time
@@ -32,13 +34,15 @@ from cbo_interfaces.srv import Offload
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.qos import qos_profile_services_default
 from sensor_msgs.msg import CompressedImage, Image
 
 from cbo_ros.image_ops import center_square, encode_jpeg
 from cbo_ros.media import image_msg_to_rgb
-from cbo_ros.nodes.ros_common import (Diagnostics, RESULT_QOS, RateMeter, declare, frame_qos,
-                                      load_bundle, ns_to_stamp, stamp_to_ns)
-from cbo_ros.planner import FrameCandidate, LinkState, OffloadOption, make_planner
+from cbo_ros.nodes.ros_common import (Diagnostics, LOCAL_RESULT_QOS, RESULT_QOS, RateMeter,
+                                      declare, frame_qos, load_bundle, ns_to_stamp,
+                                      stamp_to_ns)
+from cbo_ros.planner import Decision, FrameCandidate, LinkState, OffloadOption, make_planner
 
 NS = 1_000_000_000
 
@@ -72,6 +76,7 @@ class PendingCall:
     payload_bytes: int
     resolution: int
     transfer_s: float = 0.0        # planned transfer time (payload / bandwidth)
+    rtt_s: float = 0.0             # link RTT the plan used
 
 
 class OffloadPlannerNode(Node):
@@ -93,8 +98,10 @@ class OffloadPlannerNode(Node):
             self, 'deadline_margin_ms', 25.0,
             'Publish the fallback answer this long before the deadline.', minimum=0.0,
             maximum=1000.0) * 1e6)
-        check_ms = declare(self, 'deadline_check_ms', 5.0,
-                           'Period of the deadline timer.', minimum=1.0, maximum=100.0)
+        check_ms = declare(self, 'deadline_check_ms', 50.0,
+                           'Longest period of the deadline timer: it is re-armed for the '
+                           'nearest due frame, and wakes at least this often.', minimum=1.0,
+                           maximum=1000.0)
         self.jpeg_quality = declare(self, 'jpeg_quality', 90, 'JPEG quality of offloads.',
                                     minimum=1, maximum=100)
         self.top_k = declare(self, 'top_k', 5, 'Classes the server returns.', minimum=1,
@@ -127,16 +134,34 @@ class OffloadPlannerNode(Node):
             minimum=0.0, maximum=600.0) * NS)
         self.adapt_server_time = declare(
             self, 'adapt_server_time', True,
-            'Plan with max(profiled, observed) server time per resolution (observed: round trip '
-            'minus transfer time, decaying back to the profile), so a loaded server gets fewer '
-            'offloads.')
+            'Plan with the measured server time instead of the calibration profile: profile + '
+            'a percentile of (round trip - planned transfer - RTT - profile) over recent calls; '
+            'the profile again when no call was measured for server_time_window_s.')
+        self.explore_period_ns = int(declare(
+            self, 'server_time_probe_s', 3.0,
+            'With adapt_server_time and no offload for this long, offload one '
+            'frame at the smallest resolution at most this often to measure the server (the '
+            'local answer stays the fallback; 0: never).', minimum=0.0, maximum=3600.0) * NS)
+        self.server_time_percentile = declare(
+            self, 'server_time_percentile', 75.0,
+            'Percentile of the measured server times the planner plans with.', minimum=0.0,
+            maximum=100.0)
+        self.server_window_ns = int(declare(
+            self, 'server_time_window_s', 5.0,
+            'Measured server times older than this are forgotten.', minimum=0.5,
+            maximum=3600.0) * NS)
+        self.size_refresh_frames = declare(
+            self, 'size_refresh_frames', 5,
+            'Encode a frame at every offload resolution every this many frames (1: every '
+            'frame); in between, plan with those sizes and encode only the chosen resolution.',
+            minimum=1, maximum=1000)
         self.max_pending = declare(self, 'max_pending_frames', 200,
                                    'Frames tracked at once; the oldest are answered early '
                                    'beyond this.', minimum=1, maximum=100000)
-        reliability = declare(self, 'reliability', 'best_effort',
+        reliability = declare(self, 'reliability', 'reliable',
                               "QoS reliability of the image_raw subscription: 'best_effort' "
-                              "(sensor data) or 'reliable'.")
-        depth = declare(self, 'depth', 5, 'QoS history depth of image_raw.', minimum=1,
+                              "or 'reliable' (default: no frame is lost on the robot).")
+        depth = declare(self, 'depth', 30, 'QoS history depth of image_raw.', minimum=1,
                         maximum=1000)
         diag_period = declare(self, 'diagnostics_period_s', 1.0,
                               'Period of the /diagnostics status.', minimum=0.1, maximum=60.0)
@@ -162,21 +187,40 @@ class OffloadPlannerNode(Node):
         self.local_rate = RateMeter()
         self.offload_rate = RateMeter()
         self.decision_window = collections.deque(maxlen=100)
-        self.observed_server_s = {}          # resolution -> (EWMA server time s, when ns)
+        self.server_excess = collections.deque(maxlen=30)   # (when ns, measured - profiled s)
+        self.last_explore_ns = 0
+        self.server_free_s = 0.0               # when the server ends this planner's offloads
+        self.server_occupancy_s = 0.0          # learnt from the first response
+        self.last_offload_ns = 0
+        self.occupancy_measured = False
+        self.payload_sizes = {}                  # resolution -> bytes of its latest JPEG
+        self.frames_since_sizes = 0
 
         group = MutuallyExclusiveCallbackGroup()
-        self.client = self.create_client(Offload, service, callback_group=ReentrantCallbackGroup())
+        # Responses of one server batch arrive together: the services default depth (10)
+        # drops bursts, like the server's request queue (service_queue_depth).
+        client_qos = copy.copy(qos_profile_services_default)
+        client_qos.depth = declare(self, 'service_queue_depth', 100,
+                                   'History depth of the Offload client (responses).',
+                                   minimum=1, maximum=10000, read_only=True)
+        self.client = self.create_client(Offload, service, qos_profile=client_qos,
+                                         callback_group=ReentrantCallbackGroup())
         qos = frame_qos(reliability, depth)
         self.image_sub = self.create_subscription(Image, 'image_raw', self.on_image, qos,
                                                   callback_group=group)
         self.local_sub = self.create_subscription(FrameClassification, 'local_result',
-                                                  self.on_local, RESULT_QOS, callback_group=group)
+                                                  self.on_local, LOCAL_RESULT_QOS,
+                                                  callback_group=group)
         self.quality_sub = self.create_subscription(NetworkQuality, 'network_quality',
                                                     self.on_quality, 10, callback_group=group)
         self.result_pub = self.create_publisher(FrameClassification, 'result', RESULT_QOS)
         self.decision_pub = self.create_publisher(OffloadDecision, 'offload_decision', RESULT_QOS)
         self.transfer_pub = self.create_publisher(TransferSample, 'offload_transfers', RESULT_QOS)
         self.diagnostics = Diagnostics(self)
+        # One timer, re-armed for the nearest due frame (not a fixed 5 ms poll: 200 wake-ups/s
+        # cost ~16 % of a core per idle planner process on the 2-core machine).
+        self.max_check_ns = int(check_ms * 1e6)
+        self.timer_due_ns = None
         self.deadline_timer = self.create_timer(check_ms / 1e3, self.on_deadline_timer,
                                                 callback_group=group)
         self.diag_timer = self.create_timer(diag_period, self.on_diagnostics,
@@ -200,6 +244,9 @@ class OffloadPlannerNode(Node):
                                deadline_ns=key + self.deadline_ns)
             self.seq += 1
             self.frames[key] = state
+            due_ns = state.deadline_ns - self.margin_ns
+            if self.timer_due_ns is None or due_ns < self.timer_due_ns:
+                self.arm_deadline_timer(self.now_ns())
             while len(self.frames) > self.max_pending:
                 oldest = next(iter(self.frames.values()))
                 self.finalize(oldest, 'too many frames in flight')
@@ -287,20 +334,27 @@ class OffloadPlannerNode(Node):
             return
 
         encode_start = time.perf_counter()
-        payloads = {r: encode_jpeg(center_square(state.rgb, r), self.jpeg_quality)
-                    for r in self.resolutions}
+        payloads = self.encode_payloads(state.rgb)
         encode_ms = (time.perf_counter() - encode_start) * 1e3
         confidence = float(local.calibrated_confidence)
-        options = [OffloadOption(resolution=r, payload_bytes=len(payloads[r]),
+        options = [OffloadOption(resolution=r, payload_bytes=self.payload_size(r, payloads),
                                  server_accuracy=float(self.bundle.server_accuracy(r, confidence)),
-                                 server_time_s=self.server_time_s(r))
+                                 server_time_s=self.server_time_s(r) + self.server_wait_s(
+                                     now_ns, self.payload_size(r, payloads), link))
                    for r in self.resolutions]
         candidate = FrameCandidate(seq=state.seq, arrival_s=now_ns / NS,
-                                   deadline_s=state.deadline_ns / NS, confidence=confidence,
+                                   deadline_s=(state.deadline_ns - self.margin_ns) / NS,
+                                   confidence=confidence,
                                    options=options)
         if hasattr(candidate, 'raw_confidence'):
             candidate.raw_confidence = float(local.raw_confidence)
         decision = self.planner.decide(candidate, link, now_ns / NS)
+        if not decision.offload:
+            decision = self.explore_server_time(candidate, link, now_ns) or decision
+        if decision.offload and int(decision.resolution) not in payloads:
+            encode_start = time.perf_counter()
+            payloads[int(decision.resolution)] = self.encode(state.rgb, int(decision.resolution))
+            encode_ms += (time.perf_counter() - encode_start) * 1e3
         state.rgb = None
         state.latency['planning_ms'] = (time.perf_counter() - start) * 1e3 - encode_ms
         state.latency['encode_ms'] = encode_ms
@@ -321,6 +375,9 @@ class OffloadPlannerNode(Node):
         decision_msg.expected_finish_ms = (decision.expected_finish_s * NS - state.key) / 1e6
         self.publish_decision(decision_msg)
         self.busy_until_s = max(self.busy_until_s, float(decision.link_free_after_s))
+        # The server is a FIFO resource too: this request occupies it after it arrived there.
+        arrives_s = float(decision.link_free_after_s) + link.rtt_s / 2.0
+        self.server_free_s = max(self.server_free_s, arrives_s) + self.server_occupancy_s
 
         request = Offload.Request(header=state.header, frame_seq=state.seq, top_k=self.top_k,
                                   return_scores=False)
@@ -332,32 +389,95 @@ class OffloadPlannerNode(Node):
         call = PendingCall(future=future, key=state.key, seq=state.seq, send_ns=send_ns,
                            deadline_ns=state.deadline_ns, payload_bytes=len(payload),
                            resolution=resolution,
-                           transfer_s=len(payload) * 8.0 / max(link.bandwidth_bps, 1.0))
+                           transfer_s=len(payload) * 8.0 / max(link.bandwidth_bps, 1.0),
+                           rtt_s=link.rtt_s)
         self.pending[state.key] = call
         future.add_done_callback(lambda done, call=call: self.on_response(call, done))
         self.stats['offloads'] += 1
+        self.last_offload_ns = send_ns
         self.offload_rate.tick(time.monotonic())
 
-    def server_time_s(self, resolution):
-        """Server time to plan with: max(profiled, observed), the excess decaying (half-life 2 s).
+    def encode(self, rgb, resolution):
+        payload = encode_jpeg(center_square(rgb, resolution), self.jpeg_quality)
+        self.payload_sizes[resolution] = len(payload)
+        return payload
 
-        Observed = round trip minus the planned transfer time of answered calls, or the time
-        already waited for calls that missed their deadline: an overloaded server gets fewer
-        offloads, and the estimate returns to the profile when the server recovers.
+    def encode_payloads(self, rgb):
+        """Encode the frame at every resolution every ``size_refresh_frames`` frames, else none.
+
+        Consecutive video frames compress alike: in between, the planner weighs the sizes of
+        the last full encoding and encodes only the resolution it chose (5 encodings per frame
+        cost 5-28 ms of a loaded 2-core CPU at 25 fps).
+        """
+        self.frames_since_sizes += 1
+        if (self.frames_since_sizes >= self.size_refresh_frames
+                or any(r not in self.payload_sizes for r in self.resolutions)):
+            self.frames_since_sizes = 0
+            return {r: self.encode(rgb, r) for r in self.resolutions}
+        return {}
+
+    def payload_size(self, resolution, payloads):
+        return len(payloads[resolution]) if resolution in payloads else \
+            self.payload_sizes[resolution]
+
+    def server_time_s(self, resolution):
+        """Server time to plan with at ``resolution`` (seconds).
+
+        The calibration profile measures the model alone on an idle machine; what a call really
+        costs beyond its transfer and the link RTT (request queueing, executor wake-ups on both
+        sides, decode, batching, inference on a busy CPU, the response) is measured per call.
+        Plan with profile + the ``server_time_percentile`` of (measured - profile) over the
+        calls of the last ``server_time_window_s`` (the profile alone when there are none, so an
+        overloaded server is tried again later).
         """
         profiled = float(self.bundle.server_time_s(resolution))
-        if not self.adapt_server_time or resolution not in self.observed_server_s:
+        if not self.adapt_server_time:
             return profiled
-        value, when_ns = self.observed_server_s[resolution]
-        age_s = max(0.0, (self.now_ns() - when_ns) / NS)
-        return profiled + max(0.0, value - profiled) * 0.5 ** (age_s / 2.0)
-
-    def observe_server_time(self, resolution, seconds):
         now_ns = self.now_ns()
-        current = self.server_time_s(resolution)
-        value = seconds if resolution not in self.observed_server_s else \
-            0.7 * current + 0.3 * seconds
-        self.observed_server_s[resolution] = (value, now_ns)
+        while self.server_excess and now_ns - self.server_excess[0][0] > self.server_window_ns:
+            self.server_excess.popleft()
+        if not self.server_excess:
+            return profiled
+        excess = float(np.percentile([e for _, e in self.server_excess],
+                                     self.server_time_percentile))
+        return max(1e-3, profiled + excess)
+
+    def explore_server_time(self, candidate, link, now_ns):
+        """Return an offload of the smallest option that only measures the server, or None.
+
+        When nothing was offloaded for ``server_time_probe_s``, the planner's server time (the
+        calibration profile, or a few slow measurements) may be too pessimistic: it would never
+        offload and never learn better. The frame keeps its local answer as the fallback, so
+        this costs link time only.
+        """
+        if (not self.adapt_server_time or not self.explore_period_ns
+                or now_ns - max(self.last_explore_ns, self.last_offload_ns)
+                < self.explore_period_ns):
+            return None
+        option = min(candidate.options, key=lambda o: o.payload_bytes)
+        start = max(now_ns / NS, link.busy_until_s)
+        free = start + option.payload_bytes * 8.0 / max(link.bandwidth_bps, 1.0)
+        if free + link.rtt_s >= candidate.deadline_s:
+            return None
+        self.last_explore_ns = now_ns
+        return Decision(seq=candidate.seq, offload=True, resolution=option.resolution,
+                        payload_bytes=option.payload_bytes,
+                        expected_accuracy=candidate.confidence, expected_gain=0.0,
+                        expected_finish_s=free + link.rtt_s + option.server_time_s,
+                        link_free_after_s=free,
+                        reason='measure server time (no recent measurement)')
+
+    def server_wait_s(self, now_ns, payload_bytes, link):
+        """Return the expected wait in the server queue behind this planner's offloads."""
+        start = max(now_ns / NS, link.busy_until_s)
+        arrives = start + payload_bytes * 8.0 / max(link.bandwidth_bps, 1.0) + link.rtt_s / 2.0
+        return max(0.0, self.server_free_s - arrives)
+
+    def observe_server_time(self, call, round_trip_s, queue_s=0.0):
+        """Record what a call cost beyond its planned transfer, the RTT and its queueing."""
+        measured = round_trip_s - call.transfer_s - call.rtt_s - queue_s
+        profiled = float(self.bundle.server_time_s(call.resolution))
+        self.server_excess.append((self.now_ns(), measured - profiled))
 
     def publish_decision(self, msg):
         self.decision_pub.publish(msg)
@@ -386,8 +506,14 @@ class OffloadPlannerNode(Node):
             if response is not None:
                 self.consecutive_timeouts = 0
                 self.round_trips_ms.append(round_trip_ms)
-                self.observe_server_time(call.resolution,
-                                         max(0.0, round_trip_ms / 1e3 - call.transfer_s))
+                if response.success:
+                    self.observe_server_time(call, round_trip_ms / 1e3, response.queue_ms / 1e3)
+                    # The server's time per request, batching included.
+                    occupancy = (response.inference_ms / max(response.batch_size, 1)
+                                 + response.decode_ms) / 1e3
+                    self.server_occupancy_s = occupancy if not self.occupancy_measured else \
+                        self.server_occupancy_s + 0.3 * (occupancy - self.server_occupancy_s)
+                    self.occupancy_measured = True
             state = self.frames.get(call.key)
             if state is None:
                 self.stats['late_server_answers'] += 1
@@ -459,6 +585,16 @@ class OffloadPlannerNode(Node):
         while len(self.answered) > 2 * self.max_pending + 100:
             self.answered.popitem(last=False)
 
+    def arm_deadline_timer(self, now_ns):
+        """Re-arm the deadline timer for the nearest due frame or give-up time of a call."""
+        due = [s.deadline_ns - self.margin_ns for s in self.frames.values()]
+        due += [c.deadline_ns + self.late_grace_ns for c in self.pending.values()]
+        next_ns = min(due) if due else now_ns + self.max_check_ns
+        delay_ns = min(max(next_ns - now_ns, 1_000_000), self.max_check_ns)
+        self.deadline_timer.timer_period_ns = delay_ns
+        self.deadline_timer.reset()
+        self.timer_due_ns = now_ns + delay_ns
+
     def on_deadline_timer(self):
         with self.lock:
             now_ns = self.now_ns()
@@ -467,10 +603,6 @@ class OffloadPlannerNode(Node):
                 if state.offloaded:
                     self.stats['server_late'] += 1
                     call = self.pending.get(state.key)
-                    if call is not None:
-                        self.observe_server_time(
-                            call.resolution,
-                            max(0.0, (now_ns - call.send_ns) / NS - call.transfer_s))
                     self.finalize(state, 'server late: local answer')
                 elif state.local is None:
                     self.finalize(state, 'local result missing at deadline')
@@ -490,6 +622,7 @@ class OffloadPlannerNode(Node):
                     self.get_logger().warning(
                         f'server did not answer {self.max_timeouts} offloads in a row: local '
                         f'answers for {self.backoff_ns / NS:.1f} s', throttle_duration_sec=5.0)
+            self.arm_deadline_timer(self.now_ns())
 
     def on_diagnostics(self):
         with self.lock:

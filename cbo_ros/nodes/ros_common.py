@@ -15,6 +15,12 @@ RELIABILITY = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
 # an evaluator sees every one.
 RESULT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
                         reliability=ReliabilityPolicy.RELIABLE)
+# local_result (classifier -> planner): also transient-local, so results published before the
+# planner's reader was matched (processes start at their own pace) still reach it. A volatile
+# reader (recorder, tools) is compatible with it.
+LOCAL_RESULT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
+                              reliability=ReliabilityPolicy.RELIABLE,
+                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
 LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                          reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -48,8 +54,16 @@ def declare(node, name, default, description, minimum=None, maximum=None, step=N
     return node.declare_parameter(name, default, descriptor).value
 
 
-def frame_qos(reliability='best_effort', depth=5):
-    """Sensor-data QoS for camera frames, with reliability and depth overridable."""
+def frame_qos(reliability='reliable', depth=30):
+    """Return the QoS of camera frames (``image_raw``): KEEP_LAST ``depth``, volatile.
+
+    Robot-local frames default to reliable with a depth of 30 (1 s at 30 fps) on the writer and
+    the readers: a reader whose executor stalls gets the frames from its own history or by a
+    repair from the writer's, instead of losing them (with best effort, or a writer depth of 5,
+    a stalled reader lost frames, and a frame no robot node saw can never be answered). A
+    KEEP_LAST writer never blocks on a slow reliable reader. 'best_effort' remains available
+    (e.g. for frames crossing a lossy radio link, where waiting for repairs is pointless).
+    """
     if reliability not in RELIABILITY:
         raise ValueError(f"reliability must be one of {', '.join(RELIABILITY)}, got "
                          f"'{reliability}'")
@@ -135,7 +149,8 @@ class RateMeter:
             del self._times[:drop]
 
 
-DEFAULT_OFFLOAD_RESOLUTIONS = [112, 160, 224, 260]
+# The calibration bundle's default offload resolutions (cbo_ros.calibration).
+DEFAULT_OFFLOAD_RESOLUTIONS = [96, 128, 176, 224, 260]
 
 
 def load_bundle(logger, calibration_file, offload_resolutions=None):
