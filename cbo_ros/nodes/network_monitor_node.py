@@ -22,12 +22,10 @@ import time
 
 from cbo_interfaces.msg import NetworkQuality, TransferSample
 from cbo_interfaces.srv import Probe
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from cbo_ros.network_estimator import NetworkEstimator
-from cbo_ros.nodes.ros_common import declare, Diagnostics, RESULT_QOS
+from cbo_ros.nodes.ros_common import (declare, Diagnostics, RESULT_QOS, spin_node)
 
 
 class NetworkMonitorNode(Node):
@@ -283,19 +281,9 @@ class NetworkMonitorNode(Node):
         })
 
 
-def main(args=None):
-    """Run the network monitor until SIGINT/SIGTERM."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = NetworkMonitorNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+def main():
+    """Run the node until SIGINT/SIGTERM."""
+    spin_node(NetworkMonitorNode, 'network_monitor_node', startup_errors=())
 
 
 if __name__ == '__main__':

@@ -11,14 +11,11 @@ A malformed frame (unsupported encoding, truncated data, zero size) is answered 
 ``class_id``, score 0 and the note ``invalid frame: <reason>``, so it is not silently lost.
 """
 
-import sys
 import time
 
 import numpy as np
-import rclpy
 from cbo_interfaces.msg import ClassHypothesis, FrameClassification
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
@@ -26,8 +23,8 @@ from cbo_ros import paths
 from cbo_ros.classifier import OnnxClassifier
 from cbo_ros.image_ops import softmax
 from cbo_ros.media import image_msg_to_rgb
-from cbo_ros.nodes.ros_common import (Diagnostics, LOCAL_RESULT_QOS, RateMeter, class_name,
-                                      declare, frame_qos, load_bundle, stamp_to_ns)
+from cbo_ros.nodes.ros_common import (class_name, declare, Diagnostics, frame_qos, load_bundle,
+                                      LOCAL_RESULT_QOS, RateMeter, spin_node, stamp_to_ns)
 
 
 class NpuClassifierNode(Node):
@@ -146,23 +143,10 @@ class NpuClassifierNode(Node):
             'calibration': self.calibration_message})
 
 
-def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = NpuClassifierNode()
-        rclpy.spin(node)
-    except (FileNotFoundError, ImportError, ValueError) as error:
-        rclpy.logging.get_logger('npu_classifier_node').fatal(f'cannot start: {error}')
-        code = 1
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    sys.exit(code)
+def main():
+    """Run the node until SIGINT/SIGTERM."""
+    spin_node(NpuClassifierNode, 'npu_classifier_node',
+              startup_errors=(FileNotFoundError, ImportError, ValueError))
 
 
 if __name__ == '__main__':

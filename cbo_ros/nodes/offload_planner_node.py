@@ -20,28 +20,25 @@ docs/live_system.md. ``frame_seq`` is a counter of this node (order of first sig
 
 import collections
 import copy
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
 from cbo_interfaces.msg import (FrameClassification, NetworkQuality, OffloadDecision,
                                 TransferSample)
 from cbo_interfaces.srv import Offload
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_services_default
 from sensor_msgs.msg import CompressedImage, Image
 
 from cbo_ros.image_ops import center_square, encode_jpeg
 from cbo_ros.media import image_msg_to_rgb
-from cbo_ros.nodes.ros_common import (Diagnostics, LOCAL_RESULT_QOS, RESULT_QOS, RateMeter,
-                                      declare, frame_qos, load_bundle, ns_to_stamp,
-                                      stamp_to_ns)
+from cbo_ros.nodes.ros_common import (declare, Diagnostics, frame_qos, load_bundle,
+                                      LOCAL_RESULT_QOS, ns_to_stamp, RateMeter, RESULT_QOS,
+                                      spin_node, stamp_to_ns)
 from cbo_ros.planner import Decision, FrameCandidate, LinkState, OffloadOption, make_planner
 
 NS = 1_000_000_000
@@ -655,23 +652,10 @@ class OffloadPlannerNode(Node):
                 'calibration': self.calibration_message})
 
 
-def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = OffloadPlannerNode()
-        rclpy.spin(node)
-    except (ImportError, ValueError, KeyError) as error:
-        rclpy.logging.get_logger('offload_planner_node').fatal(f'cannot start: {error}')
-        code = 1
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    sys.exit(code)
+def main():
+    """Run the node until SIGINT/SIGTERM."""
+    spin_node(OffloadPlannerNode, 'offload_planner_node',
+              startup_errors=(ImportError, ValueError, KeyError))
 
 
 if __name__ == '__main__':

@@ -1,8 +1,11 @@
 """Helpers shared by the robot nodes: parameters, QoS, time stamps, diagnostics, class names."""
 
+import sys
 from functools import lru_cache
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+import rclpy
+from rclpy.executors import ExternalShutdownException
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -172,3 +175,27 @@ def load_bundle(logger, calibration_file, offload_resolutions=None):
                    'run `make calibrate`')
         logger.warning(message)
         return CalibrationBundle.identity(resolutions), False, message
+
+
+def spin_node(node_class, name, startup_errors=()):
+    """Run one node in its own process until SIGINT/SIGTERM; exit 1 when it cannot start.
+
+    ``startup_errors`` are the exceptions that mean a configuration problem (bad parameter,
+    missing model file): they are logged as fatal with the reason instead of a traceback.
+    """
+    rclpy.init()
+    node = None
+    code = 0
+    try:
+        node = node_class()
+        rclpy.spin(node)
+    except startup_errors as error:
+        rclpy.logging.get_logger(name).fatal(f'cannot start: {error}')
+        code = 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    sys.exit(code)
