@@ -343,8 +343,8 @@ class OffloadPlannerNode(Node):
                                    deadline_s=(state.deadline_ns - self.margin_ns) / NS,
                                    confidence=confidence,
                                    options=options)
-        if hasattr(candidate, 'raw_confidence'):
-            candidate.raw_confidence = float(local.raw_confidence)
+        candidate.raw_confidence = float(local.raw_confidence)
+        candidate.local_class = int(local.class_id)
         decision = self.planner.decide(candidate, link, now_ns / NS)
         if not decision.offload:
             decision = self.explore_server_time(candidate, link, now_ns) or decision
@@ -511,6 +511,10 @@ class OffloadPlannerNode(Node):
                     self.server_occupancy_s = occupancy if not self.occupancy_measured else \
                         self.server_occupancy_s + 0.3 * (occupancy - self.server_occupancy_s)
                     self.occupancy_measured = True
+                    # Late answers teach the planner too (server profile, online calibration).
+                    self.planner.observe_server_answer(
+                        call.seq, call.resolution, float(response.score), now_ns / NS,
+                        server_class=int(response.class_id) if response.class_id else None)
             state = self.frames.get(call.key)
             if state is None:
                 self.stats['late_server_answers'] += 1
