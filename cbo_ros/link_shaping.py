@@ -331,8 +331,10 @@ class ShapedLink:
         if bps < 8e3:
             raise ValueError(f'rate too low: {bps} bit/s')
         rate_bytes = bps / 8.0
-        # Bucket: 10 ms at the rate, at least a few full-size packets (TBF needs >= MTU).
-        burst = int(max(rate_bytes * 0.01, 4 * (self.mtu + 100), 16384))
+        # Bucket: 2 ms at the rate, at least two full-size packets (TBF needs >= MTU). A small
+        # bucket keeps single requests from crossing at line speed, so transfer times (what the
+        # network monitor measures) reflect the configured rate.
+        burst = int(max(rate_bytes * 0.002, 2 * (self.mtu + 100)))
         limit = int(max(rate_bytes * self.queue_latency_s, 2 * 1024 * 1024)) + burst
         _run(tc + ['qdisc', 'replace', 'dev', dev, 'root', 'tbf', 'rate', f'{int(bps)}bit',
                    'burst', str(burst), 'limit', str(limit)])
