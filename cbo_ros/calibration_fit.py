@@ -78,22 +78,27 @@ def select_method(outputs_list, tag, resolution, candidates=CANDIDATES):
     return best, scores
 
 
-def segment_bootstrap_ece(confidences, correct, segments, samples=1000, seed=0):
-    """95 % interval of the ECE when whole segments (e.g. 2 s of one video) are resampled.
+def segment_bootstrap(statistic, segments, samples=1000, seed=0):
+    """95 % interval of ``statistic(indices)`` when whole segments are resampled.
 
-    Frames of a video are strongly correlated, so resampling frames would understate the noise;
-    ``segments`` gives each frame's segment id. Returns (low, high).
+    Frames of a video are strongly correlated (e.g. 2 s of one video form a segment), so
+    resampling frames would understate the noise. Returns (low, high).
     """
-    conf = np.asarray(confidences, dtype=np.float64)
-    hits = np.asarray(correct, dtype=np.float64)
+    segments = np.asarray(segments)
     ids = np.unique(segments)
     members = [np.flatnonzero(segments == i) for i in ids]
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(int(samples)):
-        pick = np.concatenate([members[i] for i in rng.integers(0, len(ids), len(ids))])
-        values.append(expected_calibration_error(conf[pick], hits[pick]))
+    values = [statistic(np.concatenate([members[i] for i in rng.integers(0, len(ids), len(ids))]))
+              for _ in range(int(samples))]
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def segment_bootstrap_ece(confidences, correct, segments, samples=1000, seed=0):
+    """95 % interval of the ECE when whole segments are resampled (see segment_bootstrap)."""
+    conf = np.asarray(confidences, dtype=np.float64)
+    hits = np.asarray(correct, dtype=np.float64)
+    return segment_bootstrap(lambda pick: expected_calibration_error(conf[pick], hits[pick]),
+                             segments, samples, seed)
 
 
 def frame_segments(outputs_list, seconds=2.0):

@@ -15,7 +15,7 @@ import itertools
 
 import numpy as np
 
-from cbo_ros.calibration_fit import fit_bundle, segment_bootstrap_ece
+from cbo_ros.calibration_fit import fit_bundle, segment_bootstrap, segment_bootstrap_ece
 from cbo_ros.calibration_metrics import expected_calibration_error
 from cbo_ros.evaluation.report import time_segments
 from cbo_ros.evaluation.simulator import SimulationConfig, run_strategies
@@ -99,15 +99,9 @@ def online_calibration_metrics(outputs_list, bundle, bandwidths_mbps=DEFAULT_BAN
 
 def paired_bootstrap_delta(conf_a, conf_b, correct, segments, samples=1000, seed=0):
     """95 % interval of ECE(a) - ECE(b) on the same resampled 2-s segments (paired)."""
-    ids = np.unique(segments)
-    members = [np.flatnonzero(segments == i) for i in ids]
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(int(samples)):
-        pick = np.concatenate([members[i] for i in rng.integers(0, len(ids), len(ids))])
-        values.append(expected_calibration_error(conf_a[pick], correct[pick])
-                      - expected_calibration_error(conf_b[pick], correct[pick]))
-    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+    return segment_bootstrap(
+        lambda pick: expected_calibration_error(conf_a[pick], correct[pick])
+        - expected_calibration_error(conf_b[pick], correct[pick]), segments, samples, seed)
 
 
 def format_online(table):
