@@ -111,6 +111,15 @@ class TemperatureScaling:
         return cls(float(data['temperature']))
 
 
+def _confidence_outcomes(confidences, correct, method):
+    """Validate and flatten (confidence, outcome) pairs for a confidence-space calibrator."""
+    conf = np.clip(np.asarray(confidences, dtype=np.float64).ravel(), 0.0, 1.0)
+    hits = np.asarray(correct, dtype=np.float64).ravel()
+    if conf.size == 0 or conf.size != hits.size:
+        raise CalibrationError(f'{method} needs as many confidences as outcomes (> 0)')
+    return conf, hits
+
+
 def _weights(weights, n):
     """Per-sample weights normalised to sum 1 (uniform when ``weights`` is None)."""
     if weights is None:
@@ -145,10 +154,7 @@ class HistogramBinning(_ConfidenceCalibrator):
 
     def fit_confidences(self, confidences, correct, weights=None):
         """Fit the bin accuracies; empty or thin bins lean on the overall accuracy."""
-        conf = np.clip(np.asarray(confidences, dtype=np.float64).ravel(), 0.0, 1.0)
-        hits = np.asarray(correct, dtype=np.float64).ravel()
-        if conf.size == 0 or conf.size != hits.size:
-            raise CalibrationError('histogram binning needs as many confidences as outcomes (>0)')
+        conf, hits = _confidence_outcomes(confidences, correct, 'histogram binning')
         w = _weights(weights, conf.size) * conf.size     # mean weight 1: counts stay counts
         index = self._index(conf)
         counts = np.bincount(index, weights=w, minlength=self.bins)
@@ -205,10 +211,7 @@ class IsotonicCalibration(_ConfidenceCalibrator):
 
     def fit_confidences(self, confidences, correct, weights=None):
         """Fit the isotonic map; the knots are the centres of the pooled blocks."""
-        conf = np.clip(np.asarray(confidences, dtype=np.float64).ravel(), 0.0, 1.0)
-        hits = np.asarray(correct, dtype=np.float64).ravel()
-        if conf.size == 0 or conf.size != hits.size:
-            raise CalibrationError('isotonic regression needs as many confidences as outcomes')
+        conf, hits = _confidence_outcomes(confidences, correct, 'isotonic regression')
         order = np.argsort(conf, kind='mergesort')
         fitted = pool_adjacent_violators(hits[order], _weights(weights, conf.size)[order])
         xs, ys = conf[order], fitted

@@ -165,14 +165,11 @@ def main(argv=None):
         calibration, used = [], []
         for spec in media:
             stride = stride_for(spec, args.frames_per_video)
-            outputs = load_outputs(spec, offload_resolutions=args.offload_resolutions,
-                                   stride=stride, **common)
-            calibration.append(outputs)
-            used.append({'media': outputs.name, 'frames': len(outputs), 'stride': stride,
-                         'labels': outputs.label_source, 'view': 'center'})
-            for view in args.views:
-                outputs = load_outputs(spec, offload_resolutions=(), stride=stride, view=view,
-                                       **common)
+            # The centre view with the server's outputs, then the extra views (robot + labels).
+            for view in ['center'] + list(args.views):
+                offload = args.offload_resolutions if view == 'center' else ()
+                outputs = load_outputs(spec, offload_resolutions=offload, stride=stride,
+                                       view=view, **common)
                 calibration.append(outputs)
                 used.append({'media': outputs.name, 'frames': len(outputs), 'stride': stride,
                              'labels': outputs.label_source, 'view': view})
