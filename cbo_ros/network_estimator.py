@@ -14,8 +14,12 @@ ROS-free. Three kinds of input, each stamped with ``now`` in seconds of a monoto
   the shaper) takes precedence for goodput, RTT and loss while it is fresh.
 
 Goodput is the median of the per-sample rates in a sliding window (robust to a stalled frame or a
-scheduling hiccup), RTT an EWMA of small-probe RTTs with the window's minimum as the base RTT, loss
-the share of lost transfers/probes in the window. When nothing new is measured, the last values
+scheduling hiccup). A rate change is detected rather than waited out: when the newest
+``change_samples`` samples, spanning at least ``change_min_s``, all lie beyond ``change_ratio``
+of the older samples' median (all below it or all above it), the older samples are dropped, so the
+estimate follows a new link rate after a few transfers instead of after half a window. RTT is
+an EWMA of small-probe RTTs with the window's minimum as the base RTT, loss the share of lost
+transfers/probes in the window. When nothing new is measured, the last values
 are kept but ``estimate_age_s`` grows and ``stale`` becomes true after ``stale_after_s``.
 """
 
@@ -56,9 +60,12 @@ class NetworkEstimator:
                  min_bandwidth_payload_bytes=4096, min_transfer_ms=0.2,
                  unreachable_after_s=3.0, max_consecutive_failures=2,
                  external_timeout_s=2.0, max_samples=200, start_time=None,
-                 rate_percentile=50.0):
+                 rate_percentile=50.0, change_samples=4, change_ratio=1.5, change_min_s=0.1):
         if window_s <= 0 or stale_after_s <= 0 or not 0 < rtt_alpha <= 1:
             raise ValueError('window_s and stale_after_s must be > 0, 0 < rtt_alpha <= 1')
+        if change_samples < 0 or change_ratio <= 1.0 or change_min_s < 0:
+            raise ValueError('change_samples must be >= 0 (0: no change detection), '
+                             'change_ratio > 1 and change_min_s >= 0')
         self.window_s = float(window_s)
         self.stale_after_s = float(stale_after_s)
         self.rtt_alpha = float(rtt_alpha)
@@ -70,6 +77,9 @@ class NetworkEstimator:
         # Timing noise (executor wake-ups, scheduling) only ever adds to a measured wire time,
         # so rate samples err low: a percentile above the median compensates (BBR-like).
         self.rate_percentile = float(rate_percentile)
+        self.change_samples = int(change_samples)
+        self.change_ratio = float(change_ratio)
+        self.change_min_s = float(change_min_s)
         # (time, bits per second, kind) of goodput samples
         self._rates = collections.deque(maxlen=max_samples)
         # (time, rtt ms) of small probes
@@ -176,6 +186,21 @@ class NetworkEstimator:
         transfer_ms = max(wire_ms - self.base_rtt_ms(now), self.min_transfer_ms)
         self._rates.append((now, 8.0 * (payload_bytes + ahead_bytes) / (transfer_ms / 1e3),
                             kind))
+        self._drop_samples_before_a_change()
+
+    def _drop_samples_before_a_change(self):
+        """Forget the samples older than a rate change seen by the newest ``change_samples``."""
+        k = self.change_samples
+        if k <= 0 or len(self._rates) <= k:
+            return
+        samples = list(self._rates)
+        recent = [rate for _, rate, _ in samples[-k:]]
+        if samples[-1][0] - samples[-k][0] < self.change_min_s:
+            return                      # a burst of slow or fast transfers, not a new rate
+        older = statistics.median(rate for _, rate, _ in samples[:-k])
+        if max(recent) * self.change_ratio < older or min(recent) > older * self.change_ratio:
+            for _ in range(len(samples) - k):
+                self._rates.popleft()
 
     def _prune(self, now):
         for queue in (self._rates, self._rtts, self._events):

@@ -146,3 +146,19 @@ def test_invalid_parameters_are_rejected():
         NetworkEstimator(window_s=0)
     with pytest.raises(ValueError):
         NetworkEstimator(rtt_alpha=1.5)
+    with pytest.raises(ValueError):
+        NetworkEstimator(change_ratio=1.0)
+
+
+def test_a_rate_change_is_followed_after_a_few_transfers_not_half_a_window():
+    est = NetworkEstimator(window_s=10.0)
+    now = feed_link(est, 10e6, 20.0, count=60)
+    now = feed_link(est, 2e6, 20.0, start=now + 0.1, count=5, seed=1)
+    assert est.estimate(now).bandwidth_bps == pytest.approx(2e6, rel=0.10)
+    now = feed_link(est, 8e6, 20.0, start=now + 0.1, count=5, seed=2)
+    assert est.estimate(now).bandwidth_bps == pytest.approx(8e6, rel=0.10)
+    # Without change detection the median of the 10 s window still reads the old rate.
+    slow = NetworkEstimator(window_s=10.0, change_samples=0)
+    now = feed_link(slow, 10e6, 20.0, count=60)
+    now = feed_link(slow, 2e6, 20.0, start=now + 0.1, count=5, seed=1)
+    assert slow.estimate(now).bandwidth_bps == pytest.approx(10e6, rel=0.10)

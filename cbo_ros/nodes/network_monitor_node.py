@@ -6,9 +6,11 @@ Inputs:
       takes precedence for goodput/RTT/loss while fresh (``external_timeout_s``)
   light active probes of the server's ``probe`` service (cbo_interfaces/srv/Probe): a small
       payload every ``probe_period_s`` for the RTT, and a ``bandwidth_probe_bytes`` payload at most
-      every ``bandwidth_probe_period_s`` while no offload traffic was seen for
-      ``bandwidth_probe_idle_s``. One probe in flight at a time; no answer within
-      ``probe_timeout_s`` counts as lost; an absent service makes the server unreachable.
+      every ``bandwidth_probe_period_s`` while no offload transfer large enough to be a goodput
+      sample (``min_bandwidth_payload_bytes``) was seen for ``bandwidth_probe_idle_s`` (a planner
+      sending only small frames would otherwise never learn that the link got faster). One probe
+      in flight at a time; no answer within ``probe_timeout_s`` counts as lost; an absent
+      service makes the server unreachable.
 
 Outputs:
   ``network_quality`` (cbo_interfaces/msg/NetworkQuality) at ``publish_rate_hz``
@@ -50,12 +52,13 @@ class NetworkMonitorNode(Node):
             'Payload of the occasional goodput probe (bytes; 0 disables it).',
             minimum=0, maximum=16 * 1024 * 1024, read_only=True)
         self.bandwidth_probe_period_s = declare(
-            self, 'bandwidth_probe_period_s', 5.0,
+            self, 'bandwidth_probe_period_s', 2.0,
             'At most one goodput probe per this many seconds.', minimum=0.1, maximum=3600.0,
             read_only=True)
         self.bandwidth_probe_idle_s = declare(
-            self, 'bandwidth_probe_idle_s', 2.0,
-            'Goodput probes only when no offload transfer was seen for this long.',
+            self, 'bandwidth_probe_idle_s', 1.0,
+            'Goodput probes only when no offload transfer of at least '
+            'min_bandwidth_payload_bytes was seen for this long.',
             minimum=0.0, maximum=3600.0, read_only=True)
         publish_rate_hz = declare(self, 'publish_rate_hz', 5.0,
                                   'Rate of network_quality messages (Hz).',
@@ -94,6 +97,19 @@ class NetworkMonitorNode(Node):
                 'Goodput = this percentile of the window\'s rate samples (timing noise only '
                 'lowers a sample; a TBF burst raises it: the median by default).',
                 minimum=1.0, maximum=100.0, read_only=True),
+            change_samples=declare(
+                self, 'change_samples', 4,
+                'Rate change detection: when this many newest goodput samples all lie beyond '
+                'change_ratio of the older ones\' median, the older ones are dropped (0: off).',
+                minimum=0, maximum=100, read_only=True),
+            change_ratio=declare(
+                self, 'change_ratio', 1.5,
+                'Factor a new rate must differ by to count as a change.',
+                minimum=1.05, maximum=100.0, read_only=True),
+            change_min_s=declare(
+                self, 'change_min_s', 0.1,
+                'The change_samples must span at least this long (seconds): a burst of slow '
+                'transfers is not a new rate.', minimum=0.0, maximum=60.0, read_only=True),
             start_time=time.monotonic())
 
         self.probe_client = self.create_client(Probe, 'probe')
@@ -112,7 +128,7 @@ class NetworkMonitorNode(Node):
         self._pending = None            # (future, sent monotonic, payload bytes, token)
         self._token = 0
         self._payloads = {}
-        self._last_transfer = None
+        self._last_goodput_transfer = None
         self._last_bandwidth_probe = float('-inf')
         self._service_absent = False
         self.probes_sent = 0
@@ -129,7 +145,8 @@ class NetworkMonitorNode(Node):
     def on_transfer(self, msg):
         """Feed one offload transfer measured by the planner."""
         now = time.monotonic()
-        self._last_transfer = now
+        if msg.payload_bytes >= self.estimator.min_bandwidth_payload_bytes:
+            self._last_goodput_transfer = now
         self.transfers_seen += 1
         # The header stamp is the send time (ROS clock): map it onto the monotonic clock.
         sent_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
@@ -190,8 +207,8 @@ class NetworkMonitorNode(Node):
             self.get_logger().info(f"service '{self.probe_service}' available")
             self._service_absent = False
         size = self.probe_payload_bytes
-        idle = (self._last_transfer is None
-                or now - self._last_transfer >= self.bandwidth_probe_idle_s)
+        idle = (self._last_goodput_transfer is None
+                or now - self._last_goodput_transfer >= self.bandwidth_probe_idle_s)
         # A goodput sample needs the base RTT first: the wire time is measured RTT minus it.
         with self._lock:
             have_base_rtt = self.estimator.base_rtt_ms(now) > 0
