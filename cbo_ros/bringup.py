@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import yaml
@@ -264,11 +265,18 @@ def run_single_process(options, params_file, ros_args):
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
     from rclpy.parameter import Parameter
+    from rclpy.signals import SignalHandlerOptions
 
     rclpy_args = ['robot_bringup', '--ros-args', '--params-file', params_file] + ros_args
     if options.log_level:
         rclpy_args += ['--log-level', options.log_level]
-    rclpy.init(args=rclpy_args)
+    # SIGINT/SIGTERM end the spin loop below instead of shutting the context down at once:
+    # rclpy's own handler invalidated every entity while executor threads were still inside
+    # callbacks ("cannot use Destroyable because destruction was requested" at exit).
+    stop_requested = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop_requested.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    rclpy.init(args=rclpy_args, signal_handler_options=SignalHandlerOptions.NO)
     logger = rclpy.logging.get_logger('robot_bringup')
     if options.executor == 'events':
         from rclpy.experimental import EventsExecutor
@@ -291,7 +299,7 @@ def run_single_process(options, params_file, ros_args):
         logger.info(f"started {', '.join(n.get_fully_qualified_name() for n in nodes)} "
                     f'(params {options.params_file}; one process)')
         done_since = None
-        while rclpy.ok():
+        while rclpy.ok() and not stop_requested.is_set():
             executor.spin_once(timeout_sec=0.2)
             if options.exit_when_done and camera is not None and camera.done:
                 done_since = done_since or time.monotonic()
@@ -305,10 +313,15 @@ def run_single_process(options, params_file, ros_args):
             logger.fatal(f'bring-up failed: {type(error).__name__}: {error}')
             code = 1
     finally:
-        # Order matters: stop the executor first (its threads finish the callbacks in progress),
-        # then take the nodes out of it and destroy them. Destroying a node whose callback is
-        # still running or queued made that callback's task fail with "cannot use Destroyable
-        # because destruction was requested", printed at exit as an exception never retrieved.
+        # Order matters: let the executor's threads finish the callbacks already handed to them,
+        # stop the executor, take the nodes out of it and destroy them, shut the context down.
+        # MultiThreadedExecutor.shutdown (rclpy Kilted) destroys its guard condition before it
+        # drains its thread pool, and each queued callback still triggers that guard condition
+        # ("cannot use Destroyable because destruction was requested", never retrieved): drain
+        # the pool first.
+        pool = getattr(executor, '_executor', None)
+        if pool is not None:
+            pool.shutdown(wait=True)
         executor.shutdown(timeout_sec=5.0)
         for node in nodes:
             with contextlib.suppress(Exception):
@@ -316,6 +329,8 @@ def run_single_process(options, params_file, ros_args):
         for node in reversed(nodes):
             node.destroy_node()
         rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return code
 
 
