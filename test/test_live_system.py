@@ -137,6 +137,24 @@ def test_every_frame_gets_exactly_one_final_result(system):
     assert len(server_answers) <= len(offloaded)
 
 
+def test_local_only_strategy_sends_nothing_even_with_a_server_up(system):
+    # Longer than server_time_probe_s (3 s): the server-time probe must not fire either.
+    system.start_server()
+    assert system.wait_for_server(), 'server did not come up:\n' + system.log('server')
+    system.start_robot('--video', 'bikes.mp4', '--mode', 'once', '--max-frames', '110',
+                       '--start-delay', '2.0', '--strategy', 'local_only')
+    ok = wait_all_answered(system, 110, timeout=60)
+    recorder = system.recorder
+    answers = final_by_stamp(recorder)
+    assert ok, (f'{recorder.frames_published} captured, {len(answers)} answered\n'
+                + system.log('robot')[-3000:])
+    finals = [v[0] for v in answers.values()]
+    assert len(finals) == 110
+    assert all(m.source == m.SOURCE_ROBOT and m.class_id for m in finals)
+    assert not [d for _, _, d in recorder.snapshot('decisions') if d.offload]
+    assert not recorder.snapshot('transfers')
+
+
 def test_server_killed_mid_run_every_frame_still_answered_by_deadline(system):
     server = system.start_server()
     assert system.wait_for_server(), 'server did not come up:\n' + system.log('server')

@@ -74,6 +74,7 @@ class PendingCall:
     resolution: int
     transfer_s: float = 0.0        # planned transfer time (payload / bandwidth)
     rtt_s: float = 0.0             # link RTT the plan used
+    measure_only: bool = False     # a server-time probe: the frame kept its local answer
 
 
 class OffloadPlannerNode(Node):
@@ -323,11 +324,11 @@ class OffloadPlannerNode(Node):
             self.publish_decision(decision_msg)
             self.finalize(state, 'invalid frame')
             return
-        if not link.reachable:
-            decision_msg.reason = unreachable_why
+        if not link.reachable or self.strategy == 'local_only':
+            decision_msg.reason = unreachable_why or 'local_only strategy'
             self.publish_decision(decision_msg)
             state.latency['planning_ms'] = (time.perf_counter() - start) * 1e3
-            self.finalize(state, unreachable_why)
+            self.finalize(state, decision_msg.reason)
             return
 
         encode_start = time.perf_counter()
@@ -346,8 +347,11 @@ class OffloadPlannerNode(Node):
         candidate.raw_confidence = float(local.raw_confidence)
         candidate.local_class = int(local.class_id)
         decision = self.planner.decide(candidate, link, now_ns / NS)
+        measure_only = False
         if not decision.offload:
-            decision = self.explore_server_time(candidate, link, now_ns) or decision
+            probe = self.explore_server_time(candidate, link, now_ns)
+            if probe is not None:
+                decision, measure_only = probe, True
         if decision.offload and int(decision.resolution) not in payloads:
             encode_start = time.perf_counter()
             payloads[int(decision.resolution)] = self.encode(state.rgb, int(decision.resolution))
@@ -387,12 +391,15 @@ class OffloadPlannerNode(Node):
                            deadline_ns=state.deadline_ns, payload_bytes=len(payload),
                            resolution=resolution,
                            transfer_s=len(payload) * 8.0 / max(link.bandwidth_bps, 1.0),
-                           rtt_s=link.rtt_s)
+                           rtt_s=link.rtt_s, measure_only=measure_only)
         self.pending[state.key] = call
         future.add_done_callback(lambda done, call=call: self.on_response(call, done))
         self.stats['offloads'] += 1
         self.last_offload_ns = send_ns
         self.offload_rate.tick(time.monotonic())
+        if measure_only:
+            # The strategy chose the local answer: it stands, now; the answer only measures.
+            self.finalize(state, f'local answer ({decision.reason})')
 
     def encode(self, rgb, resolution):
         payload = encode_jpeg(center_square(rgb, resolution), self.jpeg_quality)
@@ -444,8 +451,8 @@ class OffloadPlannerNode(Node):
 
         When nothing was offloaded for ``server_time_probe_s``, the planner's server time (the
         calibration profile, or a few slow measurements) may be too pessimistic: it would never
-        offload and never learn better. The frame keeps its local answer as the fallback, so
-        this costs link time only.
+        offload and never learn better. The frame keeps its local answer (the strategy chose
+        it; the server's answer only measures), so this costs link time only.
         """
         if (not self.adapt_server_time or not self.explore_period_ns
                 or now_ns - max(self.last_explore_ns, self.last_offload_ns)
@@ -517,7 +524,8 @@ class OffloadPlannerNode(Node):
                         server_class=int(response.class_id) if response.class_id else None)
             state = self.frames.get(call.key)
             if state is None:
-                self.stats['late_server_answers'] += 1
+                if not call.measure_only:
+                    self.stats['late_server_answers'] += 1
                 return
             state.latency['round_trip_ms'] = round_trip_ms
             if response is None or not response.success:
@@ -603,7 +611,6 @@ class OffloadPlannerNode(Node):
             for state in due:
                 if state.offloaded:
                     self.stats['server_late'] += 1
-                    call = self.pending.get(state.key)
                     self.finalize(state, 'server late: local answer')
                 elif state.local is None:
                     self.finalize(state, 'local result missing at deadline')
