@@ -12,6 +12,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 
@@ -26,7 +27,7 @@ def generate_launch_description():
         return Node(package='cbo_ros', executable=executable, name=executable,
                     namespace=namespace, output='screen',
                     parameters=[params_file, common] + ([extra] if extra else []),
-                    arguments=['--ros-args', '--log-level', log_level])
+                    ros_arguments=['--log-level', log_level])
 
     return LaunchDescription([
         DeclareLaunchArgument('namespace', default_value='',
@@ -42,8 +43,16 @@ def generate_launch_description():
         DeclareLaunchArgument('source', default_value='bikes.mp4',
                               description='Camera source: video, device, image folder, rosbag2'),
         DeclareLaunchArgument('mode', default_value='loop', description="Camera mode: loop|once"),
-        robot_node('camera_node', {'source': LaunchConfiguration('source'),
-                                   'mode': LaunchConfiguration('mode')}),
+        DeclareLaunchArgument(
+            'wait_for_subscribers', default_value='2',
+            description='The camera waits for this many image_raw readers (the classifier and '
+                        'the planner start at their own pace; 0: publish at once)'),
+        robot_node('camera_node', {
+            # A launch argument is parsed as YAML: `source:=0` (a V4L2 index) must stay a string.
+            'source': ParameterValue(LaunchConfiguration('source'), value_type=str),
+            'mode': LaunchConfiguration('mode'),
+            'wait_for_subscribers': ParameterValue(LaunchConfiguration('wait_for_subscribers'),
+                                                   value_type=int)}),
         robot_node('npu_classifier_node'),
         robot_node('network_monitor_node'),
         robot_node('offload_planner_node'),

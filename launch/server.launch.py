@@ -26,5 +26,5 @@ def generate_launch_description():
              namespace=LaunchConfiguration('namespace'), output='screen',
              parameters=[LaunchConfiguration('params_file'),
                          {'use_sim_time': LaunchConfiguration('use_sim_time')}],
-             arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')]),
+             ros_arguments=['--log-level', LaunchConfiguration('log_level')]),
     ])

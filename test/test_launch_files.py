@@ -194,3 +194,16 @@ def test_param_files_match_declared_parameters(config):
                 node.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def test_robot_launch_keeps_a_numeric_camera_source_a_string():
+    # `source:=0` (a V4L2 index) is parsed as YAML by launch: it must reach the node as '0'.
+    tree = ast.parse((LAUNCH_DIR / 'robot.launch.py').read_text())
+    wrapped = {}
+    for mapping in [n for n in ast.walk(tree) if isinstance(n, ast.Dict)]:
+        for key, value in zip(mapping.keys, mapping.values):
+            if string(key) and isinstance(value, ast.Call) and call_name(value) == 'ParameterValue':
+                types = {k.arg: getattr(k.value, 'id', None) for k in value.keywords}
+                wrapped[string(key)] = types.get('value_type')
+    assert wrapped.get('source') == 'str', wrapped
+    assert wrapped.get('wait_for_subscribers') == 'int', wrapped

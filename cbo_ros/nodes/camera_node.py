@@ -16,6 +16,7 @@ import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy._rclpy_pybind11 import RCLError
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
@@ -212,12 +213,13 @@ def main(args=None):
     node = None
     code = 0
     try:
-        node = CameraNode()
-        while rclpy.ok() and not (node.done and node.exit_when_done):
+        try:
+            node = CameraNode()
+        except (SourceOpenError, ValueError, ParameterException) as error:
+            rclpy.logging.get_logger('camera_node').fatal(f'cannot start: {error}')
+            code = 1
+        while node is not None and rclpy.ok() and not (node.done and node.exit_when_done):
             rclpy.spin_once(node, timeout_sec=0.1)
-    except (SourceOpenError, ValueError) as error:
-        rclpy.logging.get_logger('camera_node').fatal(str(error))
-        code = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except RCLError:

@@ -1,6 +1,7 @@
 """Helpers shared by the robot nodes: parameters, QoS, time stamps, diagnostics, class names."""
 
 import sys
+import traceback
 from functools import lru_cache
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -181,19 +182,29 @@ def spin_node(node_class, name, startup_errors=()):
     """Run one node in its own process until SIGINT/SIGTERM; exit 1 when it cannot start.
 
     ``startup_errors`` are the exceptions that mean a configuration problem (bad parameter,
-    missing model file): they are logged as fatal with the reason instead of a traceback.
+    missing model file): raised while the node is constructed they are logged as fatal with the
+    reason instead of a traceback, like a parameter of the wrong type or out of its range. An
+    exception escaping a callback later is a bug, not a start-up problem: it is logged as such
+    (with its traceback) and the process exits 1 too.
     """
+    from rclpy.exceptions import ParameterException
     rclpy.init()
+    logger = rclpy.logging.get_logger(name)
     node = None
     code = 0
     try:
-        node = node_class()
-        rclpy.spin(node)
-    except startup_errors as error:
-        rclpy.logging.get_logger(name).fatal(f'cannot start: {error}')
-        code = 1
+        try:
+            node = node_class()
+        except (ParameterException,) + tuple(startup_errors) as error:
+            logger.fatal(f'cannot start: {error}')
+            code = 1
+        else:
+            rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001 - report the crash with its traceback, exit non-zero
+        logger.fatal(f'{name} stopped by an unexpected error:\n{traceback.format_exc()}')
+        code = 1
     finally:
         if node is not None:
             node.destroy_node()
