@@ -17,14 +17,14 @@ import numpy as np
 from cbo_interfaces.msg import ClassHypothesis, FrameClassification
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from sensor_msgs.msg import Image
 
 from cbo_ros import paths
 from cbo_ros.classifier import OnnxClassifier
 from cbo_ros.image_ops import softmax
 from cbo_ros.media import image_msg_to_rgb
-from cbo_ros.nodes.ros_common import (class_name, declare, Diagnostics, frame_qos, load_bundle,
-                                      LOCAL_RESULT_QOS, RateMeter, spin_node, stamp_to_ns)
+from cbo_ros.nodes.ros_common import (class_name, declare, Diagnostics, FrameSubscription,
+                                      load_bundle, LOCAL_RESULT_QOS, RateMeter, spin_node,
+                                      stamp_to_ns)
 
 
 class NpuClassifierNode(Node):
@@ -67,9 +67,7 @@ class NpuClassifierNode(Node):
         self.result_pub = self.create_publisher(FrameClassification, 'local_result',
                                                 LOCAL_RESULT_QOS)
         group = MutuallyExclusiveCallbackGroup()
-        self.image_sub = self.create_subscription(Image, 'image_raw', self.on_image,
-                                                  frame_qos(reliability, depth),
-                                                  callback_group=group)
+        self.frames_in = FrameSubscription(self, self.on_image, reliability, depth, group)
         self.diagnostics = Diagnostics(self)
         self.diag_timer = self.create_timer(diag_period, self.on_diagnostics,
                                             callback_group=group)
@@ -133,6 +131,8 @@ class NpuClassifierNode(Node):
         if self.classifier.provider_warnings:
             level = Diagnostics.WARN
             message = '; '.join(self.classifier.provider_warnings)
+        if self.frames_in.problem:
+            level, message = Diagnostics.ERROR, self.frames_in.problem
         mean_ms = float(np.mean(self.inference_ms)) if self.inference_ms else 0.0
         self.diagnostics.publish(level, message, {
             'model': self.classifier.name,

@@ -32,11 +32,11 @@ from cbo_interfaces.srv import Offload
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import qos_profile_services_default
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage
 
 from cbo_ros.image_ops import center_square, encode_jpeg
 from cbo_ros.media import image_msg_to_rgb
-from cbo_ros.nodes.ros_common import (declare, Diagnostics, frame_qos, load_bundle,
+from cbo_ros.nodes.ros_common import (declare, Diagnostics, FrameSubscription, load_bundle,
                                       LOCAL_RESULT_QOS, ns_to_stamp, RateMeter, RESULT_QOS,
                                       spin_node, stamp_to_ns)
 from cbo_ros.planner import Decision, FrameCandidate, LinkState, OffloadOption, make_planner
@@ -203,9 +203,7 @@ class OffloadPlannerNode(Node):
                                    minimum=1, maximum=10000, read_only=True)
         self.client = self.create_client(Offload, service, qos_profile=client_qos,
                                          callback_group=ReentrantCallbackGroup())
-        qos = frame_qos(reliability, depth)
-        self.image_sub = self.create_subscription(Image, 'image_raw', self.on_image, qos,
-                                                  callback_group=group)
+        self.frames_in = FrameSubscription(self, self.on_image, reliability, depth, group)
         self.local_sub = self.create_subscription(FrameClassification, 'local_result',
                                                   self.on_local, LOCAL_RESULT_QOS,
                                                   callback_group=group)
@@ -645,6 +643,8 @@ class OffloadPlannerNode(Node):
                 message += f"; {self.stats['deadline_misses']} deadline misses"
             if not self.calibrated:
                 level, message = Diagnostics.WARN, message + '; uncalibrated fallback in use'
+            if self.frames_in.problem:
+                level, message = Diagnostics.ERROR, f'{self.frames_in.problem}; {message}'
             self.diagnostics.publish(level, message, {
                 'strategy': self.strategy,
                 'inference_rate_hz': f'{self.local_rate.rate(time.monotonic()):.2f}',

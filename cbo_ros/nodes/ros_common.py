@@ -76,6 +76,36 @@ def frame_qos(reliability='reliable', depth=30):
                       durability=qos_profile_sensor_data.durability)
 
 
+class FrameSubscription:
+    """The ``image_raw`` subscription of a robot node, reporting an incompatible camera writer.
+
+    The readers are reliable by default (``frame_qos``); a camera driver publishing best effort
+    (``SensorDataQoS``, common for real drivers) cannot match a reliable reader and no frame
+    would arrive. That case is logged as an error with the fix, and ``problem`` holds it for
+    the node's diagnostics.
+    """
+
+    def __init__(self, node, callback, reliability='reliable', depth=30, callback_group=None):
+        from rclpy.event_handler import SubscriptionEventCallbacks
+        from sensor_msgs.msg import Image
+        self.node = node
+        self.problem = ''
+        self.subscription = node.create_subscription(
+            Image, 'image_raw', callback, frame_qos(reliability, depth),
+            callback_group=callback_group,
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self.on_incompatible_qos))
+
+    def on_incompatible_qos(self, info):
+        policy = getattr(info.last_policy_kind, 'name', str(info.last_policy_kind))
+        policy = policy.replace('RMW_QOS_POLICY_', '')
+        self.problem = (f'an image_raw publisher offers QoS incompatible with this reader '
+                        f'({policy}): no frames arrive from it')
+        hint = (' A camera publishing best effort (SensorDataQoS) needs `reliability: '
+                'best_effort` for npu_classifier_node and offload_planner_node '
+                '(config/robot.yaml).' if policy == 'RELIABILITY' else '')
+        self.node.get_logger().error(f'{self.problem}.{hint}')
+
+
 def stamp_to_ns(stamp):
     """builtin_interfaces/Time -> integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
