@@ -175,6 +175,9 @@ class OffloadPlannerNode(Node):
         self.answered = collections.OrderedDict()        # recently answered keys
         self.pending = {}                                # key -> PendingCall
         self.seq = 0
+        # Frames due before this planner started were a previous instance's (local_result is
+        # transient-local): answering them again would duplicate their final results.
+        self.started_ns = self.now_ns()
         self.busy_until_s = 0.0
         self.quality = None
         self.quality_ns = 0
@@ -233,6 +236,9 @@ class OffloadPlannerNode(Node):
         """Return the FrameState of a header's stamp (made on first sight); None once answered."""
         key = stamp_to_ns(header.stamp)
         if key in self.answered:
+            return None
+        if key + self.deadline_ns < self.started_ns:
+            self.stats['due_before_start'] += 1
             return None
         state = self.frames.get(key)
         if state is None:

@@ -1,0 +1,53 @@
+"""A planner started after frames were answered does not answer them again (transient-local)."""
+
+import os
+import sys
+import time
+
+import pytest
+
+from cbo_ros import paths
+from ros_helpers import ros_env, start_process, stop_process, unique_domain_id
+from ros_session import RosSession
+
+pytestmark = pytest.mark.integration
+
+NS = f'/restart{os.getpid()}'
+
+
+def test_results_from_before_the_start_are_not_answered_again(tmp_path):
+    from cbo_interfaces.msg import FrameClassification
+    from cbo_ros.nodes.ros_common import LOCAL_RESULT_QOS, RESULT_QOS, ns_to_stamp
+    from builtin_interfaces.msg import Time
+    domain = unique_domain_id()
+    session = RosSession(domain, namespace=NS)
+    local_pub = session.node.create_publisher(FrameClassification, 'local_result',
+                                              LOCAL_RESULT_QOS)
+    results = []
+    session.node.create_subscription(FrameClassification, 'result', results.append, RESULT_QOS)
+    # What a classifier published for frames a previous planner already answered.
+    old_ns = time.time_ns() - 10 * 10**9
+    for i in range(20):
+        msg = FrameClassification(frame_seq=i, class_id='1', class_name='goldfish', score=0.5)
+        msg.header.stamp = ns_to_stamp(old_ns + i * 40_000_000, Time)
+        local_pub.publish(msg)
+    log = tmp_path / 'planner.log'
+    planner = start_process(
+        [sys.executable, '-m', 'cbo_ros.nodes.offload_planner_node', '--ros-args',
+         '--params-file', str(paths.SOURCE_ROOT / 'config' / 'robot.yaml'),
+         '-r', f'__ns:={NS}'], ros_env(domain), log)
+    try:
+        # A live frame: its local result (no image: answered at its deadline) shows the planner
+        # is up and matched; the old ones must not come back.
+        assert session.spin_until(lambda: local_pub.get_subscription_count() > 0, 30.0), \
+            log.read_text()
+        session.spin_for(1.0)
+        live = FrameClassification(frame_seq=99, class_id='2', class_name='great white shark')
+        live.header.stamp = ns_to_stamp(time.time_ns(), Time)
+        local_pub.publish(live)
+        assert session.spin_until(lambda: results, 10.0), log.read_text()
+        session.spin_for(1.0)
+    finally:
+        session.close()
+        stop_process(planner)
+    assert [r.class_id for r in results] == ['2'], [(r.frame_seq, r.note) for r in results]
