@@ -207,3 +207,31 @@ def test_robot_launch_keeps_a_numeric_camera_source_a_string():
                 wrapped[string(key)] = types.get('value_type')
     assert wrapped.get('source') == 'str', wrapped
     assert wrapped.get('wait_for_subscribers') == 'int', wrapped
+
+
+@pytest.mark.parametrize('config', ['robot.yaml', 'server.yaml'])
+def test_node_defaults_are_the_shipped_configuration(config):
+    """A node run without the file (``ros2 run``) behaves as the shipped file says."""
+    import importlib
+
+    import rclpy
+    from ros_helpers import unique_domain_id
+
+    context = rclpy.Context()
+    rclpy.init(args=['test'], context=context, domain_id=unique_domain_id())
+    differences = []
+    try:
+        for name, values in node_sections(ROOT / 'config' / config).items():
+            module, cls = NODE_CLASSES[name]
+            node = getattr(importlib.import_module(module), cls)(context=context)
+            try:
+                for key, value in values.items():
+                    got = node.get_parameter(key).value
+                    got = list(got) if isinstance(value, list) else got
+                    if got != value:
+                        differences.append(f'{name}.{key}: file {value!r}, default {got!r}')
+            finally:
+                node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
+    assert not differences, differences

@@ -67,7 +67,7 @@ class NetworkMonitorNode(Node):
                                        'Period of /diagnostics (seconds).',
                                        minimum=0.1, maximum=60.0, read_only=True)
         self.estimator = NetworkEstimator(
-            window_s=declare(self, 'window_s', 10.0,
+            window_s=declare(self, 'window_s', 3.0,
                              'Sliding window of the goodput, loss and sample count (seconds).',
                              minimum=0.5, maximum=600.0, read_only=True),
             stale_after_s=declare(self, 'stale_after_s', 2.0,

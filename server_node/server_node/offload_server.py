@@ -84,11 +84,11 @@ class OffloadServer(Node):
             description='onnxruntime execution providers in order of preference (short names '
                         'cpu/cuda/tensorrt/openvino/... or full names); unavailable ones are '
                         'skipped with a warning, CPU is always the fallback'))
-        self.declare_parameter('intra_op_threads', 0, _int_param(
+        self.declare_parameter('intra_op_threads', 1, _int_param(
             'onnxruntime intra-op threads (0: onnxruntime default)', 0, 256, read_only=True))
         self.declare_parameter('max_batch_size', 4, _int_param(
             'most requests inferred together (1 turns batching off)', 1, 256))
-        self.declare_parameter('batch_timeout_ms', 5.0, _float_param(
+        self.declare_parameter('batch_timeout_ms', 0.0, _float_param(
             'longest wait for more requests after the first of a batch', 0.0, 1000.0))
         self.declare_parameter('max_queue_size', 64, _int_param(
             'requests waiting for inference beyond which new ones are refused', 1, 4096))
