@@ -90,20 +90,22 @@ class OffloadPlannerNode(Node):
         resolutions = declare(self, 'offload_resolutions', [0],
                               'Offload resolutions in pixels ([0]: those of the calibration).')
         self.deadline_ns = int(declare(
-            self, 'deadline_ms', 300.0, 'Answer deadline of a frame, ms after its stamp.',
-            minimum=10.0, maximum=60000.0) * 1e6)
+            self, 'deadline_ms', 300.0, 'Answer deadline of a frame, ms after its stamp '
+            '(run-time settable: applies to frames that arrive afterwards).',
+            minimum=10.0, maximum=60000.0, read_only=False) * 1e6)
         self.margin_ns = int(declare(
             self, 'deadline_margin_ms', 25.0,
-            'Publish the fallback answer this long before the deadline.', minimum=0.0,
-            maximum=1000.0) * 1e6)
+            'Publish the fallback answer this long before the deadline (run-time settable).',
+            minimum=0.0, maximum=1000.0, read_only=False) * 1e6)
         check_ms = declare(self, 'deadline_check_ms', 50.0,
                            'Longest period of the deadline timer: it is re-armed for the '
                            'nearest due frame, and wakes at least this often.', minimum=1.0,
                            maximum=1000.0)
-        self.jpeg_quality = declare(self, 'jpeg_quality', 90, 'JPEG quality of offloads.',
-                                    minimum=1, maximum=100)
-        self.top_k = declare(self, 'top_k', 5, 'Classes the server returns.', minimum=1,
-                             maximum=255)
+        self.jpeg_quality = declare(self, 'jpeg_quality', 90,
+                                    'JPEG quality of offloads (run-time settable).',
+                                    minimum=1, maximum=100, read_only=False)
+        self.top_k = declare(self, 'top_k', 5, 'Classes the server returns (run-time settable).',
+                             minimum=1, maximum=255, read_only=False)
         service = declare(self, 'offload_service', 'offload', 'Offload service name.')
         self.initial_bandwidth_bps = declare(
             self, 'initial_bandwidth_bps', 10e6,
@@ -114,7 +116,7 @@ class OffloadPlannerNode(Node):
                                      minimum=0.0, maximum=60000.0) / 1e3
         declare(self, 'bandwidth_cap_bps', 0.0,
                 'Upper bound on the bandwidth the planner may use (bit/s; 0: no cap). Can be '
-                'changed at run time.', minimum=0.0, maximum=1e12)
+                'changed at run time.', minimum=0.0, maximum=1e12, read_only=False)
         self.quality_timeout_ns = int(declare(
             self, 'network_quality_timeout_s', 5.0,
             'A network_quality message older than this is ignored.', minimum=0.1,
@@ -197,6 +199,7 @@ class OffloadPlannerNode(Node):
         self.payload_sizes = {}                  # resolution -> bytes of its latest JPEG
         self.frames_since_sizes = 0
 
+        self.add_post_set_parameters_callback(self.on_parameters_set)
         group = MutuallyExclusiveCallbackGroup()
         # Responses of one server batch arrive together: the services default depth (10)
         # drops bursts, like the server's request queue (service_queue_depth).
@@ -229,6 +232,23 @@ class OffloadPlannerNode(Node):
             f'{self.resolutions}, server {self.client.srv_name}; {self.calibration_message}')
 
     # ------------------------------------------------------------------ inputs
+    def on_parameters_set(self, parameters):
+        """Apply the run-time settable parameters (their ranges were checked by rclpy)."""
+        with self.lock:
+            for parameter in parameters:
+                if parameter.name == 'deadline_ms':
+                    self.deadline_ns = int(parameter.value * 1e6)
+                elif parameter.name == 'deadline_margin_ms':
+                    self.margin_ns = int(parameter.value * 1e6)
+                elif parameter.name == 'jpeg_quality':
+                    self.jpeg_quality = int(parameter.value)
+                    self.payload_sizes.clear()      # sizes at the old quality no longer hold
+                elif parameter.name == 'top_k':
+                    self.top_k = int(parameter.value)
+                else:
+                    continue
+                self.get_logger().info(f'{parameter.name} set to {parameter.value}')
+
     def now_ns(self):
         return self.get_clock().now().nanoseconds
 

@@ -31,8 +31,11 @@ LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
 
 
 def declare(node, name, default, description, minimum=None, maximum=None, step=None,
-            read_only=False, array_of=None):
+            read_only=True, array_of=None):
     """Declare a parameter with a descriptor (and a range for numbers); return its value.
+
+    Read-only unless the node applies changes at run time (``read_only=False``), so that
+    ``ros2 param set`` of a parameter read only at start-up is refused instead of ignored.
 
     An empty list default has no type of its own: pass ``array_of`` (``str``, ``int`` or
     ``float``) to declare it as a typed array.

@@ -1,4 +1,4 @@
-"""A planner started after frames were answered does not answer them again (transient-local)."""
+"""offload_planner_node: restarts (transient-local local results) and run-time parameters."""
 
 import os
 import sys
@@ -51,3 +51,33 @@ def test_results_from_before_the_start_are_not_answered_again(tmp_path):
         session.close()
         stop_process(planner)
     assert [r.class_id for r in results] == ['2'], [(r.frame_seq, r.note) for r in results]
+
+
+def test_run_time_parameters_apply_and_start_up_ones_are_refused():
+    import rclpy
+    from rclpy.parameter import Parameter
+    from cbo_ros.nodes.offload_planner_node import OffloadPlannerNode
+    from ros_helpers import unique_domain_id
+    context = rclpy.Context()
+    rclpy.init(args=['test', '--ros-args', '--params-file',
+                     str(paths.SOURCE_ROOT / 'config' / 'robot.yaml')],
+               context=context, domain_id=unique_domain_id())
+    try:
+        node = OffloadPlannerNode(context=context)
+        try:
+            results = node.set_parameters([Parameter('deadline_ms', value=450.0),
+                                           Parameter('jpeg_quality', value=70),
+                                           Parameter('top_k', value=3)])
+            assert all(r.successful for r in results), [r.reason for r in results]
+            assert node.deadline_ns == 450_000_000
+            assert (node.jpeg_quality, node.top_k) == (70, 3)
+            out_of_range = node.set_parameters([Parameter('deadline_ms', value=1.0)])[0]
+            assert not out_of_range.successful and node.deadline_ns == 450_000_000
+            start_up_only = node.set_parameters([Parameter('strategy', value='local_only'),
+                                                 Parameter('depth', value=5)])
+            assert not any(r.successful for r in start_up_only)
+            assert node.strategy == 'cbo'
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
