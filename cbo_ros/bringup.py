@@ -267,6 +267,8 @@ def run_single_process(options, params_file, ros_args):
     from rclpy.parameter import Parameter
     from rclpy.signals import SignalHandlerOptions
 
+    from cbo_ros.nodes.ros_common import shutdown_executor
+
     rclpy_args = ['robot_bringup', '--ros-args', '--params-file', params_file] + ros_args
     if options.log_level:
         rclpy_args += ['--log-level', options.log_level]
@@ -313,16 +315,9 @@ def run_single_process(options, params_file, ros_args):
             logger.fatal(f'bring-up failed: {type(error).__name__}: {error}')
             code = 1
     finally:
-        # Order matters: let the executor's threads finish the callbacks already handed to them,
-        # stop the executor, take the nodes out of it and destroy them, shut the context down.
-        # MultiThreadedExecutor.shutdown (rclpy Kilted) destroys its guard condition before it
-        # drains its thread pool, and each queued callback still triggers that guard condition
-        # ("cannot use Destroyable because destruction was requested", never retrieved): drain
-        # the pool first.
-        pool = getattr(executor, '_executor', None)
-        if pool is not None:
-            pool.shutdown(wait=True)
-        executor.shutdown(timeout_sec=5.0)
+        # Order matters: stop the executor (its threads finish their callbacks), take the nodes
+        # out of it and destroy them, then shut the context down.
+        shutdown_executor(executor)
         for node in nodes:
             with contextlib.suppress(Exception):
                 executor.remove_node(node)

@@ -210,3 +210,35 @@ def test_batching_can_be_switched_off_at_run_time(server):
     responses = session.call_many(server['offload'], [request(jpeg) for _ in range(6)])
     assert [r.batch_size for r in responses] == [1] * 6
     assert set_batch(8).successful
+
+
+def test_requests_waiting_too_long_fail_with_a_reason_and_serving_continues(server):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    session = server['session']
+    client = session.node.create_client(SetParameters, f'{NS}/offload_server/set_parameters')
+    assert session.spin_until(client.service_is_ready, 10)
+
+    def set_params(**values):
+        kinds = {int: ('integer_value', ParameterType.PARAMETER_INTEGER),
+                 float: ('double_value', ParameterType.PARAMETER_DOUBLE)}
+        params = []
+        for name, value in values.items():
+            field, kind = kinds[type(value)]
+            params.append(Parameter(name=name, value=ParameterValue(type=kind,
+                                                                    **{field: value})))
+        results = session.call(client, SetParameters.Request(parameters=params)).results
+        assert all(r.successful for r in results), [r.reason for r in results]
+    jpeg = labelled_samples()[0][0].read_bytes()
+    set_params(max_batch_size=1, request_timeout_s=0.1)
+    try:
+        # One image at a time, ~20-60 ms each: the later ones of a burst cannot be done in 0.1 s.
+        responses = session.call_many(server['offload'], [request(jpeg) for _ in range(16)])
+    finally:
+        set_params(max_batch_size=8, request_timeout_s=10.0)
+    assert all(r is not None for r in responses)
+    failed = [r for r in responses if not r.success]
+    assert failed, 'no request timed out'
+    assert all('no inference result within 100 ms' in r.error for r in failed), \
+        [r.error for r in failed]
+    assert session.call(server['offload'], request(jpeg)).success

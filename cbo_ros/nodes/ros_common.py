@@ -211,6 +211,20 @@ def load_bundle(logger, calibration_file, offload_resolutions=None):
         return CalibrationBundle.identity(resolutions), False, message
 
 
+def shutdown_executor(executor, timeout_sec=5.0):
+    """Stop an executor after the callbacks already handed to its threads have finished.
+
+    MultiThreadedExecutor.shutdown (rclpy Kilted) destroys its guard condition before it drains
+    its thread pool, and each queued callback still triggers that guard condition ("cannot use
+    Destroyable because destruction was requested", printed at exit as an exception never
+    retrieved): drain the pool first. Destroy the nodes only after this.
+    """
+    pool = getattr(executor, '_executor', None)
+    if pool is not None:
+        pool.shutdown(wait=True)
+    executor.shutdown(timeout_sec=timeout_sec)
+
+
 def spin_node(node_class, name, startup_errors=()):
     """Run one node in its own process until SIGINT/SIGTERM; exit 1 when it cannot start.
 

@@ -33,6 +33,7 @@ from cbo_interfaces.srv import Offload, Probe
 from cbo_ros import paths
 from cbo_ros.classifier import OnnxClassifier
 from cbo_ros.image_ops import decode_image
+from cbo_ros.nodes.ros_common import shutdown_executor
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np
 import rclpy
@@ -156,6 +157,10 @@ class OffloadServer(Node):
         self.load_pub = self.create_publisher(ServerLoad, 'server_load', 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.load_timer = self.create_timer(param('load_period_s').value, self.on_load_timer)
+        # Batch waits that must give up: {finish callback: monotonic expiry}, checked by one
+        # timer (instead of a thread per request).
+        self._waits = {}
+        self.wait_timer = self.create_timer(0.05, self.on_wait_timer)
         self.add_on_set_parameters_callback(self.on_set_parameters)
         self.hostname = socket.gethostname()
 
@@ -285,17 +290,25 @@ class OffloadServer(Node):
                 if waiter.done():
                     return
                 waiter.set_result(value)
-        timer = threading.Timer(timeout_s, finish, args=(None,))
-        timer.daemon = True
-        timer.start()
+        with self._lock:
+            self._waits[finish] = time.monotonic() + timeout_s
         future.add_done_callback(finish)
         try:
             done = await waiter
         finally:
-            timer.cancel()
+            with self._lock:
+                self._waits.pop(finish, None)
         if done is None:
             raise concurrent.futures.TimeoutError()
         return done.result()
+
+    def on_wait_timer(self):
+        """Give up the batch waits whose timeout passed (their requests fail with a reason)."""
+        now = time.monotonic()
+        with self._lock:
+            expired = [finish for finish, expiry in self._waits.items() if now >= expiry]
+        for finish in expired:
+            finish(None)
 
     def _name(self, index):
         return self.class_names[index] if index < len(self.class_names) else str(int(index))
@@ -410,10 +423,11 @@ def main(args=None):
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Stop the executor (its threads finish their callbacks) before destroying the node.
+        if executor is not None:
+            shutdown_executor(executor, timeout_sec=1.0)
         if node is not None:
             node.destroy_node()
-        if executor is not None:
-            executor.shutdown(timeout_sec=1.0)
         rclpy.try_shutdown()
 
 
