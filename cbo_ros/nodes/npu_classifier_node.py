@@ -8,7 +8,9 @@ header copied from the image, the calibrated and raw confidence, the top-k class
 downstream join frames by ``header.stamp``, which is unique per frame.
 
 A malformed frame (unsupported encoding, truncated data, zero size) is answered with an empty
-``class_id``, score 0 and the note ``invalid frame: <reason>``, so it is not silently lost.
+``class_id``, score 0 and the note ``invalid frame: <reason>``, so it is not silently lost; so
+is a frame already older than ``max_frame_age_ms`` when its turn comes (note ``skipped: ...``):
+an overloaded classifier catches up instead of inferring frames whose deadline has passed.
 """
 
 import time
@@ -54,6 +56,12 @@ class NpuClassifierNode(Node):
                               "or 'reliable' (default: no frame is lost on the robot).")
         depth = declare(self, 'depth', 30, 'QoS history depth of image_raw.', minimum=1,
                         maximum=1000)
+        self.max_age_ns = int(declare(
+            self, 'max_frame_age_ms', 1000.0,
+            'A frame older than this (stamp to now) when its turn comes is not inferred: its '
+            'local result says it was skipped, so an overloaded classifier catches up instead '
+            'of working through a backlog the planner has already answered (0: never skip).',
+            minimum=0.0, maximum=600000.0) * 1e6)
         diag_period = declare(self, 'diagnostics_period_s', 1.0,
                               'Period of the /diagnostics status.', minimum=0.1, maximum=60.0)
 
@@ -73,6 +81,7 @@ class NpuClassifierNode(Node):
                                             callback_group=group)
         self.seq = 0
         self.invalid = 0
+        self.skipped = 0
         self.rate_meter = RateMeter()
         self.inference_ms = []
         self.classifier.logits([np.zeros((self.input_size, self.input_size, 3), np.uint8)])
@@ -88,6 +97,13 @@ class NpuClassifierNode(Node):
                                      model=self.classifier.name, resolution=self.input_size,
                                      is_final=False)
         start = time.perf_counter()
+        age_ns = self.get_clock().now().nanoseconds - stamp_to_ns(msg.header.stamp)
+        if self.max_age_ns and age_ns > self.max_age_ns:
+            self.skipped += 1
+            result.note = f'skipped: frame {age_ns / 1e6:.0f} ms old (classifier overloaded)'
+            self.get_logger().warning(result.note, throttle_duration_sec=2.0)
+            self.publish(result, start)
+            return
         try:
             rgb = image_msg_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data)
         except ValueError as error:
@@ -140,6 +156,7 @@ class NpuClassifierNode(Node):
             'inference_rate_hz': f'{self.rate_meter.rate(time.monotonic()):.2f}',
             'mean_inference_ms': f'{mean_ms:.2f}',
             'frames': self.seq, 'invalid_frames': self.invalid,
+            'skipped_stale_frames': self.skipped,
             'calibration': self.calibration_message})
 
 

@@ -1,0 +1,85 @@
+"""npu_classifier_node over DDS: incompatible camera QoS reported, stale frames skipped."""
+
+import os
+import sys
+import time
+
+import pytest
+
+from cbo_ros import paths
+from ros_helpers import ros_env, start_process, stop_process, unique_domain_id
+from ros_session import RosSession
+
+pytestmark = pytest.mark.integration
+
+NS = f'/qos{os.getpid()}'
+
+
+def test_best_effort_camera_is_reported_with_the_fix(tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+    domain = unique_domain_id()
+    log = tmp_path / 'classifier.log'
+    classifier = start_process(
+        [sys.executable, '-m', 'cbo_ros.nodes.npu_classifier_node', '--ros-args',
+         '--params-file', str(paths.SOURCE_ROOT / 'config' / 'robot.yaml'),
+         '-p', 'diagnostics_period_s:=0.2', '-r', f'__ns:={NS}'],
+        ros_env(domain), log)
+    session = RosSession(domain, namespace=NS)
+    diagnostics = []
+    session.node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
+    session.node.create_publisher(Image, 'image_raw', qos_profile_sensor_data)
+
+    def reported():
+        return [s for array in diagnostics for s in array.status
+                if 'npu_classifier_node' in s.name and 'incompatible' in s.message]
+    try:
+        errors = session.spin_until(reported, timeout=40.0)
+    finally:
+        session.close()
+        code = stop_process(classifier)
+    text = log.read_text()
+    assert errors, text
+    assert errors[-1].level == errors[-1].ERROR
+    assert 'RELIABILITY' in text and 'reliability: best_effort' in text, text
+    assert code == 0, text
+
+
+def test_stale_frames_are_answered_as_skipped_fresh_ones_classified(tmp_path):
+    import numpy as np
+    from builtin_interfaces.msg import Time
+    from cbo_interfaces.msg import FrameClassification
+    from sensor_msgs.msg import Image
+    from cbo_ros.nodes.ros_common import RESULT_QOS, frame_qos, ns_to_stamp
+    domain = unique_domain_id()
+    log = tmp_path / 'classifier.log'
+    classifier = start_process(
+        [sys.executable, '-m', 'cbo_ros.nodes.npu_classifier_node', '--ros-args',
+         '--params-file', str(paths.SOURCE_ROOT / 'config' / 'robot.yaml'),
+         '-p', 'max_frame_age_ms:=1000.0', '-r', f'__ns:={NS}'],
+        ros_env(domain), log)
+    session = RosSession(domain, namespace=NS)
+    results = []
+    session.node.create_subscription(FrameClassification, 'local_result', results.append,
+                                     RESULT_QOS)
+    camera = session.node.create_publisher(Image, 'image_raw', frame_qos())
+    rgb = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+
+    def frame(stamp_ns):
+        msg = Image(height=120, width=160, encoding='rgb8', step=480, data=rgb.tobytes())
+        msg.header.stamp = ns_to_stamp(stamp_ns, Time)
+        return msg
+    try:
+        assert session.spin_until(lambda: camera.get_subscription_count() > 0, 30.0), \
+            log.read_text()
+        camera.publish(frame(time.time_ns() - 5 * 10**9))
+        camera.publish(frame(time.time_ns()))
+        assert session.spin_until(lambda: len(results) >= 2, 20.0), log.read_text()
+    finally:
+        session.close()
+        stop_process(classifier)
+    stale, fresh = sorted(results, key=lambda r: r.header.stamp.sec * 10**9
+                          + r.header.stamp.nanosec)
+    assert not stale.class_id and stale.note.startswith('skipped: frame'), stale.note
+    assert fresh.class_id and fresh.note.startswith('local answer'), fresh.note
