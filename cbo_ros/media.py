@@ -121,29 +121,50 @@ class ImageFolderSource:
         pass
 
 
-def image_msg_to_rgb(encoding, height, width, step, data):
+# sensor_msgs/Image encodings understood: bytes per pixel, element type, conversion to RGB.
+# 'yuv422' is UYVY (sensor_msgs image_encodings), 'yuv422_yuy2' YUYV (common for USB cameras).
+_ENCODINGS = {
+    'rgb8': (3, np.uint8, None),
+    'bgr8': (3, np.uint8, cv2.COLOR_BGR2RGB),
+    'rgba8': (4, np.uint8, cv2.COLOR_RGBA2RGB),
+    'bgra8': (4, np.uint8, cv2.COLOR_BGRA2RGB),
+    'mono8': (1, np.uint8, cv2.COLOR_GRAY2RGB),
+    'mono16': (2, np.uint16, cv2.COLOR_GRAY2RGB),
+    'yuv422': (2, np.uint8, cv2.COLOR_YUV2RGB_UYVY),
+    'uyvy': (2, np.uint8, cv2.COLOR_YUV2RGB_UYVY),
+    'yuv422_yuy2': (2, np.uint8, cv2.COLOR_YUV2RGB_YUYV),
+    'yuyv': (2, np.uint8, cv2.COLOR_YUV2RGB_YUYV),
+}
+SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+
+
+def image_msg_to_rgb(encoding, height, width, step, data, is_bigendian=False):
     """Convert the fields of a sensor_msgs/Image to RGB uint8; raise ValueError on bad input."""
-    channels = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1}
-    if encoding not in channels:
-        raise ValueError(f"unsupported encoding '{encoding}' (supported: {', '.join(channels)})")
+    if encoding not in _ENCODINGS:
+        raise ValueError(f"unsupported encoding '{encoding}' (supported: "
+                         f"{', '.join(SUPPORTED_ENCODINGS)})")
     if height == 0 or width == 0:
         raise ValueError('zero-size image')
-    n = channels[encoding]
-    if step < width * n:
-        raise ValueError(f'step {step} is smaller than width*channels {width * n}')
+    row_bytes, dtype, conversion = _ENCODINGS[encoding]
+    row_bytes *= width
+    if step < row_bytes:
+        raise ValueError(f'step {step} is smaller than width * bytes per pixel {row_bytes}')
+    if conversion in (cv2.COLOR_YUV2RGB_UYVY, cv2.COLOR_YUV2RGB_YUYV) and width % 2:
+        raise ValueError(f'{encoding} needs an even width, got {width}')
     buffer = np.frombuffer(data, dtype=np.uint8)
     if buffer.size < step * height:
         raise ValueError(f'truncated image data: {buffer.size} bytes, expected {step * height}')
-    image = buffer[:step * height].reshape(height, step)[:, :width * n].reshape(height, width, n)
-    if encoding == 'rgb8':
+    rows = buffer[:step * height].reshape(height, step)[:, :row_bytes]
+    if dtype == np.uint16:
+        words = rows.copy().view('>u2' if is_bigendian else '<u2')
+        image = (words >> 8).astype(np.uint8)          # 16-bit grey to 8 bits
+    elif conversion in (cv2.COLOR_YUV2RGB_UYVY, cv2.COLOR_YUV2RGB_YUYV):
+        image = np.ascontiguousarray(rows).reshape(height, width, 2)
+    else:
+        image = rows.reshape(height, width, -1)
+    if conversion is None:
         return image
-    if encoding == 'bgr8':
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if encoding == 'rgba8':
-        return cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
-    if encoding == 'bgra8':
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(np.ascontiguousarray(image), conversion)
 
 
 class RosbagSource:
@@ -179,7 +200,7 @@ class RosbagSource:
                     rgb = decode_image(bytes(msg.data))
                 else:
                     rgb = image_msg_to_rgb(msg.encoding, msg.height, msg.width, msg.step,
-                                           bytes(msg.data))
+                                           bytes(msg.data), bool(msg.is_bigendian))
                 start = stamp if start is None else start
                 yield Frame(index, rgb, (stamp - start) / 1e9, None, f'{self.topic}#{index}')
                 if self.max_frames and index + 1 >= self.max_frames:

@@ -50,8 +50,30 @@ def test_image_message_conversion(encoding, channels):
         assert np.array_equal(rgb, image[:, :, ::-1])
 
 
+@pytest.mark.parametrize('encoding,pair', [('yuv422', (128, 81)), ('uyvy', (128, 81)),
+                                           ('yuv422_yuy2', (81, 128)), ('yuyv', (81, 128))])
+def test_yuv422_camera_frames_are_converted(encoding, pair):
+    # BT.601 red: Y 81, U 90, V 240. UYVY order: U Y V Y; YUYV: Y U Y V.
+    u, y, v = 90, 81, 240
+    quad = [u, y, v, y] if pair[0] == 128 else [y, u, y, v]
+    data = bytes(quad * (4 * 3))            # 4 rows of 6 pixels = 3 pairs per row
+    rgb = image_msg_to_rgb(encoding, 4, 6, 12, data)
+    assert rgb.shape == (4, 6, 3)
+    r, g, b = rgb[0, 0].astype(int)
+    assert r > 200 and g < 60 and b < 60, rgb[0, 0]
+
+
+def test_mono16_frames_are_scaled_to_8_bits():
+    words = np.full((2, 3), 0x8040, dtype='<u2')
+    rgb = image_msg_to_rgb('mono16', 2, 3, 6, words.tobytes())
+    assert rgb.shape == (2, 3, 3) and (rgb == 0x80).all()
+    big = image_msg_to_rgb('mono16', 2, 3, 6, words.astype('>u2').tobytes(), is_bigendian=True)
+    assert (big == 0x80).all()
+
+
 @pytest.mark.parametrize('fields,message', [
-    (('yuv422', 4, 6, 12, bytes(48)), 'unsupported encoding'),
+    (('nv12', 4, 6, 12, bytes(48)), 'unsupported encoding'),
+    (('yuv422_yuy2', 4, 5, 10, bytes(40)), 'even width'),
     (('rgb8', 4, 6, 18, bytes(10)), 'truncated'),
     (('rgb8', 0, 0, 0, b''), 'zero-size'),
 ])

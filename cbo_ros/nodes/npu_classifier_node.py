@@ -105,7 +105,8 @@ class NpuClassifierNode(Node):
             self.publish(result, start)
             return
         try:
-            rgb = image_msg_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+            rgb = image_msg_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                                   bool(msg.is_bigendian))
         except ValueError as error:
             self.invalid += 1
             self.get_logger().error(f'invalid frame (stamp {msg.header.stamp.sec}.'

@@ -281,7 +281,7 @@ class OffloadPlannerNode(Node):
                 return
             try:
                 state.rgb = image_msg_to_rgb(msg.encoding, msg.height, msg.width, msg.step,
-                                             msg.data)
+                                             msg.data, bool(msg.is_bigendian))
             except ValueError as error:
                 state.image_error = str(error)
             if state.local is not None:
