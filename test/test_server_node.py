@@ -119,6 +119,8 @@ def test_bad_requests_are_refused_with_a_reason_and_serving_continues(server):
     assert len(oversize) > MAX_PAYLOAD
     past = session.node.get_clock().now().to_msg()
     past.sec -= 1
+    skewed = session.node.get_clock().now().to_msg()
+    skewed.sec -= 30                         # a robot clock half a minute behind
     cases = {
         'truncated': (request(jpeg[:len(jpeg) // 2]), 'truncated'),
         'wrong format': (request(jpeg, fmt='bmp'), 'unsupported image format'),
@@ -127,13 +129,16 @@ def test_bad_requests_are_refused_with_a_reason_and_serving_continues(server):
         'not an image': (request(b'\xff\xd8\xff' + bytes(500) + b'\xff\xd9'), 'decode'),
         'empty': (request(b''), 'empty'),
         'oversize': (request(oversize, fmt='png'), 'exceeds the limit'),
-        'past deadline': (request(jpeg, deadline=past), 'deadline'),
+        'past deadline': (request(jpeg, deadline=past), 'deadline already passed'),
+        'clocks apart': (request(jpeg, deadline=skewed), 'clocks synchronised'),
     }
     for name, (req, reason) in cases.items():
         res = session.call(offload, req)
         assert res is not None, f'{name}: no response'
         assert not res.success, name
         assert reason in res.error, f'{name}: {res.error}'
+        if name == 'past deadline':
+            assert 'synchronised' not in res.error, res.error
         assert len(res.top_k) == 0 and res.class_id == ''
         # The server keeps serving after every refusal.
         ok = session.call(offload, request(jpeg))

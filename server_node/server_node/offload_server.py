@@ -47,6 +47,9 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
 from server_node.batcher import (Batcher, BatcherClosedError, ExpiredError, QueueFullError)
 from server_node.validation import check_payload, RequestError
 
+# A request whose deadline passed this long before it arrived points at unsynchronised clocks.
+CLOCK_SKEW_HINT_S = 2.0
+
 
 def _class_names(count):
     """ImageNet-1k class names (index as text when the package is missing)."""
@@ -99,6 +102,11 @@ class OffloadServer(Node):
             'hypotheses returned when the request asks for 0', 1, 100))
         self.declare_parameter('request_timeout_s', 10.0, _float_param(
             'longest wait for inference of a request without a deadline', 0.1, 600.0))
+        self.declare_parameter('enforce_deadlines', True, ParameterDescriptor(
+            type=ParameterType.PARAMETER_BOOL, read_only=True,
+            description='refuse/drop requests whose deadline (in the robot\'s clock) has passed '
+                        'by this machine\'s clock; needs synchronised clocks (chrony/PTP): '
+                        'false makes every request wait up to request_timeout_s instead'))
         self.declare_parameter('load_period_s', 1.0, _float_param(
             'period of server_load and diagnostics', 0.05, 60.0, read_only=True))
         self.declare_parameter('stats_window_s', 10.0, _float_param(
@@ -118,6 +126,7 @@ class OffloadServer(Node):
         self.max_payload_bytes = param('max_payload_bytes').value
         self.default_top_k = param('default_top_k').value
         self.request_timeout_s = param('request_timeout_s').value
+        self.enforce_deadlines = param('enforce_deadlines').value
         self.stats_window_s = param('stats_window_s').value
         self.requested_providers = list(param('providers').value)
 
@@ -216,10 +225,14 @@ class OffloadServer(Node):
         # Deadline: a zero time means "no deadline".
         remaining_s = None
         deadline_ns = request.deadline.sec * 1_000_000_000 + request.deadline.nanosec
-        if deadline_ns:
+        if deadline_ns and self.enforce_deadlines:
             remaining_s = (deadline_ns - self.get_clock().now().nanoseconds) / 1e9
             if remaining_s <= 0.0:
-                raise RequestError(f'deadline already passed {-1e3 * remaining_s:.1f} ms ago')
+                hint = ('; far beyond any transfer time: are the robot\'s and this machine\'s '
+                        'clocks synchronised (chrony/PTP)? Otherwise set enforce_deadlines '
+                        'false' if remaining_s < -CLOCK_SKEW_HINT_S else '')
+                raise RequestError(f'deadline already passed {-1e3 * remaining_s:.1f} ms ago'
+                                   f'{hint}')
         data = request.image.data
         check_payload(data, request.image.format, self.max_payload_bytes)
 
