@@ -200,7 +200,7 @@ def test_malformed_frames_are_answered_and_skipped(system):
     good = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8).tobytes()
     frames = [
         ('valid before', image('rgb8', 120, 160, good, recorder)),
-        ('wrong encoding', image('yuv422', 120, 160, good, recorder)),
+        ('wrong encoding', image('nv12', 120, 160, good, recorder)),
         ('truncated', image('rgb8', 120, 160, good[:1000], recorder)),
         ('zero size', image('rgb8', 0, 0, b'', recorder)),
         ('valid after', image('bgr8', 120, 160, good, recorder)),
