@@ -52,6 +52,9 @@ def parse_args(argv):
                         help=f'uplink rates of the phases, comma-separated (default '
                              f'{DEFAULT_PHASES})')
     parser.add_argument('--loss-pct', type=float, default=0.0, help='uplink loss in percent')
+    parser.add_argument('--rtt-ms', type=float, default=0.0,
+                        help='round-trip time added by the link (user-space delay relay; '
+                             'default 0)')
     parser.add_argument('--strategy', default='cbo', help='planner strategy')
     parser.add_argument('--deadline-ms', type=float, default=None,
                         help='answer deadline (default: config/robot.yaml)')
@@ -268,7 +271,8 @@ def run(args):
             # Fast DDS reads its flow controller when a process starts and the phases change the
             # rate live: pace at the highest phase rate (docs/live_system.md, measured there).
             link = stack.enter_context(ShapedLink(rate_bps=rates[0], loss_pct=args.loss_pct,
-                                                  flow_control_bps=max(rates)))
+                                                  flow_control_bps=max(rates),
+                                                  rtt_ms=args.rtt_ms))
             link_text = f'shaped veth: {link.describe()}'
         else:
             link_text = (f'plain loopback, NOT shaped ({reason}); phases applied as the '

@@ -7,7 +7,10 @@ pair. The robot -> server uplink is shaped on the robot end of the veth:
   drops fragments of the 64 KB UDP datagrams that DDS sends, which Fast DDS repairs slowly;
 - loss: an nftables rule ``numgen random mod 10000 < N drop`` on the ingress of the far end, so
   lost packets have already used their share of the link rate, as on a real link;
-- delay: NOT supported (the kernel here has no netem; a user-space relay would be needed).
+- delay (``rtt_ms``): the kernel here has no netem (nor fq/etf), so an added round-trip time
+  comes from a user-space relay (:mod:`cbo_ros.link_relay`) in a third namespace between the two
+  veth pairs (robot -- relay -- server), holding every frame for half the RTT in each direction;
+  without ``rtt_ms`` the robot and server ends are one veth pair.
 
 The downlink (server -> robot) can be shaped the same way (``downlink_rate_bps``,
 ``downlink_loss_pct``); by default it is unshaped.
@@ -30,6 +33,7 @@ Command line: ``cbo_link check``, ``cbo_link run --rate 8M --loss 1 -- <server c
 
 import argparse
 import atexit
+import contextlib
 import ipaddress
 import itertools
 import os
@@ -52,7 +56,7 @@ _counter = itertools.count()
 _live_links = set()
 _live_lock = threading.Lock()
 # The netns name is <prefix>-<pid>-<n>: cleanup_stale() uses the pid to find dead owners.
-_NETNS_RE = re.compile(r'^(?P<prefix>[a-z0-9]{1,4})-(?P<pid>\d+)-(?P<n>\d+)$')
+_NETNS_RE = re.compile(r'^(?P<prefix>[a-z0-9]{1,4})-(?P<pid>\d+)-(?P<n>\d+)(?P<relay>d?)$')
 _NFT_TABLE_RE = re.compile(r'^(?P<prefix>[a-z0-9]{1,4})_(?P<pid>\d+)_(?P<n>\d+)_down$')
 
 
@@ -125,10 +129,13 @@ class ShapedLink:
             than the link makes Fast DDS repeat fragments that are only queued (measured: 8 ->
             2 Mbit/s mid-run gave 0.5-1.5 Mbit/s goodput); pacing slower caps the goodput.
         mtu: MTU of the veth pair.
+        rtt_ms: round-trip time added by a delay relay (half per direction; 0: no relay). Set
+            at construction; :meth:`set_rtt` changes it while the link is up.
     """
 
     def __init__(self, rate_bps=20e6, loss_pct=0.0, name='cbo', downlink_rate_bps=None,
-                 downlink_loss_pct=0.0, queue_latency_s=2.0, flow_control_bps=None, mtu=1500):
+                 downlink_loss_pct=0.0, queue_latency_s=2.0, flow_control_bps=None, mtu=1500,
+                 rtt_ms=0.0):
         if not _NAME_RE.match(name):
             raise ValueError(f'name must be 1-4 lowercase letters/digits, got {name!r}')
         self.name = name
@@ -138,6 +145,11 @@ class ShapedLink:
         self.downlink_loss_pct = float(downlink_loss_pct)
         self.queue_latency_s = float(queue_latency_s)
         self.mtu = int(mtu)
+        if not 0.0 <= float(rtt_ms) <= 60000.0:
+            raise ValueError(f'rtt_ms must be in [0, 60000], got {rtt_ms}')
+        self.rtt_ms = float(rtt_ms)
+        self.relay_netns = None
+        self._relay = None
         # None: the flow controller follows the uplink rate (also through set_rate, for
         # processes started afterwards).
         self._flow_follows_rate = flow_control_bps is None
@@ -229,11 +241,18 @@ class ShapedLink:
             self.netns = netns
             with _live_lock:
                 _live_links.add(self)
-            result = _run(['ip', 'link', 'add', base + 'r', 'mtu', str(self.mtu), 'type', 'veth',
-                           'peer', 'name', base + 's', 'mtu', str(self.mtu), 'netns', netns],
-                          check=False)
+            if self.rtt_ms > 0:
+                result = self._add_relay_pairs(base, netns)
+            else:
+                result = _run(['ip', 'link', 'add', base + 'r', 'mtu', str(self.mtu), 'type',
+                               'veth', 'peer', 'name', base + 's', 'mtu', str(self.mtu),
+                               'netns', netns], check=False)
             if result.returncode != 0:
+                _run(['ip', 'link', 'del', base + 'r'], check=False)
                 _run(['ip', 'netns', 'del', netns], check=False)
+                if self.relay_netns:
+                    _run(['ip', 'netns', 'del', self.relay_netns], check=False)
+                    self.relay_netns = None
                 self.netns = None
                 if 'exists' in result.stderr:
                     continue
@@ -260,6 +279,71 @@ class ShapedLink:
         self._apply_rate(self.server_dev, self.downlink_rate_bps, root_ns=False)
         self._write_loss_tables()
         self._write_profiles()
+        if self.relay_netns:
+            self._start_relay(base)
+
+    def _add_relay_pairs(self, base, netns):
+        """robot end <-> relay namespace <-> server end: two veth pairs (``rtt_ms`` > 0)."""
+        self.relay_netns = netns + 'd'
+        result = _run(['ip', 'netns', 'add', self.relay_netns], check=False)
+        if result.returncode != 0:
+            return result
+        mtu = str(self.mtu)
+        result = _run(['ip', 'link', 'add', base + 'r', 'mtu', mtu, 'type', 'veth', 'peer',
+                       'name', base + 'a', 'mtu', mtu, 'netns', self.relay_netns], check=False)
+        if result.returncode != 0:
+            return result
+        return _run(['ip', '-n', self.relay_netns, 'link', 'add', base + 'b', 'mtu', mtu, 'type',
+                     'veth', 'peer', 'name', base + 's', 'mtu', mtu, 'netns', netns],
+                    check=False)
+
+    def _start_relay(self, base):
+        """Start the delay relay in its namespace and wait until it listens."""
+        relay_ns = ['ip', '-n', self.relay_netns]
+        for dev in (base + 'a', base + 'b'):
+            _run(relay_ns + ['link', 'set', dev, 'up'])
+        # The relay captures frames before the kernel fills in offloaded checksums: the ends
+        # that send into it must compute them in software.
+        from cbo_ros.link_relay import disable_tx_checksum_offload
+        disable_tx_checksum_offload(self.robot_dev)
+        _run(['ip', 'netns', 'exec', self.netns, sys.executable, '-c',
+              'import sys; from cbo_ros.link_relay import disable_tx_checksum_offload as off; '
+              'off(sys.argv[1])', self.server_dev])
+        ready = os.path.join(self._profile_dir, 'relay.ready')
+        self._relay = subprocess.Popen(
+            ['ip', 'netns', 'exec', self.relay_netns, sys.executable, '-m', 'cbo_ros.link_relay',
+             base + 'a', base + 'b', '--delay-ms', str(self.rtt_ms / 2.0), '--ready-file',
+             ready], stdin=subprocess.PIPE, text=True,
+            env={**os.environ, 'PYTHONPATH': os.pathsep.join(
+                p for p in (_ROOT, os.environ.get('PYTHONPATH')) if p)})
+        end = time.monotonic() + 10.0
+        while not os.path.exists(ready):
+            if self._relay.poll() is not None or time.monotonic() > end:
+                raise ShapingError(f'delay relay did not start (exit {self._relay.poll()})')
+            time.sleep(0.02)
+
+    def set_rtt(self, rtt_ms):
+        """Change the added round-trip time live (needs a link built with ``rtt_ms`` > 0)."""
+        self._require_active()
+        if self._relay is None:
+            raise RuntimeError('no delay relay: build the ShapedLink with rtt_ms > 0')
+        if not 0.0 <= float(rtt_ms) <= 60000.0:
+            raise ValueError(f'rtt_ms must be in [0, 60000], got {rtt_ms}')
+        self._relay.stdin.write(f'delay_ms {float(rtt_ms) / 2.0}\n')
+        self._relay.stdin.flush()
+        self.rtt_ms = float(rtt_ms)
+
+    def _stop_relay(self):
+        if self._relay is None:
+            return
+        with contextlib.suppress(OSError):
+            self._relay.stdin.close()           # end of control input: the relay exits
+        try:
+            self._relay.wait(3.0)
+        except subprocess.TimeoutExpired:
+            self._relay.kill()
+            self._relay.wait()
+        self._relay = None
 
     def _pick_subnet(self):
         used = []
@@ -282,11 +366,15 @@ class ShapedLink:
             return
         if self.netns is not None:
             self._stop_namespace_processes()
+            self._stop_relay()
             if self.robot_dev:
                 _run(['ip', 'link', 'del', self.robot_dev], check=False)
             if self._down_table:
                 _run(['nft', 'delete', 'table', 'netdev', self._down_table], check=False)
             _run(['ip', 'netns', 'del', self.netns], check=False)
+            if self.relay_netns:
+                _run(['ip', 'netns', 'del', self.relay_netns], check=False)
+                self.relay_netns = None
         if self._profile_dir:
             shutil.rmtree(self._profile_dir, ignore_errors=True)
             self._profile_dir = None
@@ -493,7 +581,9 @@ class ShapedLink:
         if self.downlink_rate_bps is not None or self.downlink_loss_pct:
             text += (f'; downlink {format_rate(self.downlink_rate_bps)}, '
                      f'loss {self.downlink_loss_pct:.1f} %')
-        return text + f', delay unsupported; server netns {self.netns}'
+        delay = (f'RTT +{self.rtt_ms:g} ms (user-space relay)' if self._relay is not None
+                 else 'no added delay')
+        return text + f', {delay}; server netns {self.netns}'
 
     def __repr__(self):
         return f'<ShapedLink {self.describe()}>'
@@ -544,7 +634,7 @@ def cleanup_stale(verbose=True):
 def _run_command(args):
     link = ShapedLink(rate_bps=args.rate, loss_pct=args.loss, name=args.name,
                       downlink_rate_bps=args.down_rate, downlink_loss_pct=args.down_loss,
-                      queue_latency_s=args.queue_latency)
+                      queue_latency_s=args.queue_latency, rtt_ms=args.rtt_ms)
     command = args.command[1:] if args.command[:1] == ['--'] else args.command
     if not command:
         print('cbo_link run: give the server command after --', file=sys.stderr)
@@ -579,7 +669,7 @@ def main(argv=None):
     """Command line: ``cbo_link check | run | cleanup``."""
     parser = argparse.ArgumentParser(
         prog='cbo_link', description='Run the offload server behind an emulated network link '
-        '(own network namespace, TBF rate, nftables loss; no delay emulation).')
+        '(own network namespace, TBF rate, nftables loss, user-space delay relay).')
     sub = parser.add_subparsers(dest='action', required=True)
     sub.add_parser('check', help='can shaping work here? (root, ip/tc/nft, netns)')
     sub.add_parser('cleanup', help='remove namespaces/tables of ShapedLink runs that died')
@@ -590,6 +680,8 @@ def main(argv=None):
     run.add_argument('--down-rate', type=parse_rate, default=None,
                      help='downlink rate (default unshaped)')
     run.add_argument('--down-loss', type=float, default=0.0, help='downlink loss in percent')
+    run.add_argument('--rtt-ms', type=float, default=0.0,
+                     help='added round-trip time in ms (user-space relay; default 0: none)')
     run.add_argument('--queue-latency', type=float, default=2.0,
                      help='TBF queue length in seconds at the rate (default 2)')
     run.add_argument('--name', default='cbo', help='name prefix (1-4 chars, default cbo)')

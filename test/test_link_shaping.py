@@ -64,6 +64,50 @@ def test_setup_and_teardown_leave_nothing_behind():
     assert not any(os.path.exists(path) for path in profiles)
 
 
+_UDP_ECHO = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+             "s.bind(('0.0.0.0', 9999))\nwhile True:\n"
+             "    data, peer = s.recvfrom(65535)\n    s.sendto(data[:16], peer)\n")
+
+
+def _udp_rtt_ms(ip, size=32, count=15):
+    """Median round trip of ``count`` UDP requests of ``size`` bytes to the echo (None: lost)."""
+    import socket
+    import statistics
+    rtts = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2.0)
+        for _ in range(count):
+            start = time.perf_counter()
+            sock.sendto(bytes(size), (ip, 9999))
+            try:
+                sock.recvfrom(100)
+                rtts.append((time.perf_counter() - start) * 1e3)
+            except OSError:
+                pass
+            time.sleep(0.01)
+    return statistics.median(rtts) if len(rtts) == count else None
+
+
+def test_added_round_trip_time_through_the_delay_relay():
+    with ShapedLink(rate_bps=8e6, rtt_ms=40.0, name='cbt') as link:
+        names = [link.netns, link.relay_netns, link.robot_dev, link.server_dev]
+        assert 'RTT +40 ms' in link.describe()
+        echo = subprocess.Popen(link.wrap_command([sys.executable, '-c', _UDP_ECHO]))
+        time.sleep(0.5)
+        small = _udp_rtt_ms(link.server_ip)
+        # 20 kB at 8 Mbit/s spend 20 ms more on the (rate-shaped) wire: rate and delay combine.
+        large = _udp_rtt_ms(link.server_ip, size=20_000)
+        link.set_rtt(10.0)
+        time.sleep(0.2)
+        shorter = _udp_rtt_ms(link.server_ip)
+        echo.terminate()
+    assert small is not None and 40.0 <= small <= 50.0, small
+    assert large is not None and 58.0 <= large <= 75.0, large
+    assert shorter is not None and 10.0 <= shorter <= 18.0, shorter
+    netns, links, tables = _system_state()
+    assert not _mine(netns + links, names)
+
+
 def test_teardown_after_an_error_inside_the_block():
     with pytest.raises(RuntimeError, match='boom'):
         with ShapedLink(rate_bps=2e6, name='cbt') as link:
