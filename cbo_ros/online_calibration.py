@@ -54,18 +54,30 @@ def feedback_target(static_confidence, agree, server_reliability):
 
 
 def fit_logit_map(x, y, weights=None, prior_shift=10.0, prior_slope=50.0, fit_slope=True,
-                  iterations=25):
+                  iterations=50):
     """MAP (b, a) of P = sigmoid(b + a x) for soft targets ``y`` in [0, 1] at logits ``x``.
 
     Priors: b ~ N(0, 1/prior_shift), a ~ N(1, 1/prior_slope) (precisions in pseudo-samples).
-    Newton's method on the (strictly convex) penalised soft log loss.
+    Newton's method on the (strictly convex) penalised soft log loss, with a backtracking line
+    search (a full Newton step overshoots when the targets sit far from the current curve, e.g.
+    many agreements on low-confidence frames) and the slope kept positive (a map that reverses
+    the ranking of the confidences is never wanted). Returns (0, 1), the identity, when the
+    inputs are not finite.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64)
+    if x.size == 0 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))
+                           and np.all(np.isfinite(w))):
+        return 0.0, 1.0
+
+    def objective(b, a):
+        s = b + a * x
+        return float(np.sum(w * (np.logaddexp(0.0, s) - y * s))
+                     + 0.5 * prior_shift * b * b + 0.5 * prior_slope * (a - 1.0) ** 2)
+
     b, a = 0.0, 1.0
-    if x.size == 0:
-        return b, a
+    value = objective(b, a)
     for _ in range(int(iterations)):
         s = b + a * x
         p = 0.5 * (1.0 + np.tanh(0.5 * s))
@@ -77,11 +89,22 @@ def fit_logit_map(x, y, weights=None, prior_shift=10.0, prior_slope=50.0, fit_sl
             hess = np.array([[h.sum() + prior_shift, (h * x).sum()],
                              [(h * x).sum(), (h * x * x).sum() + prior_slope]])
             step = np.linalg.solve(hess, grad)
-            b, a = b - step[0], a - step[1]
         else:
-            step = (r.sum() + prior_shift * b) / (h.sum() + prior_shift)
-            b -= step
-        if np.max(np.abs(step)) < 1e-8:
+            step = np.array([(r.sum() + prior_shift * b) / (h.sum() + prior_shift), 0.0])
+        gradient_b = r.sum() + prior_shift * b
+        decrease = float(grad @ step) if fit_slope else float(step[0] * gradient_b)
+        t = 1.0
+        while t > 1e-6:
+            nb, na = b - t * step[0], a - t * step[1]
+            if na > 0.0:
+                new = objective(nb, na)
+                if new <= value - 1e-4 * t * decrease:
+                    break
+            t *= 0.5
+        else:
+            break                           # no decrease possible: at the optimum
+        b, a, value = nb, na, new
+        if np.max(np.abs(t * step)) < 1e-8:
             break
     return float(b), float(a)
 

@@ -343,3 +343,25 @@ def test_cbo_adaptive_uses_only_answers_that_have_arrived():
     plain.decide(frame(0, 0.0), link, 0.0)
     plain.observe_server_answer(0, 224, 0.95, now_s=0.1, server_class=7)
     assert plain.decide(frame(1, 0.2), link, 0.2).confidence == pytest.approx(0.2)
+
+
+def test_online_map_fit_is_the_penalised_optimum_when_newton_would_overshoot():
+    # Mostly agreeing answers on low-confidence frames: a full Newton step overshot to a
+    # negative slope (every confidence then mapped to ~1) before the line search.
+    from scipy.optimize import minimize
+    from cbo_ros.online_calibration import fit_logit_map
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        c = rng.uniform(0.02, 0.15, 60)
+        x = np.log(c / (1 - c))
+        y = np.where(rng.random(60) < 0.9, 0.8, 0.2 * c)
+
+        def objective(t):
+            s = t[0] + t[1] * x
+            return (np.sum(np.logaddexp(0.0, s) - y * s) + 0.5 * 1.0 * t[0] ** 2
+                    + 0.5 * 50.0 * (t[1] - 1.0) ** 2)
+        expected = minimize(objective, [0.0, 1.0], method='BFGS').x
+        b, a = fit_logit_map(x, y, None, prior_shift=1.0, prior_slope=50.0)
+        assert a > 0
+        assert (b, a) == pytest.approx(tuple(expected), abs=1e-3)
+    assert fit_logit_map([np.nan, 0.0], [0.5, 0.5]) == (0.0, 1.0)
