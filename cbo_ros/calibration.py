@@ -212,13 +212,20 @@ class IsotonicCalibration(_ConfidenceCalibrator):
     def fit_confidences(self, confidences, correct, weights=None):
         """Fit the isotonic map; the knots are the centres of the pooled blocks."""
         conf, hits = _confidence_outcomes(confidences, correct, 'isotonic regression')
-        order = np.argsort(conf, kind='mergesort')
-        fitted = pool_adjacent_violators(hits[order], _weights(weights, conf.size)[order])
-        xs, ys = conf[order], fitted
+        w = _weights(weights, conf.size)
+        # Tied confidences are one point (their weighted hit rate): otherwise the map at a tie
+        # would depend on the order of the samples.
+        xs, inverse = np.unique(conf, return_inverse=True)
+        mass = np.bincount(inverse, weights=w, minlength=xs.size)
+        keep = mass > 0
+        xs, mass = xs[keep], mass[keep]
+        rates = np.bincount(inverse, weights=w * hits, minlength=keep.size)[keep] / mass
+        ys = pool_adjacent_violators(rates, mass)
         # One knot per block of equal fitted values: at the block's mean confidence.
         starts = np.flatnonzero(np.r_[True, np.diff(ys) != 0])
         ends = np.r_[starts[1:], len(ys)]
-        knots_x = np.array([xs[s:e].mean() for s, e in zip(starts, ends)])
+        knots_x = np.array([np.average(xs[s:e], weights=mass[s:e])
+                            for s, e in zip(starts, ends)])
         knots_y = ys[starts]
         # Keep the extremes of [0, 1] reachable and the map within (0, 1).
         self.knots_x = knots_x

@@ -24,7 +24,7 @@ class JobOption:
 
     resolution: int
     payload_bytes: int
-    after_transfer_s: float    # RTT + server time once the last byte is sent
+    after_transfer_s: float    # what follows the last byte: server time (+ RTT unless rtt_at)
     gain: float                # value of choosing it over the local answer
 
 
@@ -56,11 +56,14 @@ class Solution:
     states_peak: int = 0
 
 
-def solve_exact(jobs, transfer_finish, initial_free_s=0.0, quantum_s=0.0, tolerance_s=1e-9):
+def solve_exact(jobs, transfer_finish, initial_free_s=0.0, quantum_s=0.0, tolerance_s=1e-9,
+                rtt_at=None):
     """Maximise the total gain of ``jobs`` (in release order) under FIFO deadline constraints.
 
     ``transfer_finish(start_s, payload_bytes)`` gives when a transfer started at ``start_s``
-    ends (non-decreasing in ``start_s``). Options with a gain <= 0 are never chosen.
+    ends (non-decreasing in ``start_s``). ``rtt_at(start_s)``, when given, is the RTT of a
+    transfer started then, added to each option's ``after_transfer_s`` (a trace whose RTT
+    changes while a frame waits for the link). Options with a gain <= 0 are never chosen.
     """
     jobs = sorted(jobs, key=lambda job: (job.release_s, job.seq))
     quantum = float(quantum_s)
@@ -73,11 +76,12 @@ def solve_exact(jobs, transfer_finish, initial_free_s=0.0, quantum_s=0.0, tolera
         for index, (free, value, _, _) in enumerate(frontier):
             candidates.append((free, value, index, 0))
             start = max(free, job.release_s)
+            rtt = rtt_at(start) if rtt_at is not None else 0.0
             for option in job.options:
                 if option.gain <= 0:
                     continue
                 end = transfer_finish(start, option.payload_bytes)
-                if end + option.after_transfer_s > job.deadline_s + tolerance_s:
+                if end + rtt + option.after_transfer_s > job.deadline_s + tolerance_s:
                     continue
                 if quantum > 0:
                     end = math.ceil(end / quantum - 1e-9) * quantum
@@ -115,7 +119,8 @@ def _pareto(states):
     return kept
 
 
-def schedule_feasible(jobs, schedule, transfer_finish, initial_free_s=0.0, tolerance_s=1e-9):
+def schedule_feasible(jobs, schedule, transfer_finish, initial_free_s=0.0, tolerance_s=1e-9,
+                      rtt_at=None):
     """Tell whether ``schedule`` meets every deadline with FIFO transfers in release order."""
     free = float(initial_free_s)
     for job in sorted(jobs, key=lambda j: (j.release_s, j.seq)):
@@ -123,8 +128,10 @@ def schedule_feasible(jobs, schedule, transfer_finish, initial_free_s=0.0, toler
         if not resolution:
             continue
         option = next(o for o in job.options if o.resolution == resolution)
-        free = transfer_finish(max(free, job.release_s), option.payload_bytes)
-        if free + option.after_transfer_s > job.deadline_s + tolerance_s:
+        start = max(free, job.release_s)
+        free = transfer_finish(start, option.payload_bytes)
+        rtt = rtt_at(start) if rtt_at is not None else 0.0
+        if free + rtt + option.after_transfer_s > job.deadline_s + tolerance_s:
             return False
     return True
 
@@ -139,13 +146,14 @@ def schedule_value(jobs, schedule):
     return total
 
 
-def solve_brute_force(jobs, transfer_finish, initial_free_s=0.0):
+def solve_brute_force(jobs, transfer_finish, initial_free_s=0.0, rtt_at=None):
     """Enumerate every choice ((R+1)^N): the reference the DP is tested against (small N)."""
     best = Solution(0.0, {})
     choices = [[0] + [o.resolution for o in job.options] for job in jobs]
     for combo in itertools.product(*choices):
         schedule = {job.seq: r for job, r in zip(jobs, combo) if r}
-        if not schedule_feasible(jobs, schedule, transfer_finish, initial_free_s):
+        if not schedule_feasible(jobs, schedule, transfer_finish, initial_free_s,
+                                 rtt_at=rtt_at):
             continue
         value = schedule_value(jobs, schedule)
         if value > best.value + 1e-12:

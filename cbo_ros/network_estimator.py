@@ -25,6 +25,7 @@ are kept but ``estimate_age_s`` grows and ``stale`` becomes true after ``stale_a
 
 import collections
 from dataclasses import dataclass
+import math
 import statistics
 
 
@@ -113,7 +114,8 @@ class NetworkEstimator:
         assumed to have had the link to itself.
         """
         lost = timed_out or not success
-        if success and round_trip_ms <= 0.0:
+        if success and not (math.isfinite(round_trip_ms) and round_trip_ms > 0.0
+                            and math.isfinite(server_ms)):
             return                                  # malformed sample: nothing measured
         self._events.append((now, lost, 'transfers'))
         if not success:
@@ -125,13 +127,19 @@ class NetworkEstimator:
         if sent is not None:
             wire_s = max(wire_ms - self.base_rtt_ms(now), self.min_transfer_ms) / 1e3
             for start, end, size in self._wire:
-                if start <= sent < end:
-                    ahead += size * (end - sent) / max(end - start, 1e-6)
-            self._wire.append((float(sent), float(sent) + wire_s, float(payload_bytes)))
+                if sent < end:        # still (partly) ahead of this one when it was sent
+                    ahead += size * min(1.0, (end - sent) / max(end - start, 1e-6))
+            # On the wire from when the link freed up (FIFO), not from when it was sent: the
+            # wait behind earlier transfers is not part of its own transfer.
+            start = max([float(sent)] + [end for _, end, _ in self._wire])
+            end = float(sent) + wire_s
+            self._wire.append((min(start, end), end, float(payload_bytes)))
         self._add_rate(now, payload_bytes, wire_ms, 'transfers', ahead)
 
     def add_probe(self, now, payload_bytes, rtt_ms):
         """Ingest one probe answered after ``rtt_ms``, or lost when ``rtt_ms`` is None."""
+        if rtt_ms is not None and not (math.isfinite(rtt_ms) and rtt_ms > 0.0):
+            return                                  # malformed sample: nothing measured
         if rtt_ms is None:
             self._events.append((now, True, 'probes'))
             self._failure(now)

@@ -365,3 +365,17 @@ def test_online_map_fit_is_the_penalised_optimum_when_newton_would_overshoot():
         assert a > 0
         assert (b, a) == pytest.approx(tuple(expected), abs=1e-3)
     assert fit_logit_map([np.nan, 0.0], [0.5, 0.5]) == (0.0, 1.0)
+
+
+def test_isotonic_calibration_pools_tied_confidences_whatever_their_order():
+    from cbo_ros.calibration import IsotonicCalibration
+    conf = np.array([0.2, 0.2, 1.0, 1.0, 1.0, 1.0, 0.6, 0.6])
+    hits = np.array([0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    predictions = []
+    for seed in range(5):
+        order = np.random.default_rng(seed).permutation(conf.size)
+        calibrator = IsotonicCalibration().fit_confidences(conf[order], hits[order])
+        predictions.append(calibrator.predict_confidences([0.2, 0.6, 1.0]))
+    for prediction in predictions:
+        # Four samples at 1.0 with one hit pool with the 0.6 and 0.2 pairs: all at 3/8.
+        assert prediction == pytest.approx([0.375, 0.375, 0.375])

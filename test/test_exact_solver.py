@@ -72,3 +72,22 @@ def test_no_jobs_and_no_positive_gain():
     assert solve_exact([], finish).value == 0.0
     jobs = [Job(0, 0.0, 1.0, [JobOption(96, 100, 0.0, -0.1)])]
     assert solve_exact(jobs, finish).schedule == {}
+
+
+def test_exact_dp_takes_the_rtt_at_each_transfers_start():
+    # The RTT rises from 20 to 150 ms at t = 0.05 s: a frame queued behind another starts its
+    # transfer later, under the higher RTT; the DP must check it then, like the replay does.
+    trace = NetworkTrace([0.0, 0.05], [1e6, 1e6], [0.02, 0.15], [0.0, 0.0])
+
+    def rtt_at(start_s):
+        return trace.at(start_s)[1]
+    rng = np.random.default_rng(9)
+    for _ in range(30):
+        jobs = random_jobs(rng, 4)
+        for job in jobs:
+            job.options = [JobOption(o.resolution, o.payload_bytes, 0.005, o.gain)
+                           for o in job.options]
+        exact = solve_exact(jobs, trace.transfer_finish, rtt_at=rtt_at)
+        brute = solve_brute_force(jobs, trace.transfer_finish, rtt_at=rtt_at)
+        assert exact.value == pytest.approx(brute.value, abs=1e-9)
+        assert schedule_feasible(jobs, exact.schedule, trace.transfer_finish, rtt_at=rtt_at)

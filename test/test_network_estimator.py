@@ -162,3 +162,25 @@ def test_a_rate_change_is_followed_after_a_few_transfers_not_half_a_window():
     now = feed_link(slow, 10e6, 20.0, count=60)
     now = feed_link(slow, 2e6, 20.0, start=now + 0.1, count=5, seed=1)
     assert slow.estimate(now).bandwidth_bps == pytest.approx(10e6, rel=0.10)
+
+
+def test_queued_transfers_give_the_link_rate_not_less():
+    # An exact 1 Mbit/s FIFO link, three 12.5 kB transfers sent 20 ms apart: each waits behind
+    # the previous one; its sample must still read 1 Mbit/s.
+    est = NetworkEstimator(change_samples=0)
+    free = 0.0
+    for sent in (0.0, 0.02, 0.04):
+        free = max(sent, free) + 8 * 12_500 / 1e6
+        est.add_transfer(free, 12_500, (free - sent) * 1e3, 0.0, sent=sent)
+    assert est.estimate(free).bandwidth_bps == pytest.approx(1e6, rel=1e-6)
+
+
+def test_non_finite_measurements_are_ignored():
+    est = NetworkEstimator()
+    est.add_probe(0.0, 64, 20.0)
+    est.add_probe(0.1, 64, float('nan'))
+    est.add_probe(0.2, 64, float('inf'))
+    est.add_transfer(0.3, 20_000, float('nan'), 0.0)
+    result = est.estimate(0.4)
+    assert result.rtt_ms == pytest.approx(20.0)
+    assert result.loss_rate == 0.0

@@ -41,9 +41,8 @@ def time_segments(capture_s, seconds=2.0):
 def confidence_calibration(results, frames, bootstrap=1000):
     """ECE (15 bins) of the local confidences each policy used, with a 2-s segment bootstrap.
 
-    Rows: 'raw' (max-softmax), 'static' (the bundle's map) and, for each replayed strategy
-    whose confidences differ from the static ones (``cbo_adaptive``: online, causal), that
-    strategy's confidences as computed before each frame's own feedback.
+    Rows: 'raw' (max-softmax), 'static' (the bundle's map) and, when ``cbo_adaptive`` was
+    replayed, its online (causal) confidences as computed before each frame's own feedback.
     """
     from cbo_ros.calibration_fit import segment_bootstrap_ece
     correct = np.asarray(frames.local_correct, dtype=np.float64)

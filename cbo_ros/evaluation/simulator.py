@@ -40,7 +40,7 @@ class SimulationConfig:
     seed: int = 0
     p_tar: float = 0.7
     window: int = 50
-    exact_quantum_s: float = 0.001
+    exact_quantum_s: float = 0.0     # 0: exact (the oracle is an upper bound); > 0: faster
     planner_options: dict = field(default_factory=dict)
 
 
@@ -168,33 +168,44 @@ def replay(planner, frames, trace, bundle):
                   decision_time, used_confidence)
 
 
-def _jobs(frames, trace, bundle, gain):
-    jobs = []
-    for k, candidate in enumerate(frames.candidates):
-        rtt = trace.at(candidate.arrival_s)[1]
-        jobs.append(Job(k, candidate.arrival_s, candidate.deadline_s,
-                        [JobOption(o.resolution, o.payload_bytes, rtt + bundle.server_time_s(
-                            o.resolution), gain(k, candidate, o)) for o in candidate.options]))
-    return jobs
+def _jobs(frames, bundle, gain, deadlines):
+    """Solver jobs: the RTT is added by the solver at each transfer's start (``rtt_at``)."""
+    return [Job(k, candidate.arrival_s, float(deadlines[k]),
+                [JobOption(o.resolution, o.payload_bytes, bundle.server_time_s(o.resolution),
+                           gain(k, candidate, o)) for o in candidate.options])
+            for k, candidate in enumerate(frames.candidates)]
 
 
-def oracle_schedule(frames, trace, bundle, quantum_s=0.001):
-    """Solve the upper bound, which knows the right answers and the lost transfers."""
+def _rtt_at(trace):
+    return lambda start_s: trace.at(start_s)[1]
+
+
+def oracle_schedule(frames, trace, bundle, quantum_s=0.0):
+    """Solve the upper bound, which knows the right answers and the lost transfers.
+
+    It meets the true deadlines (no planning margin). A transfer's loss is drawn at its frame's
+    arrival here and at its send time in the replay: they differ only when the trace's loss
+    rate changes while the frame waits for the link.
+    """
     def gain(k, candidate, option):
         lost = frames.loss_draw[k] < trace.at(candidate.arrival_s)[2]
         return 0.0 if lost else \
             frames.server_correct[option.resolution][k] - frames.local_correct[k]
-    return solve_exact(_jobs(frames, trace, bundle, gain), trace.transfer_finish,
-                       quantum_s=quantum_s)
+    return solve_exact(_jobs(frames, bundle, gain, frames.deadline_s), trace.transfer_finish,
+                       quantum_s=quantum_s, rtt_at=_rtt_at(trace))
 
 
-def exact_model_schedule(frames, trace, bundle, quantum_s=0.001):
-    """Solve the hindsight optimum of the planner's own model (the online policy's yardstick)."""
+def exact_model_schedule(frames, trace, bundle, quantum_s=0.0, safety_margin_s=0.0):
+    """Solve the hindsight optimum of the planner's own model (the online policy's yardstick).
+
+    Same model as the online planners: expected gains, deadlines less their ``safety_margin_s``.
+    """
     def gain(k, candidate, option):
         loss = trace.at(candidate.arrival_s)[2]
         return (1.0 - loss) * (option.server_accuracy - candidate.confidence)
-    return solve_exact(_jobs(frames, trace, bundle, gain), trace.transfer_finish,
-                       quantum_s=quantum_s)
+    deadlines = [c.deadline_s - safety_margin_s for c in frames.candidates]
+    return solve_exact(_jobs(frames, bundle, gain, deadlines), trace.transfer_finish,
+                       quantum_s=quantum_s, rtt_at=_rtt_at(trace))
 
 
 def default_strategies(resolutions):
@@ -213,8 +224,8 @@ def run_strategies(outputs, bundle, trace, config, strategies=None):
             schedule = oracle_schedule(frames, trace, bundle, config.exact_quantum_s).schedule
             planner = make_planner('oracle', bundle, schedule=schedule, **options)
         elif name == EXACT_NAME:
-            schedule = exact_model_schedule(frames, trace, bundle,
-                                            config.exact_quantum_s).schedule
+            schedule = exact_model_schedule(frames, trace, bundle, config.exact_quantum_s,
+                                            config.safety_margin_s).schedule
             planner = make_planner(EXACT_NAME, bundle, schedule=schedule, **options)
         elif name in ('raw_threshold', 'calibrated_threshold'):
             planner = make_planner(name, bundle, p_tar=config.p_tar, **options)
