@@ -44,7 +44,7 @@ def disable_tx_checksum_offload(device):
 
 
 def open_raw(device):
-    """A non-blocking AF_PACKET socket receiving every frame of ``device``."""
+    """Open a non-blocking AF_PACKET socket receiving every frame of ``device``."""
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     sock.bind((device, 0))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)

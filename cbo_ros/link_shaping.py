@@ -283,7 +283,7 @@ class ShapedLink:
             self._start_relay(base)
 
     def _add_relay_pairs(self, base, netns):
-        """robot end <-> relay namespace <-> server end: two veth pairs (``rtt_ms`` > 0)."""
+        """Create robot end <-> relay namespace <-> server end: two veth pairs (rtt_ms > 0)."""
         self.relay_netns = netns + 'd'
         result = _run(['ip', 'netns', 'add', self.relay_netns], check=False)
         if result.returncode != 0:

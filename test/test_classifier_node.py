@@ -15,18 +15,23 @@ pytestmark = pytest.mark.integration
 NS = f'/qos{os.getpid()}'
 
 
+def start_classifier(log, *parameters):
+    """A classifier process (shipped config + ``name:=value`` overrides) and a session."""
+    domain = unique_domain_id()
+    overrides = [arg for p in parameters for arg in ('-p', p)]
+    process = start_process(
+        [sys.executable, '-m', 'cbo_ros.nodes.npu_classifier_node', '--ros-args',
+         '--params-file', str(paths.SOURCE_ROOT / 'config' / 'robot.yaml'), *overrides,
+         '-r', f'__ns:={NS}'], ros_env(domain), log)
+    return process, RosSession(domain, namespace=NS)
+
+
 def test_best_effort_camera_is_reported_with_the_fix(tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
-    domain = unique_domain_id()
     log = tmp_path / 'classifier.log'
-    classifier = start_process(
-        [sys.executable, '-m', 'cbo_ros.nodes.npu_classifier_node', '--ros-args',
-         '--params-file', str(paths.SOURCE_ROOT / 'config' / 'robot.yaml'),
-         '-p', 'diagnostics_period_s:=0.2', '-r', f'__ns:={NS}'],
-        ros_env(domain), log)
-    session = RosSession(domain, namespace=NS)
+    classifier, session = start_classifier(log, 'diagnostics_period_s:=0.2')
     diagnostics = []
     session.node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
     session.node.create_publisher(Image, 'image_raw', qos_profile_sensor_data)
@@ -52,14 +57,8 @@ def test_stale_frames_are_answered_as_skipped_fresh_ones_classified(tmp_path):
     from cbo_interfaces.msg import FrameClassification
     from sensor_msgs.msg import Image
     from cbo_ros.nodes.ros_common import RESULT_QOS, frame_qos, ns_to_stamp
-    domain = unique_domain_id()
     log = tmp_path / 'classifier.log'
-    classifier = start_process(
-        [sys.executable, '-m', 'cbo_ros.nodes.npu_classifier_node', '--ros-args',
-         '--params-file', str(paths.SOURCE_ROOT / 'config' / 'robot.yaml'),
-         '-p', 'max_frame_age_ms:=1000.0', '-r', f'__ns:={NS}'],
-        ros_env(domain), log)
-    session = RosSession(domain, namespace=NS)
+    classifier, session = start_classifier(log, 'max_frame_age_ms:=1000.0')
     results = []
     session.node.create_subscription(FrameClassification, 'local_result', results.append,
                                      RESULT_QOS)
