@@ -1,4 +1,4 @@
-"""npu_classifier_node over DDS: incompatible camera QoS reported, stale frames skipped."""
+"""npu_classifier_node over DDS: best-effort cameras (auto / fixed QoS), stale frames skipped."""
 
 import os
 import sys
@@ -26,12 +26,49 @@ def start_classifier(log, *parameters):
     return process, RosSession(domain, namespace=NS)
 
 
-def test_best_effort_camera_is_reported_with_the_fix(tmp_path):
+def frame_msg(stamp_ns, seed=0):
+    import numpy as np
+    from builtin_interfaces.msg import Time
+    from sensor_msgs.msg import Image
+    from cbo_ros.nodes.ros_common import ns_to_stamp
+    rgb = np.random.default_rng(seed).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    msg = Image(height=120, width=160, encoding='rgb8', step=480, data=rgb.tobytes())
+    msg.header.stamp = ns_to_stamp(stamp_ns, Time)
+    return msg
+
+
+def test_auto_reliability_receives_a_best_effort_camera(tmp_path):
+    from cbo_interfaces.msg import FrameClassification
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+    from cbo_ros.nodes.ros_common import RESULT_QOS
+    log = tmp_path / 'classifier.log'
+    classifier, session = start_classifier(log)            # shipped config: reliability auto
+    results = []
+    session.node.create_subscription(FrameClassification, 'local_result', results.append,
+                                     RESULT_QOS)
+    camera = session.node.create_publisher(Image, 'image_raw', qos_profile_sensor_data)
+    try:
+        deadline = time.monotonic() + 40.0
+        while not results and time.monotonic() < deadline:
+            camera.publish(frame_msg(time.time_ns()))
+            session.spin_for(0.2)
+    finally:
+        session.close()
+        code = stop_process(classifier)
+    text = log.read_text()
+    assert results and results[0].class_id, text
+    assert 'switched to best effort' in text, text
+    assert code == 0, text
+
+
+def test_fixed_reliable_reader_reports_a_best_effort_camera_with_the_fix(tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
     log = tmp_path / 'classifier.log'
-    classifier, session = start_classifier(log, 'diagnostics_period_s:=0.2')
+    classifier, session = start_classifier(log, 'diagnostics_period_s:=0.2',
+                                           'reliability:=reliable')
     diagnostics = []
     session.node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
     session.node.create_publisher(Image, 'image_raw', qos_profile_sensor_data)
@@ -52,28 +89,20 @@ def test_best_effort_camera_is_reported_with_the_fix(tmp_path):
 
 
 def test_stale_frames_are_answered_as_skipped_fresh_ones_classified(tmp_path):
-    import numpy as np
-    from builtin_interfaces.msg import Time
     from cbo_interfaces.msg import FrameClassification
     from sensor_msgs.msg import Image
-    from cbo_ros.nodes.ros_common import RESULT_QOS, frame_qos, ns_to_stamp
+    from cbo_ros.nodes.ros_common import RESULT_QOS, frame_qos
     log = tmp_path / 'classifier.log'
     classifier, session = start_classifier(log, 'max_frame_age_ms:=1000.0')
     results = []
     session.node.create_subscription(FrameClassification, 'local_result', results.append,
                                      RESULT_QOS)
     camera = session.node.create_publisher(Image, 'image_raw', frame_qos())
-    rgb = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
-
-    def frame(stamp_ns):
-        msg = Image(height=120, width=160, encoding='rgb8', step=480, data=rgb.tobytes())
-        msg.header.stamp = ns_to_stamp(stamp_ns, Time)
-        return msg
     try:
         assert session.spin_until(lambda: camera.get_subscription_count() > 0, 30.0), \
             log.read_text()
-        camera.publish(frame(time.time_ns() - 5 * 10**9))
-        camera.publish(frame(time.time_ns()))
+        camera.publish(frame_msg(time.time_ns() - 5 * 10**9))
+        camera.publish(frame_msg(time.time_ns()))
         assert session.spin_until(lambda: len(results) >= 2, 20.0), log.read_text()
     finally:
         session.close()

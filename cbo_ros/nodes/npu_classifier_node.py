@@ -51,9 +51,10 @@ class NpuClassifierNode(Node):
                                    'artifacts/calibration).')
         self.top_k = declare(self, 'top_k', 5, 'Classes reported in top_k.', minimum=1,
                              maximum=1000)
-        reliability = declare(self, 'reliability', 'reliable',
-                              "QoS reliability of the image_raw subscription: 'best_effort' "
-                              "or 'reliable' (default: no frame is lost on the robot).")
+        reliability = declare(self, 'reliability', 'auto',
+                              "QoS reliability of the image_raw subscription: 'auto' (reliable, "
+                              "best effort once a best-effort camera is seen), 'reliable' or "
+                              "'best_effort'.")
         depth = declare(self, 'depth', 30, 'QoS history depth of image_raw.', minimum=1,
                         maximum=1000)
         self.max_age_ns = int(declare(
@@ -150,6 +151,8 @@ class NpuClassifierNode(Node):
             message = '; '.join(self.classifier.provider_warnings)
         if self.frames_in.problem:
             level, message = Diagnostics.ERROR, self.frames_in.problem
+        elif self.frames_in.note:
+            message = f'{message}; {self.frames_in.note}'
         mean_ms = float(np.mean(self.inference_ms)) if self.inference_ms else 0.0
         self.diagnostics.publish(level, message, {
             'model': self.classifier.name,

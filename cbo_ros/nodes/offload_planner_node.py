@@ -158,9 +158,10 @@ class OffloadPlannerNode(Node):
         self.max_pending = declare(self, 'max_pending_frames', 200,
                                    'Frames tracked at once; the oldest are answered early '
                                    'beyond this.', minimum=1, maximum=100000)
-        reliability = declare(self, 'reliability', 'reliable',
-                              "QoS reliability of the image_raw subscription: 'best_effort' "
-                              "or 'reliable' (default: no frame is lost on the robot).")
+        reliability = declare(self, 'reliability', 'auto',
+                              "QoS reliability of the image_raw subscription: 'auto' (reliable, "
+                              "best effort once a best-effort camera is seen), 'reliable' or "
+                              "'best_effort'.")
         depth = declare(self, 'depth', 30, 'QoS history depth of image_raw.', minimum=1,
                         maximum=1000)
         diag_period = declare(self, 'diagnostics_period_s', 1.0,
@@ -671,6 +672,8 @@ class OffloadPlannerNode(Node):
                 level, message = Diagnostics.WARN, message + '; uncalibrated fallback in use'
             if self.frames_in.problem:
                 level, message = Diagnostics.ERROR, f'{self.frames_in.problem}; {message}'
+            elif self.frames_in.note:
+                message = f'{message}; {self.frames_in.note}'
             self.diagnostics.publish(level, message, {
                 'strategy': self.strategy,
                 'inference_rate_hz': f'{self.local_rate.rate(time.monotonic()):.2f}',

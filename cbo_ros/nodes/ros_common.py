@@ -80,33 +80,64 @@ def frame_qos(reliability='reliable', depth=30):
 
 
 class FrameSubscription:
-    """The ``image_raw`` subscription of a robot node, reporting an incompatible camera writer.
+    """The ``image_raw`` subscription of a robot node; copes with a best-effort camera writer.
 
-    The readers are reliable by default (``frame_qos``); a camera driver publishing best effort
-    (``SensorDataQoS``, common for real drivers) cannot match a reliable reader and no frame
-    would arrive. That case is logged as an error with the fix, and ``problem`` holds it for
-    the node's diagnostics.
+    ``reliability``: ``'auto'`` (default) starts reliable (``frame_qos``: a briefly stalled
+    reader loses nothing from a reliable camera such as camera_node) and, when a best-effort
+    writer appears (``SensorDataQoS``, common for real camera drivers; it cannot match a
+    reliable reader and no frame would arrive), re-creates the subscription best effort and
+    says so. ``'reliable'`` or ``'best_effort'`` fix the policy: an incompatible writer is then
+    logged as an error with the fix, and ``problem`` holds it for the node's diagnostics.
+    ``note`` describes an automatic switch.
     """
 
-    def __init__(self, node, callback, reliability='reliable', depth=30, callback_group=None):
+    def __init__(self, node, callback, reliability='auto', depth=30, callback_group=None):
+        if reliability not in ('auto',) + tuple(RELIABILITY):
+            raise ValueError(f"reliability must be auto, {' or '.join(RELIABILITY)}, got "
+                             f"'{reliability}'")
+        self.node = node
+        self.callback = callback
+        self.depth = int(depth)
+        self.callback_group = callback_group
+        self.auto = reliability == 'auto'
+        self.reliability = 'reliable' if self.auto else reliability
+        self.problem = ''
+        self.note = ''
+        self._switch_timer = None
+        self.subscription = self._subscribe()
+
+    def _subscribe(self):
         from rclpy.event_handler import SubscriptionEventCallbacks
         from sensor_msgs.msg import Image
-        self.node = node
-        self.problem = ''
-        self.subscription = node.create_subscription(
-            Image, 'image_raw', callback, frame_qos(reliability, depth),
-            callback_group=callback_group,
+        return self.node.create_subscription(
+            Image, 'image_raw', self.callback, frame_qos(self.reliability, self.depth),
+            callback_group=self.callback_group,
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self.on_incompatible_qos))
 
     def on_incompatible_qos(self, info):
         policy = getattr(info.last_policy_kind, 'name', str(info.last_policy_kind))
         policy = policy.replace('RMW_QOS_POLICY_', '')
+        if self.auto and policy == 'RELIABILITY' and self.reliability == 'reliable':
+            if self._switch_timer is None:     # not from inside the subscription's own event
+                self._switch_timer = self.node.create_timer(0.0, self._switch_to_best_effort)
+            return
         self.problem = (f'an image_raw publisher offers QoS incompatible with this reader '
                         f'({policy}): no frames arrive from it')
         hint = (' A camera publishing best effort (SensorDataQoS) needs `reliability: '
-                'best_effort` for npu_classifier_node and offload_planner_node '
+                'best_effort` (or auto) for npu_classifier_node and offload_planner_node '
                 '(config/robot.yaml).' if policy == 'RELIABILITY' else '')
         self.node.get_logger().error(f'{self.problem}.{hint}')
+
+    def _switch_to_best_effort(self):
+        self.node.destroy_timer(self._switch_timer)
+        self.node.destroy_subscription(self.subscription)
+        self.reliability = 'best_effort'
+        self.subscription = self._subscribe()
+        self.note = 'image_raw: best effort (a best-effort camera writer was seen)'
+        self.node.get_logger().warning(
+            'an image_raw publisher is best effort (SensorDataQoS): this reader switched to '
+            'best effort to receive its frames (reliability: auto); frames dropped under load '
+            'can no longer be repaired')
 
 
 def stamp_to_ns(stamp):
