@@ -275,10 +275,21 @@ def run_single_process(options, params_file, ros_args):
     # SIGINT/SIGTERM end the spin loop below instead of shutting the context down at once:
     # rclpy's own handler invalidated every entity while executor threads were still inside
     # callbacks ("cannot use Destroyable because destruction was requested" at exit).
+    # A second signal interrupts a shutdown that hangs.
     stop_requested = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop_requested.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    rclpy.init(args=rclpy_args, signal_handler_options=SignalHandlerOptions.NO)
+
+    def on_signal(signum, frame):
+        if stop_requested.is_set():
+            raise KeyboardInterrupt
+        stop_requested.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rclpy.init(args=rclpy_args, signal_handler_options=SignalHandlerOptions.NO)
+    except BaseException:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        raise
     logger = rclpy.logging.get_logger('robot_bringup')
     if options.executor == 'events':
         from rclpy.experimental import EventsExecutor

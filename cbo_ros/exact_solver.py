@@ -64,6 +64,11 @@ def solve_exact(jobs, transfer_finish, initial_free_s=0.0, quantum_s=0.0, tolera
     ends (non-decreasing in ``start_s``). ``rtt_at(start_s)``, when given, is the RTT of a
     transfer started then, added to each option's ``after_transfer_s`` (a trace whose RTT
     changes while a frame waits for the link). Options with a gain <= 0 are never chosen.
+
+    Exact while ``transfer_finish(s, b) + rtt_at(s)`` never decreases in ``s`` (constant or
+    rising RTT): the frontier keeps the earliest free time per value, and a transfer starts as
+    soon as the link is free. Where the RTT falls, a later start can arrive earlier, and the
+    pruned frontier may miss the optimum.
     """
     jobs = sorted(jobs, key=lambda job: (job.release_s, job.seq))
     quantum = float(quantum_s)

@@ -5,11 +5,12 @@ veth ends; this program runs there, reads every frame arriving on either interfa
 ``AF_PACKET`` socket and sends it out of the other one ``delay`` later (half the added RTT per
 direction). Frames keep their order (one FIFO per direction: a constant delay never reorders;
 after a delay change, frames wait behind older ones rather than overtake them). The relay
-namespace has no addresses, so its own IP stack ignores the frames.
+namespace has no IPv4 addresses and IPv6 is off there, so its own IP stack ignores the frames.
 
 Control: one line per change on stdin, ``delay_ms <one-way milliseconds>``; end of stdin (or
-SIGTERM) stops the relay. Frames that cannot be sent (e.g. the interface went away) are counted
-and dropped, like a link that loses them.
+SIGTERM) stops the relay; SIGINT is ignored (the owner of the link stops it, after its other
+processes, e.g. on Ctrl-C in a terminal). Frames that cannot be sent (e.g. the interface went
+away) are counted and dropped, like a link that loses them.
 
 Transmit checksum offload must be off on the veth ends that the relay's frames come from: a
 frame captured before its checksum was filled in would be dropped by the receiver.
@@ -20,6 +21,7 @@ import argparse
 import array
 import collections
 import fcntl
+import os
 import selectors
 import signal
 import socket
@@ -32,6 +34,8 @@ PACKET_OUTGOING = 4          # frames this host sent out of the interface (not t
 SIOCETHTOOL = 0x8946
 ETHTOOL_STXCSUM = 0x00000017
 MAX_FRAME = 65536
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
 
 
 def disable_tx_checksum_offload(device):
@@ -45,10 +49,14 @@ def disable_tx_checksum_offload(device):
 
 def open_raw(device):
     """Open a non-blocking AF_PACKET socket receiving every frame of ``device``."""
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    sock.bind((device, 0))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 * 1024 * 1024)
+    # Protocol 0 until bound: an ETH_P_ALL socket would see every interface's frames until then.
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    for option, forced in ((socket.SO_RCVBUF, SO_RCVBUFFORCE), (socket.SO_SNDBUF, SO_SNDBUFFORCE)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, forced, 8 * 1024 * 1024)   # beyond rmem_max
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, option, 8 * 1024 * 1024)
+    sock.bind((device, ETH_P_ALL))
     sock.setblocking(False)
     return sock
 
@@ -90,28 +98,32 @@ class DelayRelay:
         due = [queue[0][0] for queue in self.queues.values() if queue]
         return min(due) if due else None
 
-    def run(self, control=None):
-        """Relay until ``control`` (a text stream of ``delay_ms`` lines) ends or SIGTERM."""
+    def run(self, control_fd=None):
+        """Relay until the ``control_fd`` pipe (``delay_ms`` lines) ends, or SIGTERM."""
         selector = selectors.DefaultSelector()
         for sock in self.sockets:
             selector.register(sock, selectors.EVENT_READ)
-        if control is not None:
+        if control_fd is not None:
             try:
-                selector.register(control, selectors.EVENT_READ)
+                selector.register(control_fd, selectors.EVENT_READ)
             except (OSError, ValueError):       # not a pipe/terminal (e.g. /dev/null)
-                control = None
+                control_fd = None
         running = [True]
         signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
+        pending = b''
         while running[0]:
             self._release(time.monotonic())
             due = self._next_due()
             timeout = None if due is None else max(0.0, due - time.monotonic())
             for key, _ in selector.select(min(timeout, 0.5) if timeout is not None else 0.5):
-                if key.fileobj is control:
-                    line = control.readline()
-                    if not line:
+                if key.fileobj == control_fd:
+                    # Raw reads: every complete line is applied, however many arrived at once.
+                    data = os.read(control_fd, 4096)
+                    if not data:
                         return
-                    self._command(line)
+                    *lines, pending = (pending + data).split(b'\n')
+                    for line in lines:
+                        self._command(line.decode(errors='replace'))
                 else:
                     self._receive(key.fileobj)
 
@@ -134,11 +146,12 @@ def main(argv=None):
     parser.add_argument('--ready-file', default=None,
                         help='written once both sockets are open (for the parent to wait on)')
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     relay = DelayRelay(args.device_a, args.device_b, args.delay_ms / 1e3)
     if args.ready_file:
         with open(args.ready_file, 'w') as handle:
             handle.write('ready\n')
-    relay.run(sys.stdin)
+    relay.run(sys.stdin.fileno())
     return 0
 
 

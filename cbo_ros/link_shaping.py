@@ -248,7 +248,6 @@ class ShapedLink:
                                'veth', 'peer', 'name', base + 's', 'mtu', str(self.mtu),
                                'netns', netns], check=False)
             if result.returncode != 0:
-                _run(['ip', 'link', 'del', base + 'r'], check=False)
                 _run(['ip', 'netns', 'del', netns], check=False)
                 if self.relay_netns:
                     _run(['ip', 'netns', 'del', self.relay_netns], check=False)
@@ -293,14 +292,20 @@ class ShapedLink:
                        'name', base + 'a', 'mtu', mtu, 'netns', self.relay_netns], check=False)
         if result.returncode != 0:
             return result
-        return _run(['ip', '-n', self.relay_netns, 'link', 'add', base + 'b', 'mtu', mtu, 'type',
-                     'veth', 'peer', 'name', base + 's', 'mtu', mtu, 'netns', netns],
-                    check=False)
+        result = _run(['ip', '-n', self.relay_netns, 'link', 'add', base + 'b', 'mtu', mtu,
+                       'type', 'veth', 'peer', 'name', base + 's', 'mtu', mtu, 'netns', netns],
+                      check=False)
+        if result.returncode != 0:
+            _run(['ip', 'link', 'del', base + 'r'], check=False)     # ours: created above
+        return result
 
     def _start_relay(self, base):
         """Start the delay relay in its namespace and wait until it listens."""
         relay_ns = ['ip', '-n', self.relay_netns]
         for dev in (base + 'a', base + 'b'):
+            # No IPv6 link-local addresses (nor their neighbour discovery) in the relay.
+            _run(['ip', 'netns', 'exec', self.relay_netns, 'sh', '-c',
+                  f'echo 1 > /proc/sys/net/ipv6/conf/{dev}/disable_ipv6'], check=False)
             _run(relay_ns + ['link', 'set', dev, 'up'])
         # The relay captures frames before the kernel fills in offloaded checksums: the ends
         # that send into it must compute them in software.
@@ -313,7 +318,7 @@ class ShapedLink:
         self._relay = subprocess.Popen(
             ['ip', 'netns', 'exec', self.relay_netns, sys.executable, '-m', 'cbo_ros.link_relay',
              base + 'a', base + 'b', '--delay-ms', str(self.rtt_ms / 2.0), '--ready-file',
-             ready], stdin=subprocess.PIPE, text=True,
+             ready], stdin=subprocess.PIPE, text=True, start_new_session=True,
             env={**os.environ, 'PYTHONPATH': os.pathsep.join(
                 p for p in (_ROOT, os.environ.get('PYTHONPATH')) if p)})
         end = time.monotonic() + 10.0

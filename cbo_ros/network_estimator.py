@@ -85,7 +85,7 @@ class NetworkEstimator:
         self._rates = collections.deque(maxlen=max_samples)
         # (time, rtt ms) of small probes
         self._rtts = collections.deque(maxlen=max_samples)
-        # (sent, end of upload, bytes) of recent transfers with a known send time
+        # (sent, start on the wire, end of upload, bytes) of recent transfers with a send time
         self._wire = collections.deque(maxlen=64)
         # (time, lost, kind) of every transfer/probe outcome
         self._events = collections.deque(maxlen=4 * max_samples)
@@ -126,14 +126,18 @@ class NetworkEstimator:
         ahead = 0.0
         if sent is not None:
             wire_s = max(wire_ms - self.base_rtt_ms(now), self.min_transfer_ms) / 1e3
-            for start, end, size in self._wire:
+            # Only transfers sent before this one were ahead of it (answers may come back out
+            # of order, e.g. from one server batch).
+            earlier = [(start, end, size) for was_sent, start, end, size in self._wire
+                       if was_sent <= sent]
+            for start, end, size in earlier:
                 if sent < end:        # still (partly) ahead of this one when it was sent
                     ahead += size * min(1.0, (end - sent) / max(end - start, 1e-6))
             # On the wire from when the link freed up (FIFO), not from when it was sent: the
             # wait behind earlier transfers is not part of its own transfer.
-            start = max([float(sent)] + [end for _, end, _ in self._wire])
+            start = max([float(sent)] + [end for _, end, _ in earlier])
             end = float(sent) + wire_s
-            self._wire.append((min(start, end), end, float(payload_bytes)))
+            self._wire.append((float(sent), min(start, end), end, float(payload_bytes)))
         self._add_rate(now, payload_bytes, wire_ms, 'transfers', ahead)
 
     def add_probe(self, now, payload_bytes, rtt_ms):

@@ -85,6 +85,9 @@ def test_loss_and_trace_replay(workspace, tmp_path):
     assert 0 < lost.sum() < len(lost)
     assert results['oracle'].correct.mean() >= results['local_only'].correct.mean()
     assert not (results['oracle'].lost & (results['oracle'].resolution > 0)).any()
+    # RTT rises 20 -> 40 ms: the exact solver's condition holds; a falling RTT is flagged.
+    assert trace.rtt_never_falls()
+    assert not NetworkTrace([0.0, 1.0], [1e6, 1e6], [0.05, 0.02], [0.0, 0.0]).rtt_never_falls()
 
 
 def test_trace_transfer_times():

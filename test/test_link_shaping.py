@@ -97,6 +97,7 @@ def test_added_round_trip_time_through_the_delay_relay():
         small = _udp_rtt_ms(link.server_ip)
         # 20 kB at 8 Mbit/s spend 20 ms more on the (rate-shaped) wire: rate and delay combine.
         large = _udp_rtt_ms(link.server_ip, size=20_000)
+        link.set_rtt(100.0)             # two changes at once: the last one holds
         link.set_rtt(10.0)
         time.sleep(0.2)
         shorter = _udp_rtt_ms(link.server_ip)

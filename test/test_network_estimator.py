@@ -175,6 +175,25 @@ def test_queued_transfers_give_the_link_rate_not_less():
     assert est.estimate(free).bandwidth_bps == pytest.approx(1e6, rel=1e-6)
 
 
+def test_answers_arriving_out_of_order_give_the_same_samples():
+    # Two 10 kB transfers sent 1 ms apart on an 8 Mbit/s FIFO link. When the second one's
+    # answer arrives first (one server batch), the first must not count the later one as ahead
+    # of it (that read 16 Mbit/s); the second cannot know yet about the first and reads low.
+    def samples(order):
+        est = NetworkEstimator(change_samples=0)
+        transfers = [(0.000, 0.010), (0.001, 0.020)]          # (sent, end of upload)
+        rates = {}
+        for i in order:
+            sent, end = transfers[i]
+            est.add_transfer(0.05 + i * 1e-3, 10_000, (end - sent) * 1e3, 0.0, sent=sent)
+            rates[i] = est._rates[-1][1]
+        return rates
+    assert list(samples([0, 1]).values()) == pytest.approx([8e6, 8e6], rel=0.01)
+    reordered = samples([1, 0])
+    assert reordered[0] == pytest.approx(8e6, rel=0.01)
+    assert reordered[1] <= 8e6 * 1.01
+
+
 def test_non_finite_measurements_are_ignored():
     est = NetworkEstimator()
     est.add_probe(0.0, 64, 20.0)

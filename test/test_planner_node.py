@@ -1,4 +1,4 @@
-"""offload_planner_node: restarts (transient-local local results) and run-time parameters."""
+"""offload_planner_node: restarts, run-time parameters, frames the classifier skipped."""
 
 import os
 import sys
@@ -81,3 +81,50 @@ def test_run_time_parameters_apply_and_start_up_ones_are_refused():
             node.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def test_a_frame_the_classifier_skipped_is_still_offloaded_in_time(tmp_path):
+    import numpy as np
+    from builtin_interfaces.msg import Time
+    from cbo_interfaces.msg import FrameClassification
+    from cbo_interfaces.srv import Offload
+    from sensor_msgs.msg import Image
+    from cbo_ros.nodes.ros_common import (LOCAL_RESULT_QOS, RESULT_QOS, frame_qos,
+                                          ns_to_stamp)
+    domain = unique_domain_id()
+    config = paths.SOURCE_ROOT / 'config'
+    server = start_process(
+        [sys.executable, '-m', 'server_node.offload_server', '--ros-args', '--params-file',
+         str(config / 'server.yaml'), '-p', 'warmup:=false', '-r', f'__ns:={NS}s'],
+        ros_env(domain), tmp_path / 'server.log')
+    planner = start_process(
+        [sys.executable, '-m', 'cbo_ros.nodes.offload_planner_node', '--ros-args',
+         '--params-file', str(config / 'robot.yaml'), '-p', 'deadline_ms:=2000.0',
+         '-r', f'__ns:={NS}s'], ros_env(domain), tmp_path / 'planner.log')
+    session = RosSession(domain, namespace=f'{NS}s')
+    camera = session.node.create_publisher(Image, 'image_raw', frame_qos())
+    local_pub = session.node.create_publisher(FrameClassification, 'local_result',
+                                              LOCAL_RESULT_QOS)
+    results = []
+    session.node.create_subscription(FrameClassification, 'result', results.append, RESULT_QOS)
+    offload = session.client(Offload, 'offload')
+    try:
+        assert session.spin_until(lambda: offload.service_is_ready()
+                                  and camera.get_subscription_count() > 0, 40.0), \
+            (tmp_path / 'planner.log').read_text()
+        session.spin_for(1.5)                       # the planner sees the server too
+        stamp = ns_to_stamp(time.time_ns(), Time)
+        rgb = np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+        image = Image(height=240, width=320, encoding='rgb8', step=960, data=rgb.tobytes())
+        image.header.stamp = stamp
+        skipped = FrameClassification(note='skipped: frame 1200 ms old (classifier overloaded)')
+        skipped.header.stamp = stamp
+        camera.publish(image)
+        local_pub.publish(skipped)
+        assert session.spin_until(lambda: results, 15.0), (tmp_path / 'planner.log').read_text()
+    finally:
+        session.close()
+        stop_process(planner)
+        stop_process(server)
+    final = results[0]
+    assert final.source == final.SOURCE_SERVER and final.class_id, final.note

@@ -86,6 +86,11 @@ def build_report(results, frames, outputs, bundle, trace, config):
         'strategies': strategies,
         'confidence_calibration': confidence_calibration(results, frames),
     }
+    if not trace.rtt_never_falls():
+        report['exact_solver_note'] = (
+            'the trace\'s RTT falls at some point: oracle and cbo_exact prune by earliest link '
+            'free time, which is exact only while the RTT never falls, so here they may be '
+            'below the optimum (oracle not a strict upper bound)')
     local = strategies.get('local_only', {}).get('accuracy')
     oracle = strategies.get('oracle', {}).get('accuracy')
     if local is not None and oracle is not None:
@@ -139,6 +144,8 @@ def format_table(report):
         lines.append(f"online CBO vs exact hindsight solver (same model): planned gain "
                      f"{ratio['cbo_planned_gain']:.2f} / {ratio['exact_planned_gain']:.2f} = "
                      f"{100 * ratio['ratio']:.1f}%")
+    if report.get('exact_solver_note'):
+        lines.append(f"note: {report['exact_solver_note']}")
     return '\n'.join(lines)
 
 

@@ -37,6 +37,10 @@ class NetworkTrace:
         if np.any((self.loss < 0) | (self.loss > 1)):
             raise TraceError('loss must lie in [0, 1]')
 
+    def rtt_never_falls(self):
+        """Tell whether the RTT is non-decreasing over time (the exact solver's condition)."""
+        return bool(np.all(np.diff(self.rtt_s) >= 0))
+
     @classmethod
     def constant(cls, bandwidth_bps, rtt_s=0.02, loss=0.0):
         """Build a trace with the same conditions at all times."""

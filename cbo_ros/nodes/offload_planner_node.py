@@ -343,7 +343,10 @@ class OffloadPlannerNode(Node):
                                        deadline_ms=self.deadline_ns / 1e6,
                                        bandwidth_bps=link.bandwidth_bps, strategy=self.strategy)
         state.decision = decision_msg
-        if not local.class_id or state.image_error or state.rgb is None:
+        # A frame the overloaded classifier skipped has no local answer but may still be
+        # offloaded in time (confidence 0: anything the server gets right is a gain).
+        skipped = not local.class_id and local.note.startswith('skipped:')
+        if (not local.class_id and not skipped) or state.image_error or state.rgb is None:
             why = local.note or f'invalid frame: {state.image_error}'
             decision_msg.reason = f'not offloadable ({why})'
             self.publish_decision(decision_msg)
@@ -370,7 +373,7 @@ class OffloadPlannerNode(Node):
                                    confidence=confidence,
                                    options=options)
         candidate.raw_confidence = float(local.raw_confidence)
-        candidate.local_class = int(local.class_id)
+        candidate.local_class = int(local.class_id) if local.class_id else None
         decision = self.planner.decide(candidate, link, now_ns / NS)
         measure_only = False
         if not decision.offload:

@@ -167,9 +167,10 @@ class OffloadServer(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.load_timer = self.create_timer(param('load_period_s').value, self.on_load_timer)
         # Batch waits that must give up: {finish callback: monotonic expiry}, checked by one
-        # timer (instead of a thread per request).
+        # timer (instead of a thread per request) that runs only while there are waits.
         self._waits = {}
         self.wait_timer = self.create_timer(0.05, self.on_wait_timer)
+        self.wait_timer.cancel()
         self.add_on_set_parameters_callback(self.on_set_parameters)
         self.hostname = socket.gethostname()
 
@@ -305,6 +306,8 @@ class OffloadServer(Node):
                 waiter.set_result(value)
         with self._lock:
             self._waits[finish] = time.monotonic() + timeout_s
+            if self.wait_timer.is_canceled():
+                self.wait_timer.reset()
         future.add_done_callback(finish)
         try:
             done = await waiter
@@ -320,6 +323,8 @@ class OffloadServer(Node):
         now = time.monotonic()
         with self._lock:
             expired = [finish for finish, expiry in self._waits.items() if now >= expiry]
+            if len(expired) == len(self._waits):
+                self.wait_timer.cancel()         # nothing left to watch (re-armed by a wait)
         for finish in expired:
             finish(None)
 
