@@ -87,11 +87,12 @@ def test_reachable_with_plausible_rtt_and_goodput(link):
 def test_transfer_samples_set_the_goodput(link):
     from cbo_interfaces.msg import TransferSample
     base = latest(link, lambda m: m.server_reachable and m.rtt_ms > 0, 10)
-    # 200 kB frames that spent 160 ms on the wire: 10 Mbit/s (RTT jitter of a loaded machine
-    # stays small against the wire time).
+    # 2 MB transfers that spent 1.6 s on the wire: 10 Mbit/s. The monitor subtracts its base RTT
+    # (the window's smallest probe RTT), the sample here adds the smoothed one: on a loaded
+    # machine they differ by tens of ms (measured: 63 ms smoothed), small against 1.6 s.
     for i in range(20):
-        sample = TransferSample(frame_seq=i, payload_bytes=200_000, server_ms=25.0,
-                                round_trip_ms=base.rtt_ms + 160.0 + 25.0, success=True)
+        sample = TransferSample(frame_seq=i, payload_bytes=2_000_000, server_ms=25.0,
+                                round_trip_ms=base.rtt_ms + 1600.0 + 25.0, success=True)
         sample.header.stamp = link['session'].node.get_clock().now().to_msg()
         link['transfers'].publish(sample)
         link['session'].spin_for(0.02)
