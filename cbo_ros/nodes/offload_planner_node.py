@@ -141,7 +141,7 @@ class OffloadPlannerNode(Node):
             self, 'server_time_probe_s', 3.0,
             'With adapt_server_time and no offload for this long, offload one '
             'frame at the smallest resolution at most this often to measure the server (the '
-            'local answer stays the fallback; 0: never).', minimum=0.0, maximum=3600.0) * NS)
+            'frame keeps its local answer; 0: never).', minimum=0.0, maximum=3600.0) * NS)
         self.server_time_percentile = declare(
             self, 'server_time_percentile', 75.0,
             'Percentile of the measured server times the planner plans with.', minimum=0.0,
