@@ -247,3 +247,33 @@ def test_requests_waiting_too_long_fail_with_a_reason_and_serving_continues(serv
     assert all('no inference result within 100 ms' in r.error for r in failed), \
         [r.error for r in failed]
     assert session.call(server['offload'], request(jpeg)).success
+
+
+def test_one_server_serves_several_robots_with_one_batcher(tmp_path):
+    from cbo_interfaces.srv import Offload, Probe
+    domain = unique_domain_id()
+    log = tmp_path / 'server.log'
+    robots = [f'fleet{os.getpid()}a', f'fleet{os.getpid()}b']
+    process = start_process(
+        [sys.executable, '-m', 'server_node.offload_server', '--ros-args',
+         '--params-file', str(paths.SOURCE_ROOT / 'config' / 'server.yaml'),
+         '-p', f'robot_namespaces:=[{robots[0]}, /{robots[1]}/]', '-p', 'warmup:=false',
+         '-p', 'max_batch_size:=8', '-p', 'batch_timeout_ms:=50.0'],
+        ros_env(domain), log)
+    session = RosSession(domain)
+    try:
+        clients = [session.client(Offload, f'/{robot}/offload') for robot in robots]
+        probe = session.client(Probe, f'/{robots[1]}/probe', depth=10)
+        assert session.spin_until(lambda: all(c.service_is_ready() for c in clients)
+                                  and probe.service_is_ready(), 30), log.read_text()
+        jpeg = labelled_samples()[0][0].read_bytes()
+        futures = [client.call_async(request(jpeg, seq=i))
+                   for i in range(3) for client in clients]
+        session.spin_until(lambda: all(f.done() for f in futures), 30)
+        responses = [f.result() for f in futures]
+        assert session.call(probe, Probe.Request(payload=bytes(64))).received_bytes == 64
+    finally:
+        session.close()
+        assert stop_process(process) == 0, log.read_text()
+    assert all(r is not None and r.success and r.class_id == '243' for r in responses)
+    assert max(r.batch_size for r in responses) >= 2, [r.batch_size for r in responses]

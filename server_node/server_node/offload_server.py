@@ -73,6 +73,17 @@ def _float_param(description, low, high, read_only=False):
                                                                         to_value=high, step=0.0)])
 
 
+def _service_prefixes(namespaces):
+    """Name prefixes of the services: '' (relative) or '/<namespace>/' per robot."""
+    prefixes = []
+    for namespace in namespaces or ['']:
+        namespace = str(namespace).strip().strip('/')
+        prefix = f'/{namespace}/' if namespace else ''
+        if prefix not in prefixes:
+            prefixes.append(prefix)
+    return prefixes
+
+
 class OffloadServer(Node):
     """Serve ``offload`` and ``probe``; publish ``server_load`` and diagnostics."""
 
@@ -118,6 +129,12 @@ class OffloadServer(Node):
             'history depth of the offload/probe request queues (the services default of 10 '
             'drops requests of a burst before the executor takes them)', 1, 10000,
             read_only=True))
+        self.declare_parameter('robot_namespaces', [''], ParameterDescriptor(
+            type=ParameterType.PARAMETER_STRING_ARRAY, read_only=True,
+            description='serve these robots from one process, one batcher: `offload` and '
+                        '`probe` under each namespace (e.g. [robot1, robot2] gives '
+                        '/robot1/offload, /robot2/offload, ...); [\'\'] (default): relative '
+                        'to this node\'s namespace'))
         self.declare_parameter('executor_threads', 16, _int_param(
             'threads of the MultiThreadedExecutor (requests decoded/waiting in parallel)',
             2, 256, read_only=True))
@@ -159,10 +176,16 @@ class OffloadServer(Node):
         group = ReentrantCallbackGroup()
         service_qos = copy.copy(qos_profile_services_default)
         service_qos.depth = param('service_queue_depth').value
-        self.offload_srv = self.create_service(Offload, 'offload', self.on_offload,
-                                               qos_profile=service_qos, callback_group=group)
-        self.probe_srv = self.create_service(Probe, 'probe', self.on_probe,
-                                             qos_profile=service_qos, callback_group=group)
+        self.offload_services, self.probe_services = [], []
+        for prefix in _service_prefixes(param('robot_namespaces').value):
+            self.offload_services.append(self.create_service(
+                Offload, prefix + 'offload', self.on_offload, qos_profile=service_qos,
+                callback_group=group))
+            self.probe_services.append(self.create_service(
+                Probe, prefix + 'probe', self.on_probe, qos_profile=service_qos,
+                callback_group=group))
+        self.get_logger().info('serving ' + ', '.join(
+            srv.srv_name for srv in self.offload_services + self.probe_services))
         self.load_pub = self.create_publisher(ServerLoad, 'server_load', 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.load_timer = self.create_timer(param('load_period_s').value, self.on_load_timer)
