@@ -1,5 +1,6 @@
 """offload_planner_node: restarts, run-time parameters, frames the classifier skipped."""
 
+import contextlib
 import os
 import sys
 import time
@@ -53,11 +54,11 @@ def test_results_from_before_the_start_are_not_answered_again(tmp_path):
     assert [r.class_id for r in results] == ['2'], [(r.frame_seq, r.note) for r in results]
 
 
-def test_run_time_parameters_apply_and_start_up_ones_are_refused():
+@contextlib.contextmanager
+def planner_in_process():
+    """An OffloadPlannerNode with the shipped parameters, in its own context (not spun)."""
     import rclpy
-    from rclpy.parameter import Parameter
     from cbo_ros.nodes.offload_planner_node import OffloadPlannerNode
-    from ros_helpers import unique_domain_id
     context = rclpy.Context()
     rclpy.init(args=['test', '--ros-args', '--params-file',
                      str(paths.SOURCE_ROOT / 'config' / 'robot.yaml')],
@@ -65,22 +66,50 @@ def test_run_time_parameters_apply_and_start_up_ones_are_refused():
     try:
         node = OffloadPlannerNode(context=context)
         try:
-            results = node.set_parameters([Parameter('deadline_ms', value=450.0),
-                                           Parameter('jpeg_quality', value=70),
-                                           Parameter('top_k', value=3)])
-            assert all(r.successful for r in results), [r.reason for r in results]
-            assert node.deadline_ns == 450_000_000
-            assert (node.jpeg_quality, node.top_k) == (70, 3)
-            out_of_range = node.set_parameters([Parameter('deadline_ms', value=1.0)])[0]
-            assert not out_of_range.successful and node.deadline_ns == 450_000_000
-            start_up_only = node.set_parameters([Parameter('strategy', value='local_only'),
-                                                 Parameter('depth', value=5)])
-            assert not any(r.successful for r in start_up_only)
-            assert node.strategy == 'cbo'
+            yield node
         finally:
             node.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def test_jpeg_sizes_are_measured_again_in_the_background():
+    import numpy as np
+    from cbo_ros.image_ops import center_square, encode_jpeg
+    textured = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    flat = np.full((240, 320, 3), 128, dtype=np.uint8)
+    with planner_in_process() as node:
+        first = node.encode_payloads(textured)      # sizes unknown: every resolution, now
+        assert sorted(first) == sorted(node.resolutions)
+        textured_sizes = dict(node.payload_sizes)
+        for _ in range(node.size_refresh_frames):
+            assert node.encode_payloads(flat) == {}    # nothing encoded in the executor
+        assert node.size_job is not None
+        node.size_job.result(timeout=30.0)
+        expected = {r: len(encode_jpeg(center_square(flat, r), node.jpeg_quality))
+                    for r in node.resolutions}
+        assert node.payload_sizes == expected
+        assert all(expected[r] < textured_sizes[r] for r in node.resolutions)
+        # A measurement at a quality replaced meanwhile is not used.
+        node.measure_sizes(textured, node.jpeg_quality - 10)
+        assert node.payload_sizes == expected
+
+
+def test_run_time_parameters_apply_and_start_up_ones_are_refused():
+    from rclpy.parameter import Parameter
+    with planner_in_process() as node:
+        results = node.set_parameters([Parameter('deadline_ms', value=450.0),
+                                       Parameter('jpeg_quality', value=70),
+                                       Parameter('top_k', value=3)])
+        assert all(r.successful for r in results), [r.reason for r in results]
+        assert node.deadline_ns == 450_000_000
+        assert (node.jpeg_quality, node.top_k) == (70, 3)
+        out_of_range = node.set_parameters([Parameter('deadline_ms', value=1.0)])[0]
+        assert not out_of_range.successful and node.deadline_ns == 450_000_000
+        start_up_only = node.set_parameters([Parameter('strategy', value='local_only'),
+                                             Parameter('depth', value=5)])
+        assert not any(r.successful for r in start_up_only)
+        assert node.strategy == 'cbo'
 
 
 def test_a_frame_the_classifier_skipped_is_still_offloaded_in_time(tmp_path):

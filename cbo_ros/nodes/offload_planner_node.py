@@ -21,6 +21,7 @@ docs/live_system.md. ``frame_seq`` is a counter of this node (order of first sig
 import collections
 import copy
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass, field
 
@@ -152,9 +153,9 @@ class OffloadPlannerNode(Node):
             maximum=3600.0) * NS)
         self.size_refresh_frames = declare(
             self, 'size_refresh_frames', 5,
-            'Encode a frame at every offload resolution every this many frames (1: every '
-            'frame); in between, plan with those sizes and encode only the chosen resolution.',
-            minimum=1, maximum=1000)
+            'Measure the JPEG size of every offload resolution on every this many frames (1: '
+            'every frame), in a background thread; the planner plans with the latest sizes and '
+            'encodes only the chosen resolution.', minimum=1, maximum=1000)
         self.max_pending = declare(self, 'max_pending_frames', 200,
                                    'Frames tracked at once; the oldest are answered early '
                                    'beyond this.', minimum=1, maximum=100000)
@@ -199,6 +200,10 @@ class OffloadPlannerNode(Node):
         self.occupancy_measured = False
         self.payload_sizes = {}                  # resolution -> bytes of its latest JPEG
         self.frames_since_sizes = 0
+        # Measuring the sizes (an encoding per resolution, 5-28 ms on a loaded CPU) must not
+        # hold up the executor: the deadline timer would answer frames late.
+        self.size_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='jpeg_sizes')
+        self.size_job = None
 
         self.add_post_set_parameters_callback(self.on_parameters_set)
         group = MutuallyExclusiveCallbackGroup()
@@ -435,18 +440,33 @@ class OffloadPlannerNode(Node):
         return payload
 
     def encode_payloads(self, rgb):
-        """Encode the frame at every resolution every ``size_refresh_frames`` frames, else none.
+        """Return the payloads encoded now: every resolution while a size is unknown, else none.
 
-        Consecutive video frames compress alike: in between, the planner weighs the sizes of
-        the last full encoding and encodes only the resolution it chose (5 encodings per frame
-        cost 5-28 ms of a loaded 2-core CPU at 25 fps).
+        Consecutive video frames compress alike: the planner weighs the sizes of the latest
+        measurement and encodes only the resolution it chose. Every ``size_refresh_frames``
+        frames the sizes are measured again on the current frame in a background thread (5
+        encodings cost 5-28 ms of a loaded 2-core CPU at 25 fps).
         """
-        self.frames_since_sizes += 1
-        if (self.frames_since_sizes >= self.size_refresh_frames
-                or any(r not in self.payload_sizes for r in self.resolutions)):
+        if any(r not in self.payload_sizes for r in self.resolutions):
             self.frames_since_sizes = 0
             return {r: self.encode(rgb, r) for r in self.resolutions}
+        self.frames_since_sizes += 1
+        if self.frames_since_sizes >= self.size_refresh_frames and (
+                self.size_job is None or self.size_job.done()):
+            if self.size_job is not None and self.size_job.exception() is not None:
+                self.get_logger().warning(f'JPEG size measurement failed: '
+                                          f'{self.size_job.exception()}',
+                                          throttle_duration_sec=10.0)
+            self.frames_since_sizes = 0
+            self.size_job = self.size_worker.submit(self.measure_sizes, rgb, self.jpeg_quality)
         return {}
+
+    def measure_sizes(self, rgb, quality):
+        """Background thread: record the JPEG size of ``rgb`` at every offload resolution."""
+        sizes = {r: len(encode_jpeg(center_square(rgb, r), quality)) for r in self.resolutions}
+        with self.lock:
+            if quality == self.jpeg_quality:        # not measured at a quality since replaced
+                self.payload_sizes.update(sizes)
 
     def payload_size(self, resolution, payloads):
         return len(payloads[resolution]) if resolution in payloads else \
@@ -693,6 +713,11 @@ class OffloadPlannerNode(Node):
                 'server_late': self.stats['server_late'],
                 'deadline_misses': self.stats['deadline_misses'],
                 'calibration': self.calibration_message})
+
+    def destroy_node(self):
+        """Stop the size-measuring thread, then destroy the node."""
+        self.size_worker.shutdown(wait=False, cancel_futures=True)
+        return super().destroy_node()
 
 
 def main():
