@@ -21,8 +21,8 @@ docs/live_system.md. ``frame_seq`` is a counter of this node (order of first sig
 import collections
 import copy
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
