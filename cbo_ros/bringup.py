@@ -115,16 +115,8 @@ def node_overrides(options):
     """Command-line overrides per node name (only the options that were given)."""
     camera = {'source': options.source, 'mode': options.mode, 'rate_hz': options.rate,
               'max_frames': options.max_frames, 'start_delay_s': options.start_delay}
-    if not options.single_process:
-        if options.exit_when_done:
-            camera['exit_when_done'] = True
-        # The other processes start (import onnxruntime, load models) at their own pace: the
-        # camera waits until the classifier's and planner's image subscriptions are there.
-        readers = [n for n, _ in selected_nodes(options)
-                   if n in ('npu_classifier_node', 'offload_planner_node')]
-        if not options.no_camera and configured(options.params_file, 'camera_node',
-                                                'wait_for_subscribers', 0) == 0:
-            camera['wait_for_subscribers'] = len(readers)
+    if not options.single_process and options.exit_when_done:
+        camera['exit_when_done'] = True
     planner = {'strategy': options.strategy, 'deadline_ms': options.deadline_ms}
     return {name: {k: v for k, v in values.items() if v is not None}
             for name, values in (('camera_node', camera), ('offload_planner_node', planner))}

@@ -26,8 +26,10 @@ def generate_launch_description():
                               description='Parameter file of the offload server'),
         DeclareLaunchArgument('use_sim_time', default_value='false', description='Use /clock'),
         DeclareLaunchArgument('log_level', default_value='info', description='Logging level'),
-        DeclareLaunchArgument('source', default_value='bikes.mp4', description='Camera source'),
-        DeclareLaunchArgument('mode', default_value='once', description='Camera mode'),
+        DeclareLaunchArgument('source', default_value='',
+                              description="Camera source (empty: robot_params_file's)"),
+        DeclareLaunchArgument('mode', default_value='',
+                              description="Camera mode: loop|once (empty: robot_params_file's)"),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(PathJoinSubstitution([launch_dir, 'server.launch.py'])),
             launch_arguments={**shared,

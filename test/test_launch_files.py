@@ -196,17 +196,30 @@ def test_param_files_match_declared_parameters(config):
         rclpy.try_shutdown(context=context)
 
 
-def test_robot_launch_keeps_a_numeric_camera_source_a_string():
-    # `source:=0` (a V4L2 index) is parsed as YAML by launch: it must reach the node as '0'.
-    tree = ast.parse((LAUNCH_DIR / 'robot.launch.py').read_text())
-    wrapped = {}
+def test_robot_launch_camera_arguments_are_typed_and_optional():
+    # `source:=0` (a V4L2 index) is parsed as YAML by launch: it must reach the node as '0'. An
+    # argument left empty leaves the parameter file's value (the file must win by default).
+    text = (LAUNCH_DIR / 'robot.launch.py').read_text()
+    tree = ast.parse(text)
+    typed = {}
     for mapping in [n for n in ast.walk(tree) if isinstance(n, ast.Dict)]:
         for key, value in zip(mapping.keys, mapping.values):
-            if string(key) and isinstance(value, ast.Call) and call_name(value) == 'ParameterValue':
-                types = {k.arg: getattr(k.value, 'id', None) for k in value.keywords}
-                wrapped[string(key)] = types.get('value_type')
-    assert wrapped.get('source') == 'str', wrapped
-    assert wrapped.get('wait_for_subscribers') == 'int', wrapped
+            if string(key) and isinstance(value, ast.Tuple) and len(value.elts) == 2 \
+                    and isinstance(value.elts[0], ast.Call) \
+                    and call_name(value.elts[0]) == 'LaunchConfiguration' \
+                    and isinstance(value.elts[1], ast.Name):
+                typed[string(key)] = value.elts[1].id
+    assert typed == {'source': 'str', 'mode': 'str', 'wait_for_subscribers': 'int'}, typed
+    assert 'ParameterValue(value, value_type=value_type)' in text
+    assert 'if value.perform(context)' in text
+    for path in (LAUNCH_DIR / 'robot.launch.py', LAUNCH_DIR / 'demo.launch.py'):
+        defaults = {}
+        for call in [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)
+                     and call_name(n) == 'DeclareLaunchArgument']:
+            keywords = {k.arg: k.value for k in call.keywords}
+            defaults[string(call.args[0])] = string(keywords.get('default_value'))
+        overrides = {name: defaults[name] for name in typed if name in defaults}
+        assert overrides and set(overrides.values()) == {''}, (path.name, overrides)
 
 
 @pytest.mark.parametrize('config', ['robot.yaml', 'server.yaml'])

@@ -65,9 +65,10 @@ class CameraNode(Node):
             'Wait this long before the first frame (lets subscribers discover the topic).',
             minimum=0.0, maximum=600.0)
         self.wait_for_subscribers = declare(
-            self, 'wait_for_subscribers', 0,
-            'Before the first frame, wait until image_raw has this many subscribers '
-            '(bounded by subscriber_timeout_s).', minimum=0, maximum=100)
+            self, 'wait_for_subscribers', 2,
+            'Before the first frame, wait until image_raw has this many subscribers (2: the '
+            'classifier and the planner, which start at their own pace; 0: publish at once; '
+            'bounded by subscriber_timeout_s).', minimum=0, maximum=100)
         self.subscriber_timeout_s = declare(
             self, 'subscriber_timeout_s', 10.0,
             'Longest wait for wait_for_subscribers.', minimum=0.0, maximum=600.0)
@@ -151,8 +152,14 @@ class CameraNode(Node):
             if not self.ready_to_start():
                 return
             self.started = True
-            self.get_logger().info(
-                f'starting ({self.image_pub.get_subscription_count()} subscribers)')
+            subscribers = self.image_pub.get_subscription_count()
+            if subscribers < self.wait_for_subscribers:
+                self.get_logger().warning(
+                    f'starting with {subscribers} of {self.wait_for_subscribers} image_raw '
+                    f'subscribers: none more came within subscriber_timeout_s '
+                    f'({self.subscriber_timeout_s:.0f} s)')
+            else:
+                self.get_logger().info(f'starting ({subscribers} subscribers)')
         frame = self.next_frame()
         if frame is None:
             self.finish()
