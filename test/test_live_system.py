@@ -174,6 +174,31 @@ def test_local_only_strategy_sends_nothing_even_with_a_server_up(system):
     assert not recorder.snapshot('transfers')
 
 
+def test_adaptive_strategy_publishes_the_confidence_it_planned_with(system):
+    """cbo_adaptive recalibrates the robot's confidence from server answers: the decision and
+    the final robot answers carry that confidence, not the classifier's static one."""
+    from cbo_ros.nodes.ros_common import stamp_to_ns
+    system.start_server()
+    assert system.wait_for_server(), 'server did not come up:\n' + system.log('server')
+    # 0.5 Mbit/s: most frames keep their robot answer, the rest feed the online calibration.
+    system.start_robot('--video', 'bikes.mp4', '--mode', 'once', '--max-frames', '80',
+                       '--start-delay', '2.0', '--strategy', 'cbo_adaptive', '--params-file',
+                       system.robot_params(bandwidth_cap_bps=0.5e6))
+    assert wait_all_answered(system, 80, timeout=60), system.log('robot')[-3000:]
+    recorder = system.recorder
+    static = {stamp_to_ns(m.header.stamp): m.calibrated_confidence
+              for _, _, m in recorder.snapshot('local_results')}
+    used = {stamp_to_ns(d.header.stamp): d.local_confidence
+            for _, _, d in recorder.snapshot('decisions') if d.strategy == 'cbo_adaptive'}
+    finals = {k: v[0] for k, v in final_by_stamp(recorder).items()}
+    adapted = [k for k in used if k in static and abs(used[k] - static[k]) > 1e-6]
+    assert len(adapted) >= 10, f'{len(adapted)} of {len(used)} decisions used an adapted value'
+    robot = [k for k in adapted if finals[k].source == finals[k].SOURCE_ROBOT
+             and finals[k].class_id]
+    assert robot, 'no robot answer after the calibration adapted'
+    assert all(finals[k].score == finals[k].calibrated_confidence == used[k] for k in robot)
+
+
 def test_server_killed_mid_run_every_frame_still_answered_by_deadline(system):
     server = system.start_server()
     assert system.wait_for_server(), 'server did not come up:\n' + system.log('server')

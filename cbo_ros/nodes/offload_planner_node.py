@@ -59,6 +59,7 @@ class FrameState:
     decided: bool = False
     decision: object = None        # OffloadDecision published for this frame
     offloaded: bool = False
+    confidence: float = None       # local confidence the planner used (cbo_adaptive: adapted)
     latency: dict = field(default_factory=dict)
 
 
@@ -84,7 +85,10 @@ class OffloadPlannerNode(Node):
     def __init__(self, **kwargs):
         super().__init__('offload_planner_node', **kwargs)
         self.strategy = declare(self, 'strategy', 'cbo',
-                                'Planner strategy (cbo_ros.planner.strategy_names()).',
+                                'Planner strategy: cbo, cbo_adaptive, cbo_uncalibrated, '
+                                'local_only, server_only_<r>, raw_threshold, '
+                                'calibrated_threshold or bandwidth_driven (oracle and '
+                                'cbo_exact need hindsight: evaluator only).',
                                 read_only=True)
         calibration_file = declare(self, 'calibration_file', '',
                                    'Calibration bundle (empty: the default path).')
@@ -136,7 +140,8 @@ class OffloadPlannerNode(Node):
         self.adapt_server_time = declare(
             self, 'adapt_server_time', True,
             'Plan with the measured server time instead of the calibration profile: profile + '
-            'a percentile of (round trip - planned transfer - RTT - profile) over recent calls; '
+            'a percentile of (round trip - planned transfer - RTT - server queue_ms - profile) '
+            'over recent calls; '
             'the profile again when no call was measured for server_time_window_s.')
         self.explore_period_ns = int(declare(
             self, 'server_time_probe_s', 3.0,
@@ -380,6 +385,9 @@ class OffloadPlannerNode(Node):
         candidate.raw_confidence = float(local.raw_confidence)
         candidate.local_class = int(local.class_id) if local.class_id else None
         decision = self.planner.decide(candidate, link, now_ns / NS)
+        if decision.confidence is not None:
+            state.confidence = float(decision.confidence)
+            decision_msg.local_confidence = state.confidence
         measure_only = False
         if not decision.offload:
             probe = self.explore_server_time(candidate, link, now_ns)
@@ -600,7 +608,8 @@ class OffloadPlannerNode(Node):
         local = state.local
         result = FrameClassification(header=state.header, frame_seq=state.seq, is_final=True)
         if local is not None:
-            result.calibrated_confidence = local.calibrated_confidence
+            result.calibrated_confidence = (local.calibrated_confidence if state.confidence is None
+                                            else state.confidence)
             result.raw_confidence = local.raw_confidence
             result.latency.capture_to_local_ms = local.latency.capture_to_local_ms
             result.latency.local_inference_ms = local.latency.local_inference_ms
@@ -614,6 +623,8 @@ class OffloadPlannerNode(Node):
         elif local is not None and local.class_id:
             result.class_id, result.class_name = local.class_id, local.class_name
             result.score, result.top_k = local.score, local.top_k
+            if state.confidence is not None:       # the robot answer's own calibrated score
+                result.score = state.confidence
             result.source = FrameClassification.SOURCE_ROBOT
             result.model, result.resolution = local.model, local.resolution
             result.note = note
