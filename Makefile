@@ -17,6 +17,9 @@ test: setup
 test-unit: setup
 	@$(ENV) && python -m pytest -q -m "not integration" $(PYTEST_ARGS)
 
+test-integration: setup
+	@$(ENV) && python -m pytest -q -m integration $(PYTEST_ARGS)
+
 lint: setup
 	@$(ENV) && python -m pytest -q test/test_lint.py
 
