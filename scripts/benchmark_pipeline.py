@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'test'))
 
-from cbo_ros.link_shaping import format_rate, ShapedLink  # noqa: E402
+from cbo_ros.testbed.link_shaping import format_rate, ShapedLink  # noqa: E402
 from ros_helpers import ros_env, start_process, stop_process, unique_domain_id  # noqa: E402
 
 FIGURES = []
@@ -48,7 +48,7 @@ def test_frame():
     try:
         import cv2
 
-        from cbo_ros import paths
+        from cbo_ros.assets import paths
         capture = cv2.VideoCapture(str(paths.resolve_media('box.mp4')))
         ok, frame = capture.read()
         capture.release()
@@ -62,8 +62,8 @@ def test_frame():
 def bench_bare_ort(args):
     """Section 1: bare onnxruntime on the robot model."""
     print('[1] bare onnxruntime, robot model, 640x480 frame', flush=True)
-    from cbo_ros import paths
-    from cbo_ros.classifier import OnnxClassifier
+    from cbo_ros.assets import paths
+    from cbo_ros.perception.classifier import OnnxClassifier
     frame = test_frame()
     results = {}
     for name in ('robot_lite0_int8.onnx', 'robot_lite0_fp32.onnx'):

@@ -15,13 +15,13 @@ import time
 
 import numpy as np
 
-from cbo_ros.calibration import load_calibration
+from cbo_ros.core.calibration import load_calibration
 from cbo_ros.evaluation.outputs_cache import load_outputs
 from cbo_ros.evaluation.simulator import (SimulationConfig, default_strategies, prepare_frames,
                                           replay, run_strategies)
 from cbo_ros.evaluation.traces import NetworkTrace
-from cbo_ros.exact_solver import jobs_from_candidates, solve_exact
-from cbo_ros.planner import LinkState, make_planner
+from cbo_ros.core.exact_solver import jobs_from_candidates, solve_exact
+from cbo_ros.core.planner import LinkState, make_planner
 
 
 def main():

@@ -9,7 +9,7 @@ CBO's share of the oracle's gain over local-only. Usage (after ``source cbo_env.
 
 import argparse
 
-from cbo_ros.calibration import load_calibration
+from cbo_ros.core.calibration import load_calibration
 from cbo_ros.evaluation.outputs_cache import load_outputs
 from cbo_ros.evaluation.simulator import SimulationConfig
 from cbo_ros.evaluation.traces import NetworkTrace

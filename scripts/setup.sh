@@ -111,10 +111,10 @@ ENV
 source "$ROOT/cbo_env.sh"
 
 # ---------------------------------------------------------------- 5. models and media
-asset_hash="$(cd "$ROOT" && hash_of cbo_ros/assets.py cbo_ros/model_export.py)"
+asset_hash="$(cd "$ROOT" && hash_of cbo_ros/assets/prepare.py cbo_ros/assets/model_export.py)"
 if ! stamp_ok assets "$asset_hash" || [ ! -f "$ARTIFACTS/models/manifest.json" ]; then
   log "exporting models to ONNX and gathering media into $ARTIFACTS (a few minutes the first time)"
-  "$PY" -m cbo_ros.assets --artifacts "$ARTIFACTS"
+  "$PY" -m cbo_ros.assets.prepare --artifacts "$ARTIFACTS"
   stamp_set assets "$asset_hash"
 fi
 
@@ -122,7 +122,7 @@ fi
 # Fits the default calibration file from the calibration-role videos (about 2 minutes on 2 cores
 # from an empty cache); re-runs whenever its code, the models or the media manifest change.
 calib_file="$ARTIFACTS/calibration/cbo_calibration.json"
-calib_hash="$(cd "$ROOT" && hash_of cbo_ros/calibration.py cbo_ros/calibration_fit.py cbo_ros/calibration_metrics.py cbo_ros/tools/calibrate.py cbo_ros/online_calibration.py cbo_ros/evaluation/online_study.py cbo_ros/evaluation/outputs_cache.py cbo_ros/image_ops.py cbo_ros/classifier.py "$ARTIFACTS/models/manifest.json" "$ARTIFACTS/media/manifest.json")"
+calib_hash="$(cd "$ROOT" && hash_of cbo_ros/core/calibration.py cbo_ros/core/calibration_fit.py cbo_ros/core/calibration_metrics.py cbo_ros/tools/calibrate.py cbo_ros/core/online_calibration.py cbo_ros/evaluation/online_study.py cbo_ros/evaluation/outputs_cache.py cbo_ros/perception/image_ops.py cbo_ros/perception/classifier.py "$ARTIFACTS/models/manifest.json" "$ARTIFACTS/media/manifest.json")"
 if ! stamp_ok calibration "$calib_hash" || [ ! -f "$calib_file" ]; then
   log "calibrating the robot model's confidence (cbo_calibrate)"
   "$PY" -m cbo_ros.tools.calibrate --no-progress --output "$calib_file"

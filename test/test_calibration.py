@@ -6,14 +6,14 @@ import warnings
 import numpy as np
 import pytest
 
-from cbo_ros.calibration import (CalibrationBundle, CalibrationError, HistogramBinning,
-                                 make_calibrator,
-                                 IsotonicCalibration, ServerProfile, TemperatureScaling,
-                                 brier_score, default_calibration_path,
-                                 expected_calibration_error, load_calibration, max_softmax,
-                                 maximum_calibration_error, negative_log_likelihood,
-                                 pool_adjacent_violators, top1_correct)
-from cbo_ros.image_ops import softmax
+from cbo_ros.core.calibration import (CalibrationBundle, CalibrationError, HistogramBinning,
+                                      make_calibrator,
+                                      IsotonicCalibration, ServerProfile, TemperatureScaling,
+                                      brier_score, default_calibration_path,
+                                      expected_calibration_error, load_calibration, max_softmax,
+                                      maximum_calibration_error, negative_log_likelihood,
+                                      pool_adjacent_violators, top1_correct)
+from cbo_ros.perception.image_ops import softmax
 
 
 def synthetic_logits(temperature, n=20000, classes=10, seed=0):
@@ -164,7 +164,7 @@ def _shifted_videos(temperatures, n=1500, seed=0):
 
 
 def test_lovo_selection_picks_a_calibrator_that_lowers_held_out_ece():
-    from cbo_ros.calibration_fit import select_method, video_groups, video_weights
+    from cbo_ros.core.calibration_fit import select_method, video_groups, video_weights
     # Every scene is over-confident (true temperature 1.8..2.6): a fitted map must transfer.
     videos = _shifted_videos([1.8, 2.2, 2.6, 2.0])
     chosen, scores = select_method(videos, 'int8', 224)
@@ -181,7 +181,7 @@ def test_lovo_selection_picks_a_calibrator_that_lowers_held_out_ece():
 
 
 def test_lovo_selection_keeps_the_raw_confidence_when_scenes_disagree():
-    from cbo_ros.calibration_fit import select_method
+    from cbo_ros.core.calibration_fit import select_method
     # Scenes mis-calibrated in opposite directions around T = 1: no map transfers.
     videos = _shifted_videos([0.5, 2.0, 0.5, 2.0], n=800, seed=10)
     chosen, scores = select_method(videos, 'int8', 224)
@@ -190,7 +190,7 @@ def test_lovo_selection_keeps_the_raw_confidence_when_scenes_disagree():
 
 
 def test_video_weights_give_each_video_the_same_mass():
-    from cbo_ros.calibration_fit import video_weights
+    from cbo_ros.core.calibration_fit import video_weights
     weights = video_weights(np.array(['a'] * 10 + ['b'] * 30))
     assert weights[:10].sum() == pytest.approx(weights[10:].sum())
     assert weights.mean() == pytest.approx(1.0)
@@ -203,7 +203,7 @@ def test_video_weights_give_each_video_the_same_mass():
 
 
 def test_logistic_calibration_fixes_overconfidence_and_round_trips():
-    from cbo_ros.calibration import LogisticCalibration, calibrator_from_dict
+    from cbo_ros.core.calibration import LogisticCalibration, calibrator_from_dict
     logits, labels = synthetic_logits(2.5, n=6000, seed=4)
     test_logits, test_labels = synthetic_logits(2.5, n=6000, seed=5)
     correct = top1_correct(test_logits, test_labels)
@@ -235,7 +235,7 @@ def test_server_profile_is_monotone_and_maps_server_scores():
 
 
 def test_segment_bootstrap_interval_brackets_the_ece():
-    from cbo_ros.calibration_fit import segment_bootstrap_ece
+    from cbo_ros.core.calibration_fit import segment_bootstrap_ece
     rng = np.random.default_rng(9)
     conf = rng.random(600)
     correct = rng.random(600) < conf * 0.7
@@ -248,7 +248,7 @@ def test_segment_bootstrap_interval_brackets_the_ece():
 
 def _online_bundle():
     """Identity static map; the server's score map is q = score at r = 224 (and 96)."""
-    from cbo_ros.calibration import IdentityCalibration
+    from cbo_ros.core.calibration import IdentityCalibration
     score_map = {r: IsotonicCalibration([0.0, 1.0], [0.0, 1.0]) for r in (96, 224)}
     profile = ServerProfile([0.0, 0.5, 1.0], {96: [0.3, 0.5], 224: [0.7, 0.9]},
                             score_map=score_map)
@@ -275,7 +275,7 @@ def _scene_feedback(calibrator, shift, n, rng, reliability=0.95, max_conf=0.5, t
 
 @pytest.mark.parametrize('shift', [1.5, -1.5])
 def test_online_calibration_learns_a_scene_shift_from_biased_feedback(shift):
-    from cbo_ros.online_calibration import OnlineCalibrator
+    from cbo_ros.core.online_calibration import OnlineCalibrator
     rng = np.random.default_rng(3)
     online = OnlineCalibrator(_online_bundle())
     _scene_feedback(online, shift, 150, rng)
@@ -292,7 +292,7 @@ def test_online_calibration_learns_a_scene_shift_from_biased_feedback(shift):
 
 
 def test_online_calibration_without_feedback_is_the_static_map():
-    from cbo_ros.online_calibration import OnlineCalibrator
+    from cbo_ros.core.online_calibration import OnlineCalibrator
     bundle = _online_bundle()
     online = OnlineCalibrator(bundle)
     rng = np.random.default_rng(0)
@@ -306,7 +306,7 @@ def test_online_calibration_without_feedback_is_the_static_map():
 
 
 def test_online_calibration_is_causal():
-    from cbo_ros.online_calibration import OnlineCalibrator
+    from cbo_ros.core.online_calibration import OnlineCalibrator
     online = OnlineCalibrator(_online_bundle())
     _scene_feedback(online, 2.0, 100, np.random.default_rng(1), t0=10.0)
     assert online.adjust(0.3, now_s=9.99) == 0.3            # nothing had arrived yet
@@ -319,7 +319,7 @@ def test_online_calibration_is_causal():
 
 
 def test_cbo_adaptive_uses_only_answers_that_have_arrived():
-    from cbo_ros.planner import FrameCandidate, LinkState, OffloadOption, make_planner
+    from cbo_ros.core.planner import FrameCandidate, LinkState, OffloadOption, make_planner
     bundle = _online_bundle()
     planner = make_planner('cbo_adaptive', bundle)
     assert planner.name == 'cbo_adaptive'
@@ -349,7 +349,7 @@ def test_online_map_fit_is_the_penalised_optimum_when_newton_would_overshoot():
     # Mostly agreeing answers on low-confidence frames: a full Newton step overshot to a
     # negative slope (every confidence then mapped to ~1) before the line search.
     from scipy.optimize import minimize
-    from cbo_ros.online_calibration import fit_logit_map
+    from cbo_ros.core.online_calibration import fit_logit_map
     rng = np.random.default_rng(7)
     for _ in range(20):
         c = rng.uniform(0.02, 0.15, 60)
@@ -368,7 +368,7 @@ def test_online_map_fit_is_the_penalised_optimum_when_newton_would_overshoot():
 
 
 def test_isotonic_calibration_pools_tied_confidences_whatever_their_order():
-    from cbo_ros.calibration import IsotonicCalibration
+    from cbo_ros.core.calibration import IsotonicCalibration
     conf = np.array([0.2, 0.2, 1.0, 1.0, 1.0, 1.0, 0.6, 0.6])
     hits = np.array([0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
     predictions = []

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from cbo_ros.calibration import load_calibration
+from cbo_ros.core.calibration import load_calibration
 from cbo_ros.evaluation.outputs_cache import load_outputs
 from cbo_ros.evaluation.simulator import SimulationConfig, run_strategies
 from cbo_ros.evaluation.traces import NetworkTrace, TraceError, load_trace
-from cbo_ros.media import MediaError
+from cbo_ros.perception.media import MediaError
 from cbo_ros.tools import calibrate, evaluate
 
 RESOLUTIONS = ['96', '224']
@@ -111,7 +111,7 @@ def test_clear_errors_for_bad_media_and_calibration(tmp_path, capsys):
 
 def test_replay_feeds_back_only_answers_that_have_arrived(workspace):
     from cbo_ros.evaluation.simulator import prepare_frames, replay
-    from cbo_ros.planner import make_planner
+    from cbo_ros.core.planner import make_planner
     root, calibration = workspace
     bundle = load_calibration(calibration)
     outputs = load_outputs('bikes', robot_tags=('int8',), offload_resolutions=[96, 224],

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from cbo_ros.evaluation.traces import NetworkTrace
-from cbo_ros.exact_solver import (Job, JobOption, constant_bandwidth, schedule_feasible,
-                                  schedule_value, solve_brute_force, solve_exact)
+from cbo_ros.core.exact_solver import (Job, JobOption, constant_bandwidth, schedule_feasible,
+                                       schedule_value, solve_brute_force, solve_exact)
 
 
 def random_jobs(rng, n, resolutions=(96, 160, 224)):

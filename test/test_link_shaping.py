@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from cbo_ros.link_shaping import ShapedLink
+from cbo_ros.testbed.link_shaping import ShapedLink
 from ros_helpers import ros_env, start_process, stop_process, unique_domain_id
 
 AVAILABLE, REASON = ShapedLink.available()

@@ -34,7 +34,7 @@ class System:
     """Processes of one test plus a recorder node (own context) spinning in a thread."""
 
     def __init__(self, domain_id):
-        from cbo_ros.recorder import Recorder
+        from cbo_ros.testbed.recorder import Recorder
         self.domain_id = domain_id
         self.env = ros_env(domain_id)
         self.logs = Path(tempfile.mkdtemp(prefix='cbo_live_'))

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cbo_ros import paths
-from cbo_ros.media import MediaError, image_msg_to_rgb, open_source, read_frames
+from cbo_ros.assets import paths
+from cbo_ros.perception.media import MediaError, image_msg_to_rgb, open_source, read_frames
 
 
 def test_embedded_video_frames_are_real():

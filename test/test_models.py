@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from cbo_ros import paths
-from cbo_ros.classifier import OnnxClassifier, resolve_providers
-from cbo_ros.media import read_frames
+from cbo_ros.assets import paths
+from cbo_ros.perception.classifier import OnnxClassifier, resolve_providers
+from cbo_ros.perception.media import read_frames
 
 
 @pytest.fixture(scope='module')
@@ -20,7 +20,7 @@ def imagenet_samples():
     ('server', 'efficientnet-lite2', paths.SERVER_MODEL_FP32, paths.SERVER_INPUT_SIZE),
 ])
 def test_onnx_export_matches_torch(name, weights, file, size, imagenet_samples):
-    from cbo_ros.model_export import load_efficientnet, torch_logits
+    from cbo_ros.assets.model_export import load_efficientnet, torch_logits
     model = OnnxClassifier(str(paths.models_dir() / file), size)
     batch = model.preprocess(imagenet_samples[0][:4])
     expected = torch_logits(load_efficientnet(weights), batch)

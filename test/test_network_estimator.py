@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from cbo_ros.network_estimator import NetworkEstimator
+from cbo_ros.core.network_estimator import NetworkEstimator
 
 
 def feed_link(est, rate_bps, rtt_ms, server_ms=20.0, start=0.0, count=40, period=0.1,

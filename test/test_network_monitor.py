@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cbo_ros import paths
+from cbo_ros.assets import paths
 from ros_helpers import ros_env, start_process, stop_process, unique_domain_id
 from ros_session import RosSession
 

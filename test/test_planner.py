@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from cbo_ros.planner import (FrameCandidate, LinkState, OffloadOption, lp_shadow_price,
-                             make_planner, plan_transfer, strategy_names,
-                             upper_hull_increments)
+from cbo_ros.core.planner import (FrameCandidate, LinkState, OffloadOption, lp_shadow_price,
+                                  make_planner, plan_transfer, strategy_names,
+                                  upper_hull_increments)
 
 RESOLUTIONS = (96, 128, 176, 224, 260)
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cbo_ros import paths
+from cbo_ros.assets import paths
 from ros_helpers import ros_env, start_process, stop_process, unique_domain_id
 from ros_session import RosSession
 
@@ -75,7 +75,7 @@ def planner_in_process():
 
 def test_jpeg_sizes_are_measured_again_in_the_background():
     import numpy as np
-    from cbo_ros.image_ops import center_square, encode_jpeg
+    from cbo_ros.perception.image_ops import center_square, encode_jpeg
     textured = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
     flat = np.full((240, 320, 3), 128, dtype=np.uint8)
     with planner_in_process() as node:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cbo_ros import paths
+from cbo_ros.assets import paths
 from ros_helpers import ros_env, start_process, stop_process, unique_domain_id
 from ros_session import RosSession
 

@@ -4,7 +4,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from cbo_ros import paths
+from cbo_ros.assets import paths
 
 ROOT = Path(__file__).resolve().parents[1]
 

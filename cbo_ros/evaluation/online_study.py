@@ -15,8 +15,8 @@ import itertools
 
 import numpy as np
 
-from cbo_ros.calibration_fit import fit_bundle, segment_bootstrap, segment_bootstrap_ece
-from cbo_ros.calibration_metrics import expected_calibration_error
+from cbo_ros.core.calibration_fit import fit_bundle, segment_bootstrap, segment_bootstrap_ece
+from cbo_ros.core.calibration_metrics import expected_calibration_error
 from cbo_ros.evaluation.report import time_segments
 from cbo_ros.evaluation.simulator import SimulationConfig, run_strategies
 from cbo_ros.evaluation.traces import NetworkTrace

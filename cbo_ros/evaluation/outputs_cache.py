@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cbo_ros import paths
-from cbo_ros.classifier import OnnxClassifier
-from cbo_ros.image_ops import center_square, decode_image, encode_jpeg, softmax
-from cbo_ros.media import MediaError, open_source
+from cbo_ros.assets import paths
+from cbo_ros.perception.classifier import OnnxClassifier
+from cbo_ros.perception.image_ops import center_square, decode_image, encode_jpeg, softmax
+from cbo_ros.perception.media import MediaError, open_source
 
 ROBOT_MODELS = {'int8': paths.ROBOT_MODEL_INT8, 'fp32': paths.ROBOT_MODEL_FP32}
 DEFAULT_OFFLOAD_RESOLUTIONS = (96, 128, 176, 224, 260)

@@ -8,8 +8,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
 import numpy as np  # noqa: E402
 
-from cbo_ros.calibration_metrics import (expected_calibration_error,  # noqa: E402
-                                         reliability_bins)
+from cbo_ros.core.calibration_metrics import (expected_calibration_error,  # noqa: E402
+                                              reliability_bins)
 
 
 def reliability_diagrams(panels, path, title='', bins=15):

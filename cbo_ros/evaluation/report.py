@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cbo_ros.calibration_metrics import expected_calibration_error
+from cbo_ros.core.calibration_metrics import expected_calibration_error
 
 
 def summarise(result, resolutions):
@@ -44,7 +44,7 @@ def confidence_calibration(results, frames, bootstrap=1000):
     Rows: 'raw' (max-softmax), 'static' (the bundle's map) and, when ``cbo_adaptive`` was
     replayed, its online (causal) confidences as computed before each frame's own feedback.
     """
-    from cbo_ros.calibration_fit import segment_bootstrap_ece
+    from cbo_ros.core.calibration_fit import segment_bootstrap_ece
     correct = np.asarray(frames.local_correct, dtype=np.float64)
     segments = time_segments(frames.capture_s)
     rows = {'raw': frames.raw_confidence, 'static': frames.confidence}

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cbo_ros.calibration import max_softmax
-from cbo_ros.exact_solver import Job, JobOption, solve_exact
-from cbo_ros.planner import FrameCandidate, LinkState, OffloadOption, make_planner, strategy_names
+from cbo_ros.core.calibration import max_softmax
+from cbo_ros.core.exact_solver import Job, JobOption, solve_exact
+from cbo_ros.core.planner import (FrameCandidate, LinkState, OffloadOption, make_planner,
+                                  strategy_names)
 
 EXACT_NAME = 'cbo_exact'
 

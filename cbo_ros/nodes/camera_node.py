@@ -22,8 +22,8 @@ from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import UInt64
 
-from cbo_ros.image_ops import encode_jpeg
-from cbo_ros.media import MediaError, open_source
+from cbo_ros.perception.image_ops import encode_jpeg
+from cbo_ros.perception.media import MediaError, open_source
 from cbo_ros.nodes.ros_common import (Diagnostics, LATCHED_QOS, RateMeter, declare, frame_qos)
 
 

@@ -16,7 +16,7 @@ Outputs:
   ``network_quality`` (cbo_interfaces/msg/NetworkQuality) at ``publish_rate_hz``
   ``/diagnostics`` (diagnostic_msgs/msg/DiagnosticArray) every ``diagnostics_period_s``
 
-The estimation itself is ROS-free: :mod:`cbo_ros.network_estimator`.
+The estimation itself is ROS-free: :mod:`cbo_ros.core.network_estimator`.
 """
 
 import threading
@@ -26,7 +26,7 @@ from cbo_interfaces.msg import NetworkQuality, TransferSample
 from cbo_interfaces.srv import Probe
 from rclpy.node import Node
 
-from cbo_ros.network_estimator import NetworkEstimator
+from cbo_ros.core.network_estimator import NetworkEstimator
 from cbo_ros.nodes.ros_common import (declare, Diagnostics, RESULT_QOS, spin_node)
 
 

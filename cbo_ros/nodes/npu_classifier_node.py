@@ -20,10 +20,10 @@ from cbo_interfaces.msg import ClassHypothesis, FrameClassification
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 
-from cbo_ros import paths
-from cbo_ros.classifier import OnnxClassifier
-from cbo_ros.image_ops import softmax
-from cbo_ros.media import image_msg_to_rgb
+from cbo_ros.assets import paths
+from cbo_ros.perception.classifier import OnnxClassifier
+from cbo_ros.perception.image_ops import softmax
+from cbo_ros.perception.media import image_msg_to_rgb
 from cbo_ros.nodes.ros_common import (class_name, declare, Diagnostics, FrameSubscription,
                                       load_bundle, LOCAL_RESULT_QOS, RateMeter, spin_node,
                                       stamp_to_ns)

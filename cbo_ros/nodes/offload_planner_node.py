@@ -2,7 +2,7 @@
 
 Inputs: ``image_raw`` (frames), ``local_result`` (robot answers, joined to frames by
 ``header.stamp``) and ``network_quality`` (link estimate of network_monitor_node). For each frame
-the shared planner (``cbo_ros.planner.make_planner``) chooses between the local answer and an
+the shared planner (``cbo_ros.core.planner.make_planner``) chooses between the local answer and an
 offload at one of the calibrated resolutions; the payload sizes it weighs are the real JPEG sizes
 of the frame's centre square at each resolution.
 
@@ -35,12 +35,12 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_services_default
 from sensor_msgs.msg import CompressedImage
 
-from cbo_ros.image_ops import center_square, encode_jpeg
-from cbo_ros.media import image_msg_to_rgb
+from cbo_ros.perception.image_ops import center_square, encode_jpeg
+from cbo_ros.perception.media import image_msg_to_rgb
 from cbo_ros.nodes.ros_common import (declare, Diagnostics, FrameSubscription, load_bundle,
                                       LOCAL_RESULT_QOS, ns_to_stamp, RateMeter, RESULT_QOS,
                                       spin_node, stamp_to_ns)
-from cbo_ros.planner import Decision, FrameCandidate, LinkState, OffloadOption, make_planner
+from cbo_ros.core.planner import Decision, FrameCandidate, LinkState, OffloadOption, make_planner
 
 NS = 1_000_000_000
 

@@ -217,7 +217,7 @@ class RateMeter:
             del self._times[:drop]
 
 
-# The calibration bundle's default offload resolutions (cbo_ros.calibration).
+# The calibration bundle's default offload resolutions (cbo_ros.core.calibration).
 DEFAULT_OFFLOAD_RESOLUTIONS = [96, 128, 176, 224, 260]
 
 
@@ -227,8 +227,8 @@ def load_bundle(logger, calibration_file, offload_resolutions=None):
     Returns ``(bundle, calibrated, message)``; ``calibrated`` is False for the fallback (the
     message says why, and is logged as a warning).
     """
-    from cbo_ros.calibration import (CalibrationBundle, CalibrationError, default_calibration_path,
-                                     load_calibration)
+    from cbo_ros.core.calibration import (CalibrationBundle, CalibrationError,
+                                          default_calibration_path, load_calibration)
     path = calibration_file or str(default_calibration_path())
     try:
         bundle = load_calibration(path)

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cbo_ros import paths
-from cbo_ros.calibration import (CalibrationError, default_calibration_path, make_calibrator,
-                                 max_softmax, top1_correct)
-from cbo_ros.calibration_fit import (fit_bundle, method_metrics, stack_outputs, video_groups,
-                                     video_weights)
+from cbo_ros.assets import paths
+from cbo_ros.core.calibration import (CalibrationError, default_calibration_path, make_calibrator,
+                                      max_softmax, top1_correct)
+from cbo_ros.core.calibration_fit import (fit_bundle, method_metrics, stack_outputs, video_groups,
+                                          video_weights)
 from cbo_ros.evaluation.outputs_cache import (DEFAULT_OFFLOAD_RESOLUTIONS, VIEWS, _classifier,
                                               _expected_total, load_outputs)
-from cbo_ros.media import MediaError, open_source
+from cbo_ros.perception.media import MediaError, open_source
 
 FALLBACK_ROLES = {'calibration': ['bigbuckbunny.mp4', 'vtest.avi', 'box.mp4',
                                   'carphone_pristine.mp4'],
@@ -57,7 +57,7 @@ def measure_server_time(resolutions, quality, repeats=15):
     the machine (a busy calibrating machine would otherwise inflate it several-fold); queueing on
     a loaded server is what the live planner measures and adapts to (``adapt_server_time``).
     """
-    from cbo_ros.image_ops import center_square, decode_image, encode_jpeg
+    from cbo_ros.perception.image_ops import center_square, decode_image, encode_jpeg
     server = _classifier(paths.SERVER_MODEL_FP32, paths.SERVER_INPUT_SIZE)
     frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     times = {}

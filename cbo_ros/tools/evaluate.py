@@ -10,13 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-from cbo_ros import paths
-from cbo_ros.calibration import CalibrationError, load_calibration, max_softmax, top1_correct
+from cbo_ros.assets import paths
+from cbo_ros.core.calibration import CalibrationError, load_calibration, max_softmax, top1_correct
 from cbo_ros.evaluation.outputs_cache import load_outputs
 from cbo_ros.evaluation.report import build_report, format_table, write_json
 from cbo_ros.evaluation.simulator import SimulationConfig, default_strategies, run_strategies
 from cbo_ros.evaluation.traces import NetworkTrace, TraceError, load_trace
-from cbo_ros.media import MediaError
+from cbo_ros.perception.media import MediaError
 
 DEFAULT_BANDWIDTH_BPS = 1e6
 SWEEP_BANDWIDTHS_MBPS = (0.25, 0.5, 1.0, 2.0, 4.0)

@@ -30,9 +30,9 @@ import time
 
 from cbo_interfaces.msg import ClassHypothesis, ServerLoad
 from cbo_interfaces.srv import Offload, Probe
-from cbo_ros import paths
-from cbo_ros.classifier import OnnxClassifier
-from cbo_ros.image_ops import decode_image
+from cbo_ros.assets import paths
+from cbo_ros.perception.classifier import OnnxClassifier
+from cbo_ros.perception.image_ops import decode_image
 from cbo_ros.nodes.ros_common import shutdown_executor
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np

@@ -389,7 +389,7 @@ class CboPlanner(BasePlanner):
         self.name = 'cbo' if calibrated else 'cbo_uncalibrated'
         # Online calibration (cbo_adaptive): an OnlineCalibrator, or True to build one.
         if online_calibration is True:
-            from cbo_ros.online_calibration import OnlineCalibrator
+            from cbo_ros.core.online_calibration import OnlineCalibrator
             online_calibration = OnlineCalibrator(bundle, **(online_options or {})) \
                 if bundle is not None else None
         self.online = online_calibration if online_calibration not in (None, False) else None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cbo_ros import paths
+from cbo_ros.assets import paths
 
 # Roles keep calibration and evaluation data disjoint (different videos).
 MEDIA_ROLES = {
@@ -89,7 +89,7 @@ def gather_media(media_dir):
 
 def calibration_frames(media_dir, count=64):
     """Frames for int8 quantization, taken from calibration-role videos only."""
-    from cbo_ros.media import read_frames
+    from cbo_ros.perception.media import read_frames
     frames = []
     for name, role in MEDIA_ROLES.items():
         if role == 'calibration' and (media_dir / name).exists():
@@ -100,9 +100,9 @@ def calibration_frames(media_dir, count=64):
 
 def prepare_models(models_dir, media_dir):
     """Export fp32 ONNX models, quantize the robot model, and measure them."""
-    from cbo_ros import model_export
-    from cbo_ros.classifier import OnnxClassifier
-    from cbo_ros.media import read_frames
+    from cbo_ros.assets import model_export
+    from cbo_ros.perception.classifier import OnnxClassifier
+    from cbo_ros.perception.media import read_frames
     models_dir.mkdir(parents=True, exist_ok=True)
     robot_fp32 = models_dir / paths.ROBOT_MODEL_FP32
     robot_int8 = models_dir / paths.ROBOT_MODEL_INT8

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cbo_ros.paths import media_dir, resolve_media
+from cbo_ros.assets.paths import media_dir, resolve_media
 
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.webp', '.ppm', '.pgm'}
 VIDEO_SUFFIXES = {'.mp4', '.avi', '.mkv', '.mov', '.webm', '.mpg', '.mpeg', '.m4v'}
@@ -190,7 +190,7 @@ class RosbagSource:
         self.has_labels = False
 
     def __iter__(self):
-        from cbo_ros.image_ops import decode_image
+        from cbo_ros.perception.image_ops import decode_image
         with self._reader_class([self.path]) as reader:
             connections = [c for c in reader.connections if c.topic == self.topic]
             start = None

@@ -39,7 +39,7 @@ import time
 
 import yaml
 
-from cbo_ros.paths import config_dir
+from cbo_ros.assets.paths import config_dir
 
 NODES = (  # (executable / module, class, option that disables it)
     ('camera_node', 'CameraNode', 'no_camera'),

@@ -14,9 +14,10 @@ videos (the only one with offload outputs) against the chosen confidence.
 
 import numpy as np
 
-from cbo_ros.calibration import (METHODS, CalibrationBundle, CalibrationError, ServerProfile,
-                                 calibration_report, make_calibrator, max_softmax, top1_correct)
-from cbo_ros.calibration_metrics import expected_calibration_error
+from cbo_ros.core.calibration import (METHODS, CalibrationBundle, CalibrationError,
+                                      ServerProfile, calibration_report, make_calibrator,
+                                      max_softmax, top1_correct)
+from cbo_ros.core.calibration_metrics import expected_calibration_error
 
 CANDIDATES = ('identity',) + METHODS
 

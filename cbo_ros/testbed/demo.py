@@ -1,7 +1,7 @@
 """cbo_demo: the whole live system on the embedded video, with the link rate changing mid-run.
 
 Starts the offload server (``server_node``, its own process; inside a network namespace behind a
-shaped veth when :class:`cbo_ros.link_shaping.ShapedLink` is available) and the robot
+shaped veth when :class:`cbo_ros.testbed.link_shaping.ShapedLink` is available) and the robot
 (``robot_bringup``: camera in ``once`` mode, classifier, network monitor, planner; another
 process). A recorder node in this process collects the final results, decisions and transfers.
 The uplink rate goes through phases (default high -> low -> medium); on plain loopback the phases
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cbo_ros import paths
+from cbo_ros.assets import paths
 
 DEFAULT_PHASES = '40M,2M,8M'
 PHASE_NAMES = {0: 'high', 1: 'low', 2: 'medium'}
@@ -124,7 +124,7 @@ class BandwidthControl:
 
 def reference_labels(frames):
     """Compute the evaluator's reference: server model top-1 at its native resolution."""
-    from cbo_ros.classifier import OnnxClassifier
+    from cbo_ros.perception.classifier import OnnxClassifier
     model = OnnxClassifier(str(paths.resolve_model(paths.SERVER_MODEL_FP32)),
                            paths.SERVER_INPUT_SIZE)
     labels = []
@@ -248,7 +248,7 @@ def print_summary(summary, path):
 
 
 def run(args):
-    from cbo_ros.media import read_frames
+    from cbo_ros.perception.media import read_frames
     frames_list, source = read_frames(args.video, max_frames=args.max_frames)
     frames = [frame.rgb for frame in frames_list]
     fps = float(getattr(source, 'fps', 25.0) or 25.0)
@@ -262,7 +262,7 @@ def run(args):
     print(f'cbo_demo: {args.video} ({len(frames)} frames, {fps:.0f} fps, ~{duration_s:.0f} s), '
           f'ROS_DOMAIN_ID={domain}, logs in {log_dir}')
 
-    from cbo_ros.link_shaping import ShapedLink
+    from cbo_ros.testbed.link_shaping import ShapedLink
     shaping_ok, reason = (False, 'disabled with --no-shaping') if args.no_shaping else \
         ShapedLink.available()
     with contextlib.ExitStack() as stack:
@@ -287,7 +287,7 @@ def run(args):
         from rclpy.executors import SingleThreadedExecutor
 
         from cbo_interfaces.srv import Offload
-        from cbo_ros.recorder import Recorder
+        from cbo_ros.testbed.recorder import Recorder
         server_cmd = [executable('server_node'), '--ros-args', '--params-file',
                       args.server_params_file, '-p', 'executor_threads:=4']
         if link is not None:

@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from cbo_ros.calibration_metrics import (brier_score, calibration_report,  # noqa: F401 (API)
-                                         expected_calibration_error, maximum_calibration_error,
-                                         multiclass_nll, negative_log_likelihood)
-from cbo_ros.image_ops import softmax
-from cbo_ros.paths import artifacts_dir
+from cbo_ros.core.calibration_metrics import (  # noqa: F401 (API)
+    brier_score, calibration_report, expected_calibration_error, maximum_calibration_error,
+    multiclass_nll, negative_log_likelihood)
+from cbo_ros.perception.image_ops import softmax
+from cbo_ros.assets.paths import artifacts_dir
 
 FORMAT = 'cbo_calibration/1'
 METHODS = ('temperature', 'histogram', 'isotonic', 'logistic')

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from cbo_ros.image_ops import center_square
+from cbo_ros.perception.image_ops import center_square
 
 # Short names users may write in a parameter file -> ONNX Runtime provider names.
 PROVIDER_ALIASES = {

@@ -8,9 +8,9 @@ pair. The robot -> server uplink is shaped on the robot end of the veth:
 - loss: an nftables rule ``numgen random mod 10000 < N drop`` on the ingress of the far end, so
   lost packets have already used their share of the link rate, as on a real link;
 - delay (``rtt_ms``): the kernel here has no netem (nor fq/etf), so an added round-trip time
-  comes from a user-space relay (:mod:`cbo_ros.link_relay`) in a third namespace between the two
-  veth pairs (robot -- relay -- server), holding every frame for half the RTT in each direction;
-  without ``rtt_ms`` the robot and server ends are one veth pair.
+  comes from a user-space relay (:mod:`cbo_ros.testbed.link_relay`) in a third namespace
+  between the two veth pairs (robot -- relay -- server), holding every frame for half the RTT
+  in each direction; without ``rtt_ms`` the robot and server ends are one veth pair.
 
 The downlink (server -> robot) can be shaped the same way (``downlink_rate_bps``,
 ``downlink_loss_pct``); by default it is unshaped.
@@ -48,7 +48,7 @@ import time
 
 __all__ = ['ShapedLink', 'parse_rate', 'format_rate', 'cleanup_stale', 'main']
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # /30 subnets for the veth pairs are taken from this block.
 _SUBNET_POOL = ipaddress.ip_network('10.213.0.0/16')
 _NAME_RE = re.compile(r'^[a-z0-9]{1,4}$')
@@ -309,16 +309,17 @@ class ShapedLink:
             _run(relay_ns + ['link', 'set', dev, 'up'])
         # The relay captures frames before the kernel fills in offloaded checksums: the ends
         # that send into it must compute them in software.
-        from cbo_ros.link_relay import disable_tx_checksum_offload
+        from cbo_ros.testbed.link_relay import disable_tx_checksum_offload
         disable_tx_checksum_offload(self.robot_dev)
         _run(['ip', 'netns', 'exec', self.netns, sys.executable, '-c',
-              'import sys; from cbo_ros.link_relay import disable_tx_checksum_offload as off; '
-              'off(sys.argv[1])', self.server_dev])
+              'import sys; from cbo_ros.testbed.link_relay import '
+              'disable_tx_checksum_offload as off; off(sys.argv[1])', self.server_dev])
         ready = os.path.join(self._profile_dir, 'relay.ready')
         self._relay = subprocess.Popen(
-            ['ip', 'netns', 'exec', self.relay_netns, sys.executable, '-m', 'cbo_ros.link_relay',
-             base + 'a', base + 'b', '--delay-ms', str(self.rtt_ms / 2.0), '--ready-file',
-             ready], stdin=subprocess.PIPE, text=True, start_new_session=True,
+            ['ip', 'netns', 'exec', self.relay_netns, sys.executable, '-m',
+             'cbo_ros.testbed.link_relay', base + 'a', base + 'b',
+             '--delay-ms', str(self.rtt_ms / 2.0), '--ready-file', ready],
+            stdin=subprocess.PIPE, text=True, start_new_session=True,
             env={**os.environ, 'PYTHONPATH': os.pathsep.join(
                 p for p in (_ROOT, os.environ.get('PYTHONPATH')) if p)})
         end = time.monotonic() + 10.0

@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 SOURCE_ROOT = PACKAGE_DIR.parent
 
 ROBOT_MODEL_INT8 = 'robot_lite0_int8.onnx'

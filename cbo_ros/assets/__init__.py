@@ -1,0 +1,1 @@
+"""Set-up assets: model export and quantisation, media gathering, artifact paths."""

@@ -1,0 +1,1 @@
+"""The true-label benchmark: label sets (WordNet to ImageNet), composed labelled video, splits."""

@@ -1,0 +1,1 @@
+"""The science: planning, exact solver, calibration, network estimation (numpy only, no ROS)."""

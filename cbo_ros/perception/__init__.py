@@ -1,0 +1,1 @@
+"""Models and frames: ONNX Runtime classifier, image operations, media sources and labels."""

@@ -1,0 +1,1 @@
+"""How cbo_ros is tested, not what users deploy: link shaping, delay relay, demo, recorder."""
