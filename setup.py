@@ -33,6 +33,8 @@ setup(
             'cbo_eval = cbo_ros.tools.evaluate:main',
             'cbo_prepare_assets = cbo_ros.assets.prepare:main',
             'cbo_link = cbo_ros.testbed.link_shaping:main',
+            'cbo_record = cbo_ros.tools.record:main',
+            'bag_recorder_node = cbo_ros.nodes.bag_recorder_node:main',
         ],
     },
 )
