@@ -45,10 +45,12 @@ def replay_online(outputs_list, bundle, bandwidths_mbps=DEFAULT_BANDWIDTHS_MBPS,
 def _pooled(entries, key):
     conf, correct, segments, offset = [], [], [], 0
     for _, results, frames in entries:
-        conf.append(key(results, frames))
-        correct.append(frames.local_correct)
+        scored = np.ones(len(frames.capture_s), bool) if frames.labelled is None \
+            else frames.labelled        # unlabelled frames are never scored
+        conf.append(np.asarray(key(results, frames))[scored])
+        correct.append(frames.local_correct[scored])
         seg = time_segments(frames.capture_s)
-        segments.append(seg + offset)
+        segments.append(seg[scored] + offset)
         offset += int(seg.max()) + 1
     return np.concatenate(conf), np.concatenate(correct), np.concatenate(segments)
 
