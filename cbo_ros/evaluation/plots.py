@@ -32,16 +32,16 @@ def reliability_diagrams(panels, path, title='', bins=15, ylabel='accuracy'):
         ax.bar(centres[used], (mean_conf - accuracy)[used], bottom=accuracy[used], width=width,
                edgecolor='#c44e52', color='#c44e52', alpha=0.3, label='gap')
         ax.plot([0, 1], [0, 1], 'k--', linewidth=1)
-        for x, top, n in zip(centres[used], np.maximum(accuracy, mean_conf)[used],
-                             counts[used]):
-            ax.text(x, min(top + 0.02, 0.97), str(int(n)), ha='center', va='bottom',
-                    fontsize=5, rotation=90)
+        for x, n in zip(centres[used], counts[used]):
+            ax.text(x, 0.02, str(int(n)), ha='center', va='bottom', fontsize=5.5, rotation=90,
+                    bbox={'boxstyle': 'round,pad=0.1', 'facecolor': 'white', 'alpha': 0.8,
+                          'linewidth': 0})
         ece = expected_calibration_error(conf, correct, bins)
         ax.set_title(f'{label}\nECE {100 * ece:.1f}%, n = {int(counts.sum())}', fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel('confidence')
-    axes[0][0].set_ylabel(f'{ylabel} (bar labels: frames per bin)')
+    axes[0][0].set_ylabel(f'{ylabel} (numbers: frames per bin)')
     axes[0][0].legend(loc='upper left', fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
