@@ -314,3 +314,48 @@ def test_cbo_calibrate_benchmark_leave_objects_out(clip, benchmark, capsys):
         assert len(row[key]) == 2 and row[key][0] <= row[key][1]
     info = table['source_info']
     assert info['labels'] == ['true'] and info['calibration_media'][0]['object'] == 'object_0'
+
+
+def _write_bag(folder, frames):
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+    typestore = get_typestore(Stores.ROS2_HUMBLE)
+    image_type = typestore.types['sensor_msgs/msg/Image']
+    header = typestore.types['std_msgs/msg/Header']
+    stamp = typestore.types['builtin_interfaces/msg/Time']
+    bag = folder / 'bag'
+    with Writer(bag, version=8) as writer:
+        other = writer.add_connection('/other/image', image_type.__msgtype__,
+                                      typestore=typestore)
+        connection = writer.add_connection('/camera/image_raw', image_type.__msgtype__,
+                                           typestore=typestore)
+        for i, rgb in enumerate(frames):
+            h, w, _ = rgb.shape
+            msg = image_type(header=header(stamp=stamp(sec=i, nanosec=0), frame_id='cam'),
+                             height=h, width=w, encoding='rgb8', is_bigendian=0, step=w * 3,
+                             data=rgb.reshape(-1))
+            data = typestore.serialize_cdr(msg, image_type.__msgtype__)
+            writer.write(connection, i * 10**9 + 1, data)
+            if i == 0:
+                writer.write(other, i * 10**9, data)
+    return bag
+
+
+def test_rosbag_labels_index_the_messages_of_the_topic(clip, tmp_path, capsys):
+    folder, _, _, _, _, calibration = clip
+    samples = foolbox_samples()[:3]
+    frames = [read_frames(path.parent)[0][i].rgb for i, (path, _) in enumerate(samples)]
+    bag = _write_bag(tmp_path, frames)
+    text = f'frame,labels\n0,{samples[0][1]}\n1,\n2,{samples[2][1]} 7\n'
+    labels = _csv(tmp_path, text)
+    source = open_source(bag, labels_file=labels, topic='/camera/image_raw')
+    assert [f.label_set for f in source] == [{samples[0][1]}, frozenset(), {samples[2][1], 7}]
+    beyond = _csv(tmp_path, 'frame,labels\n0,1\n1,2\n2,3\n3,4\n', 'beyond.csv')
+    with pytest.raises(LabelsError, match='frame 3 is beyond the video, which has 3 frames'):
+        open_source(bag, labels_file=beyond, topic='/camera/image_raw')
+    out = tmp_path / 'bag.json'
+    assert evaluate.main([str(bag), '--topic', '/camera/image_raw', '--labels', str(labels),
+                          '--json', str(out), *_eval_args(folder, calibration)]) == 0
+    report = json.loads(out.read_text())
+    assert report['labels'] == 'true' and report['unlabelled_frames'] == 1
+    assert report['strategies']['local_only']['scored_frames'] == 2
