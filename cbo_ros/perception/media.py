@@ -228,12 +228,13 @@ def video_labels(path, labels_file=None):
     return read_frame_labels(chosen) if chosen else None
 
 
-def open_source(spec, max_frames=0, labels_file=None, topic=None, stride=1):
+def open_source(spec, max_frames=0, labels_file=None, topic=None, stride=1, with_labels=True):
     """Open a video file, camera (device number or /dev/video*), image folder or rosbag2.
 
     Labels: ``labels_file`` when given (an unusable file is a ``LabelsError``), else a video's or
     rosbag2's sibling ``<stem>.labels.csv``, else an image folder's own labels. The source's
-    ``labels_file`` says which file was used (None: none).
+    ``labels_file`` says which file was used (None: none). ``with_labels=False`` reads no
+    labels at all (a camera publishing frames does not need them).
     """
     path = resolve_media(spec)
     text = str(spec)
@@ -249,8 +250,11 @@ def open_source(spec, max_frames=0, labels_file=None, topic=None, stride=1):
     if path.suffix.lower() in IMAGE_SUFFIXES:
         path = path.parent
     if path.is_dir() and not _is_bag(path):
-        return ImageFolderSource(path, labels_file=labels_file, max_frames=max_frames)
-    labels = video_labels(path, labels_file)
+        source = ImageFolderSource(path, labels_file=labels_file, max_frames=max_frames)
+        if not with_labels:
+            source.labels, source.has_labels = None, False
+        return source
+    labels = video_labels(path, labels_file) if with_labels else None
     if path.is_dir() or path.suffix in ('.mcap', '.db3'):
         bag = path.parent if path.suffix == '.db3' else path
         source = RosbagSource(bag, topic=topic, max_frames=max_frames, labels=labels)
