@@ -359,3 +359,13 @@ def test_rosbag_labels_index_the_messages_of_the_topic(clip, tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report['labels'] == 'true' and report['unlabelled_frames'] == 1
     assert report['strategies']['local_only']['scored_frames'] == 2
+
+
+def test_leave_objects_out_keeps_each_object_in_one_fold():
+    from cbo_ros.core.calibration_fit import group_folds
+    groups = np.repeat([f'object_{i}' for i in range(25)], 7)
+    folds = group_folds(groups)
+    assert len(np.unique(folds)) == 10
+    for name in np.unique(groups):
+        assert len(np.unique(folds[groups == name])) == 1
+    assert group_folds(np.array(['a', 'a', 'b'])).tolist() == [0, 0, 1]
