@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from cbo_ros.assets import paths
+from cbo_ros.perception.labels import LabelsError
 from cbo_ros.perception.media import MediaError, image_msg_to_rgb, open_source, read_frames
 
 
@@ -26,7 +27,7 @@ def test_mismatched_labels_file_is_a_clear_error(tmp_path):
     shutil.copy(paths.media_dir() / 'imagenet_samples' / 'imagenet_00_243.jpg', tmp_path / 'a.jpg')
     shutil.copy(paths.media_dir() / 'imagenet_samples' / 'imagenet_01_559.jpg', tmp_path / 'b.jpg')
     (tmp_path / 'labels.csv').write_text('a.jpg,243\n')
-    with pytest.raises(MediaError, match='no label'):
+    with pytest.raises(LabelsError, match='no label'):
         open_source(tmp_path)
 
 

@@ -56,15 +56,32 @@ def max_softmax(logits):
 
 
 def top1_correct(logits, labels):
-    """1.0 where the argmax of a row of ``logits`` equals its label, else 0.0."""
+    """1.0 where the argmax of a row of ``logits`` is correct, else 0.0.
+
+    ``labels`` is either one class id per row or an (N, C) boolean label-set matrix (any
+    marked class counts as correct: hierarchical correctness). Rows with an empty set
+    (unlabelled frames) score 0: leave them out before scoring (see ``labelled_rows``).
+    """
     logits = np.atleast_2d(logits)
-    labels = np.asarray(labels).ravel()
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        if labels.shape != logits.shape:
+            raise CalibrationError(f'label matrix {labels.shape} does not match logits '
+                                   f'{logits.shape}')
+        return labels[np.arange(len(labels)), logits.argmax(axis=1)].astype(np.float64)
+    labels = labels.ravel()
     if len(labels) != len(logits):
         raise CalibrationError(f'{len(logits)} logit rows but {len(labels)} labels')
     if len(labels) and (labels.min() < 0 or labels.max() >= logits.shape[1]):
         raise CalibrationError(f'labels must lie in [0, {logits.shape[1]}) (got '
                                f'{labels.min()}..{labels.max()}): mismatched label set?')
     return (logits.argmax(axis=1) == labels).astype(np.float64)
+
+
+def labelled_rows(labels):
+    """(N,) bool: rows with a label (class id >= 0, or a non-empty label set)."""
+    labels = np.asarray(labels)
+    return labels.any(axis=1) if labels.ndim == 2 else labels.ravel() >= 0
 
 
 class TemperatureScaling:
@@ -76,19 +93,29 @@ class TemperatureScaling:
         self.temperature = float(temperature)
 
     def fit(self, logits, labels, weights=None):
-        """Find T minimising the (weighted) multi-class NLL on (logits, labels); return self."""
+        """Find T minimising the (weighted) multi-class NLL on (logits, labels); return self.
+
+        With label sets the likelihood of a row is the probability mass of its set.
+        """
         logits = np.atleast_2d(np.asarray(logits, dtype=np.float64))
-        labels = np.asarray(labels, dtype=np.int64).ravel()
+        labels = np.asarray(labels)
         top1_correct(logits, labels)  # validates the labels
-        rows = np.arange(len(labels))
+        if labels.ndim == 1:
+            labels = labels.astype(np.int64)
         shifted = logits - logits.max(axis=1, keepdims=True)
         w = _weights(weights, len(labels))
 
+        def log_sum_exp(values):
+            top = values.max(axis=1)
+            return np.log(np.exp(values - top[:, None]).sum(axis=1)) + top
+
         def nll(log_t):
             scaled = shifted / math.exp(log_t)
-            log_norm = np.log(np.exp(scaled - scaled.max(axis=1, keepdims=True)).sum(axis=1)) \
-                + scaled.max(axis=1)
-            return float(np.sum(w * (log_norm - scaled[rows, labels])))
+            if labels.ndim == 2:
+                picked = log_sum_exp(np.where(labels, scaled, -np.inf))
+            else:
+                picked = scaled[np.arange(len(labels)), labels]
+            return float(np.sum(w * (log_sum_exp(scaled) - picked)))
 
         result = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method='bounded',
                                  options={'xatol': 1e-5})

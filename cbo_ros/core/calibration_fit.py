@@ -1,15 +1,18 @@
 """Fitting the calibration bundle from cached model outputs (the library behind cbo_calibrate).
 
-Targets are P(local correct): the robot model's top-1 equals the label (true labels when the
-source has them, else the server's reference answer). Every video weighs the same in a fit (its
-frames and all its views share one unit of weight), so that a long video does not dominate.
+Targets are P(local correct): the robot model's top-1 is in the frame's label set (true labels
+when the source has them, else the server's reference answer); unlabelled frames are left out.
+Every *group* weighs the same in a fit (a group is a benchmark object, else a video; its frames
+and all its views share one unit of weight), so that a long video does not dominate.
 
-``method='auto'`` picks the calibrator by **leave-one-video-out** cross-validation on the
-calibration videos (every view of the held-out video is held out with it): the candidate with
-the lowest video-weighted log loss on the held-out videos wins. The uncalibrated raw max-softmax
-('identity') is a candidate too: a fitted map must beat the model's own confidence on videos it
-was not fitted on. The server profile A_r(c) is measured on the centre view of the calibration
-videos (the only one with offload outputs) against the chosen confidence.
+``method='auto'`` picks the calibrator by **leave-groups-out** cross-validation on the
+calibration set (leave-one-video-out for videos, leave-objects-out for a benchmark; every view
+of a held-out group is held out with it; more than ``MAX_FOLDS`` groups are dealt into that many
+folds): the candidate with the lowest group-weighted log loss on the held-out groups wins. The
+uncalibrated raw max-softmax ('identity') is a candidate too: a fitted map must beat the model's
+own confidence on groups it was not fitted on. The server profile A_r(c) is measured on the
+centre view of the calibration videos (the only one with offload outputs) against the chosen
+confidence.
 """
 
 import numpy as np
@@ -20,6 +23,13 @@ from cbo_ros.core.calibration import (METHODS, CalibrationBundle, CalibrationErr
 from cbo_ros.core.calibration_metrics import expected_calibration_error
 
 CANDIDATES = ('identity',) + METHODS
+MAX_FOLDS = 10
+
+
+def scored_outputs(outputs_list):
+    """Keep the labelled frames of each ``VideoOutputs`` (unlabelled frames are never scored)."""
+    kept = [o.labelled_only() if hasattr(o, 'labelled_only') else o for o in outputs_list]
+    return [o for o in kept if len(o)]
 
 
 def stack_outputs(outputs_list, tag, resolution):
@@ -29,9 +39,25 @@ def stack_outputs(outputs_list, tag, resolution):
     return logits, labels
 
 
+def output_group(outputs):
+    """Cross-validation / bootstrap unit of a ``VideoOutputs``: its object, else its video."""
+    return getattr(outputs, 'group', None) or outputs.name
+
+
 def video_groups(outputs_list):
-    """Video name of every frame of ``outputs_list`` (views of a video share its name)."""
-    return np.concatenate([[o.name] * len(o) for o in outputs_list])
+    """Group of every frame of ``outputs_list`` (views of a video share it; see output_group)."""
+    return np.concatenate([[output_group(o)] * len(o) for o in outputs_list])
+
+
+def group_folds(groups, max_folds=MAX_FOLDS):
+    """Fold id of every frame: each group its own fold, or groups dealt into ``max_folds``."""
+    names, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    if len(names) <= max_folds:
+        return inverse
+    order = np.random.default_rng(0).permutation(len(names))
+    fold_of_group = np.empty(len(names), dtype=int)
+    fold_of_group[order] = np.arange(len(names)) % max_folds
+    return fold_of_group[inverse]
 
 
 def video_weights(groups):
@@ -48,12 +74,17 @@ def _log_loss(conf, correct, weights):
 
 
 def leave_one_video_out(outputs_list, tag, resolution, method):
-    """Out-of-video predictions of ``method``: each video scored by a fit on the others."""
+    """Out-of-group predictions of ``method`` (leave-groups-out; see ``group_folds``).
+
+    Each group (video or object) is scored by a fit on the others.
+    """
+    outputs_list = scored_outputs(outputs_list)
     logits, labels = stack_outputs(outputs_list, tag, resolution)
     groups = video_groups(outputs_list)
+    folds = group_folds(groups)
     predictions = np.zeros(len(labels))
-    for name in np.unique(groups):
-        train = groups != name
+    for fold in np.unique(folds):
+        train = folds != fold
         calibrator = make_calibrator(method).fit(logits[train], labels[train],
                                                  video_weights(groups[train]))
         predictions[~train] = calibrator.predict(logits[~train])
@@ -61,12 +92,13 @@ def leave_one_video_out(outputs_list, tag, resolution, method):
 
 
 def select_method(outputs_list, tag, resolution, candidates=CANDIDATES):
-    """Leave-one-video-out selection; returns (best method, {method: scores}).
+    """Leave-groups-out selection; returns (best method, {method: scores}).
 
-    Scores are video-weighted log loss (the criterion), Brier score and ECE of the out-of-video
-    predictions. With fewer than two videos there is nothing to hold out: temperature scaling.
+    Scores are group-weighted log loss (the criterion), Brier score and ECE of the out-of-group
+    predictions. With fewer than two groups there is nothing to hold out: temperature scaling.
     """
-    if len({o.name for o in outputs_list}) < 2:
+    outputs_list = scored_outputs(outputs_list)
+    if len({output_group(o) for o in outputs_list}) < 2:
         return 'temperature', {}
     scores = {}
     for method in candidates:
@@ -79,19 +111,34 @@ def select_method(outputs_list, tag, resolution, candidates=CANDIDATES):
     return best, scores
 
 
-def segment_bootstrap(statistic, segments, samples=1000, seed=0):
-    """95 % interval of ``statistic(indices)`` when whole segments are resampled.
+def group_bootstrap(statistic, groups, samples=1000, seed=0):
+    """95 % intervals of ``statistic(indices)`` when whole groups are resampled.
 
-    Frames of a video are strongly correlated (e.g. 2 s of one video form a segment), so
-    resampling frames would understate the noise. Returns (low, high).
+    Frames of one object or of 2 s of one video are strongly correlated, so resampling frames
+    would understate the noise: whole groups (objects, sources or segments) are drawn with
+    replacement. ``statistic`` may return a scalar or a vector; returns (low, high) arrays
+    of its shape.
     """
-    segments = np.asarray(segments)
-    ids = np.unique(segments)
-    members = [np.flatnonzero(segments == i) for i in ids]
+    groups = np.asarray(groups)
+    _, inverse = np.unique(groups, return_inverse=True)
+    order = np.argsort(inverse, kind='stable')
+    bounds = np.r_[0, np.cumsum(np.bincount(inverse))]
+    members = [order[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
     rng = np.random.default_rng(seed)
-    values = [statistic(np.concatenate([members[i] for i in rng.integers(0, len(ids), len(ids))]))
-              for _ in range(int(samples))]
-    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+    count = len(members)
+    values = np.array([statistic(np.concatenate([members[i] for i in
+                                                 rng.integers(0, count, count)]))
+                       for _ in range(int(samples))], dtype=np.float64)
+    return np.percentile(values, 2.5, axis=0), np.percentile(values, 97.5, axis=0)
+
+
+def segment_bootstrap(statistic, segments, samples=1000, seed=0):
+    """95 % interval (low, high) of a scalar ``statistic(indices)`` over resampled segments.
+
+    See ``group_bootstrap``.
+    """
+    low, high = group_bootstrap(statistic, segments, samples, seed)
+    return float(low), float(high)
 
 
 def segment_bootstrap_ece(confidences, correct, segments, samples=1000, seed=0):
@@ -113,14 +160,40 @@ def frame_segments(outputs_list, seconds=2.0):
     return np.concatenate(ids)
 
 
+def bootstrap_units(outputs_list, min_groups=5):
+    """Return (unit name, per-frame ids) of the held-out bootstrap.
+
+    Objects or sources when there are at least ``min_groups`` of them (or any benchmark
+    object), else 2-s segments.
+    """
+    groups = video_groups(outputs_list)
+    named = any(output_group(o) != o.name for o in outputs_list)
+    if named or len(np.unique(groups)) >= min_groups:
+        return ('objects' if named else 'sources'), groups
+    return '2-s segments', frame_segments(outputs_list)
+
+
+METRIC_NAMES = ('ece', 'mce', 'nll', 'brier')
+
+
+def _metric_vector(conf, correct):
+    report = calibration_report(conf, correct)
+    return np.array([report[m] for m in METRIC_NAMES])
+
+
 def method_metrics(calibration, evaluation, tag, resolution, chosen=None, bootstrap=1000):
     """Before/after metrics of every method: fitted on ``calibration``, scored on both sets.
 
     Returns ({'calibration': {method: metrics}, 'held_out': {method: metrics}}, extras) where
-    'uncalibrated' is the raw max-softmax; held-out rows carry a segment-bootstrap 95 % interval
-    of the ECE (``ece_ci``). ``extras`` holds the temperature, the leave-one-video-out scores and
-    the method chosen by them (``chosen``, or selected here).
+    'uncalibrated' is the raw max-softmax. Held-out rows carry 95 % bootstrap intervals
+    (``<metric>_ci`` for ECE, MCE, NLL and Brier) and the interval of the paired ECE difference
+    method - uncalibrated (``ece_minus_raw_ci``); whole objects (benchmark), sources, or 2-s
+    segments are resampled (``extras['ci_unit']``). ``extras`` also holds the temperature, the
+    leave-groups-out scores and the method chosen by them (``chosen``, or selected here).
+    Unlabelled frames are left out.
     """
+    calibration = scored_outputs(calibration)
+    evaluation = scored_outputs(evaluation or [])
     logits, labels = stack_outputs(calibration, tag, resolution)
     weights = video_weights(video_groups(calibration))
     fitted = {m: make_calibrator(m).fit(logits, labels, weights) for m in METHODS}
@@ -128,22 +201,36 @@ def method_metrics(calibration, evaluation, tag, resolution, chosen=None, bootst
     sets = {'calibration': calibration}
     if evaluation:
         sets['held_out'] = evaluation
-    table = {}
+    table, unit = {}, None
     for set_name, outputs_list in sets.items():
         set_logits, set_labels = stack_outputs(outputs_list, tag, resolution)
         correct = top1_correct(set_logits, set_labels)
         predictions = {'uncalibrated': max_softmax(set_logits)}
         predictions.update({m: c.predict(set_logits) for m, c in fitted.items()})
-        segments = frame_segments(outputs_list) if set_name == 'held_out' and bootstrap else None
-        rows = {}
-        for method, conf in predictions.items():
-            rows[method] = calibration_report(conf, correct)
-            if segments is not None:
-                rows[method]['ece_ci'] = list(segment_bootstrap_ece(conf, correct, segments,
-                                                                    bootstrap))
+        rows = {method: calibration_report(conf, correct) for method, conf in predictions.items()}
+        if set_name == 'held_out' and bootstrap:
+            unit, groups = bootstrap_units(outputs_list)
+            names = list(predictions)
+            stacked = np.stack([predictions[m] for m in names])
+
+            def statistic(pick):
+                metrics = np.stack([_metric_vector(c[pick], correct[pick]) for c in stacked])
+                return np.concatenate([metrics.ravel(), metrics[:, 0] - metrics[0, 0]])
+
+            low, high = group_bootstrap(statistic, groups, bootstrap)
+            width = len(METRIC_NAMES)
+            for i, method in enumerate(names):
+                for j, metric in enumerate(METRIC_NAMES):
+                    rows[method][f'{metric}_ci'] = [float(low[i * width + j]),
+                                                    float(high[i * width + j])]
+                if i:
+                    offset = len(names) * width + i
+                    rows[method]['ece_minus_raw_ci'] = [float(low[offset]), float(high[offset])]
         table[set_name] = rows
     extras = {'temperature': fitted['temperature'].temperature, 'loo': loo,
-              'chosen': chosen or selected}
+              'chosen': chosen or selected, 'ci_unit': unit,
+              'groups': {name: len({output_group(o) for o in outputs_list})
+                         for name, outputs_list in sets.items()}}
     return table, extras
 
 
@@ -155,8 +242,9 @@ def fit_bundle(calibration, robot_tag='int8', robot_resolutions=(224,), robot_re
     The calibrators use every output (all views); the server profile uses the outputs that hold
     server answers at every offload resolution (the centre view).
     """
+    calibration = scored_outputs(calibration)
     if not calibration:
-        raise CalibrationError('no calibration outputs to fit on')
+        raise CalibrationError('no calibration outputs to fit on (no labelled frame)')
     if int(robot_resolution) not in [int(r) for r in robot_resolutions]:
         raise CalibrationError(f'robot resolution {robot_resolution} is not among the fitted '
                                f'resolutions {list(robot_resolutions)}')
@@ -165,8 +253,9 @@ def fit_bundle(calibration, robot_tag='int8', robot_resolutions=(224,), robot_re
         chosen = method
         if method == 'auto':
             chosen, scores = select_method(calibration, robot_tag, resolution)
-            selection[str(resolution)] = {'chosen': chosen, 'criterion': 'leave-one-video-out '
-                                          'log loss (video-weighted)', 'scores': scores}
+            selection[str(resolution)] = {'chosen': chosen, 'criterion': 'leave-groups-out '
+                                          '(objects or videos) log loss (group-weighted)',
+                                          'scores': scores}
         logits, labels = stack_outputs(calibration, robot_tag, resolution)
         calibrators[int(resolution)] = make_calibrator(chosen).fit(
             logits, labels, video_weights(video_groups(calibration)))

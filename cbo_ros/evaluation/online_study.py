@@ -42,13 +42,19 @@ def replay_online(outputs_list, bundle, bandwidths_mbps=DEFAULT_BANDWIDTHS_MBPS,
     return runs
 
 
+def _scored(frames):
+    """(N,) bool: the frames scored (labelled; all of them with reference labels)."""
+    return np.ones(len(frames.capture_s), bool) if frames.labelled is None else frames.labelled
+
+
 def _pooled(entries, key):
     conf, correct, segments, offset = [], [], [], 0
     for _, results, frames in entries:
-        conf.append(key(results, frames))
-        correct.append(frames.local_correct)
+        scored = _scored(frames)        # unlabelled frames are never scored
+        conf.append(np.asarray(key(results, frames))[scored])
+        correct.append(frames.local_correct[scored])
         seg = time_segments(frames.capture_s)
-        segments.append(seg + offset)
+        segments.append(seg[scored] + offset)
         offset += int(seg.max()) + 1
     return np.concatenate(conf), np.concatenate(correct), np.concatenate(segments)
 
@@ -83,16 +89,17 @@ def online_calibration_metrics(outputs_list, bundle, bandwidths_mbps=DEFAULT_BAN
         row['feedback_samples'] = int(sum(
             ((r['cbo_adaptive'].resolution >= 224) & ~r['cbo_adaptive'].lost).sum()
             for _, r, _ in entries))
-        frames_total = sum(len(f.capture_s) for _, _, f in entries)
-        row['accuracy'] = {s: float(sum(r[s].correct.sum() for _, r, _ in entries)
-                                    / frames_total) for s in ('cbo', 'cbo_adaptive')}
+        frames_total = sum(int(_scored(f).sum()) for _, _, f in entries)
+        row['accuracy'] = {s: float(sum(r[s].correct[_scored(f)].sum() for _, r, f in entries)
+                                    / max(frames_total, 1)) for s in ('cbo', 'cbo_adaptive')}
         row['per_video'] = {
-            o.name: {'ece_static': expected_calibration_error(f.confidence, f.local_correct),
-                     'ece_online': expected_calibration_error(r['cbo_adaptive'].confidence,
-                                                              f.local_correct),
-                     'accuracy_cbo': float(r['cbo'].correct.mean()),
-                     'accuracy_cbo_adaptive': float(r['cbo_adaptive'].correct.mean())}
-            for o, r, f in entries}
+            o.name: {'ece_static': expected_calibration_error(f.confidence[k],
+                                                              f.local_correct[k]),
+                     'ece_online': expected_calibration_error(r['cbo_adaptive'].confidence[k],
+                                                              f.local_correct[k]),
+                     'accuracy_cbo': float(r['cbo'].correct[k].mean()),
+                     'accuracy_cbo_adaptive': float(r['cbo_adaptive'].correct[k].mean())}
+            for o, r, f in entries for k in [_scored(f)] if k.any()}
         table[f'{mbps:g} Mbit/s'] = row
     return table
 

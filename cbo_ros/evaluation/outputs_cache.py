@@ -4,15 +4,18 @@ Per frame of a source (video file, image folder with optional labels, rosbag2):
 
 - the robot model's logits at each robot input resolution (int8 "NPU" model and its fp32 twin),
 - the server's reference answer: the server model at its native resolution on the full frame,
-  no JPEG (the most expensive configuration, used as the label when the source has no true
-  labels: Chameleon/DDS/Reducto methodology),
+  no JPEG (the most expensive configuration; when the source has no true labels, scores are
+  *agreement with these reference labels*, never accuracy: Chameleon/DDS/Reducto methodology),
 - for each offload resolution r: the real JPEG size of the centre square resized to r x r, and
   the server's top-1 and its softmax probability (the score the server returns to the robot) on
   that JPEG after decoding (the server resizes it to its native size).
 
 Each component is cached in its own file under a directory keyed by the source (path, size, mtime,
-stride, frame limit, labels file, view) and the model files, so adding a resolution only computes
-what is missing.
+stride, frame limit, view) and the model files, so adding a resolution only computes what is
+missing. True labels are not cached: they are read from the source's labels (a ``frame,labels``
+CSV, see ``cbo_ros.perception.labels``) at every load, checked before any model runs, so that a
+corrected labels file needs no recomputation and an unusable one is an error, never replaced by
+reference labels.
 
 A *view* (``VIEWS``) crops every frame before anything else: ``center`` (the default: the frame as
 the robot sees it in operation), ``left``/``right`` (the leftmost/rightmost square of a wide frame)
@@ -32,6 +35,7 @@ import numpy as np
 from cbo_ros.assets import paths
 from cbo_ros.perception.classifier import OnnxClassifier
 from cbo_ros.perception.image_ops import center_square, decode_image, encode_jpeg, softmax
+from cbo_ros.perception.labels import LabelsError, label_matrix
 from cbo_ros.perception.media import MediaError, open_source
 
 ROBOT_MODELS = {'int8': paths.ROBOT_MODEL_INT8, 'fp32': paths.ROBOT_MODEL_FP32}
@@ -53,7 +57,7 @@ class VideoOutputs:
     source: str
     fps: float
     times: np.ndarray                      # media time of each frame (s)
-    labels: np.ndarray                     # label used for scoring (true or reference)
+    labels: np.ndarray                     # (N, C) bool: classes counted correct per frame
     label_source: str                      # 'true' or 'reference'
     reference: np.ndarray                  # server top-1 at native resolution, no JPEG
     frame_names: list
@@ -63,18 +67,40 @@ class VideoOutputs:
     payload_bytes: dict = field(default_factory=dict)   # offload resolution -> (N,) int
     jpeg_quality: int = 90
     stride: int = 1
+    labels_file: str = None        # the labels file used (None: reference labels or file names)
+    group: str = None              # bootstrap / cross-validation unit (benchmark object; name)
+
+    def __post_init__(self):
+        classes = next((v.shape[1] for v in self.robot_logits.values()), NUM_CLASSES)
+        self.labels = as_label_matrix(self.labels, classes)
+        if self.group is None:
+            self.group = self.name
 
     def __len__(self):
         return len(self.labels)
 
+    @property
+    def labelled(self):
+        """(N,) bool: frames with at least one label (the only ones scored)."""
+        return self.labels.any(axis=1)
+
+    @property
+    def unlabelled_count(self):
+        """Frames left out of accuracy and calibration (empty label set)."""
+        return int(len(self) - self.labelled.sum())
+
+    def correct(self, predictions):
+        """1.0 where a predicted class is in the frame's label set (0.0 on unlabelled frames)."""
+        predictions = np.asarray(predictions, dtype=np.int64)
+        return self.labels[np.arange(len(predictions)), predictions].astype(np.float64)
+
     def local_correct(self, tag='int8', resolution=paths.ROBOT_INPUT_SIZE):
-        """1.0 where the robot model's top-1 equals the label."""
-        return (self.robot_logits[(tag, int(resolution))].argmax(axis=1) == self.labels) \
-            .astype(np.float64)
+        """1.0 where the robot model's top-1 is in the label set."""
+        return self.correct(self.robot_logits[(tag, int(resolution))].argmax(axis=1))
 
     def server_correct(self, resolution):
-        """1.0 where the server's top-1 on the offloaded JPEG equals the label."""
-        return (self.server_pred[int(resolution)] == self.labels).astype(np.float64)
+        """1.0 where the server's top-1 on the offloaded JPEG is in the label set."""
+        return self.correct(self.server_pred[int(resolution)])
 
     def subset(self, indices):
         """Return the outputs of some frames only (e.g. a short clip for tests)."""
@@ -82,11 +108,37 @@ class VideoOutputs:
         out = VideoOutputs(
             self.name, self.source, self.fps, self.times[idx], self.labels[idx],
             self.label_source, self.reference[idx], [self.frame_names[i] for i in idx],
-            {k: v[idx] for k, v in self.robot_logits.items()},
-            {k: v[idx] for k, v in self.server_pred.items()},
-            {k: v[idx] for k, v in self.payload_bytes.items()}, self.jpeg_quality, self.stride)
-        out.server_score = {k: v[idx] for k, v in self.server_score.items()}
+            robot_logits={k: v[idx] for k, v in self.robot_logits.items()},
+            server_pred={k: v[idx] for k, v in self.server_pred.items()},
+            server_score={k: v[idx] for k, v in self.server_score.items()},
+            payload_bytes={k: v[idx] for k, v in self.payload_bytes.items()},
+            jpeg_quality=self.jpeg_quality, stride=self.stride, labels_file=self.labels_file,
+            group=self.group)
         return out
+
+    def labelled_only(self):
+        """Keep the labelled frames only (what accuracy and calibration are computed on)."""
+        keep = self.labelled
+        return self if keep.all() else self.subset(np.flatnonzero(keep))
+
+
+def as_label_matrix(labels, num_classes=NUM_CLASSES):
+    """(N, C) bool label matrix from a matrix or from class ids (-1: unlabelled frame)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return labels.astype(bool, copy=False)
+    ids = labels.astype(np.int64).ravel()
+    if len(ids) and ids.max() >= num_classes:
+        raise ValueError(f'labels go up to {ids.max()}: not ImageNet-1k class ids '
+                         f'(0..{num_classes - 1})')
+    return label_matrix([frozenset([int(i)]) if i >= 0 else frozenset() for i in ids],
+                        num_classes)
+
+
+def labelled_only(outputs_list):
+    """Each ``VideoOutputs`` reduced to its labelled frames (sources with none are dropped)."""
+    kept = [o.labelled_only() for o in outputs_list]
+    return [o for o in kept if len(o)]
 
 
 def _signature(path):
@@ -130,8 +182,10 @@ def cache_key(spec, stride=1, max_frames=0, labels_file=None, topic=None, view='
     resolved = paths.resolve_media(spec)
     models = [_signature(paths.resolve_model(m)) for m in
               (paths.ROBOT_MODEL_INT8, paths.ROBOT_MODEL_FP32, paths.SERVER_MODEL_FP32)]
+    # True labels are read at every load, not cached: the key ignores the labels file (the
+    # slot stays so that existing caches keep their keys).
     parts = [str(Path(resolved).resolve()), _signature(resolved), int(stride),
-             int(max_frames), labels_file and _signature(labels_file), topic, models]
+             int(max_frames), None, topic, models]
     if view != 'center':          # the centre view keeps the keys of existing caches
         parts.append(view)
     key = json.dumps(parts, default=str)
@@ -146,7 +200,7 @@ def _iter_frames(source, stride, max_frames):
     for index, frame in enumerate(source):
         if index % stride:
             continue
-        yield frame
+        yield index, frame
         kept += 1
         if max_frames and kept >= max_frames:
             return
@@ -174,13 +228,17 @@ def load_outputs(spec, robot_tags=('int8', 'fp32'), robot_resolutions=DEFAULT_RO
     """Return the ``VideoOutputs`` of ``spec``, computing (and caching) what is missing.
 
     ``view`` (one of ``VIEWS``) crops every frame first; its outputs are cached separately.
+    Labels: ``labels_file``, else the source's own (a video's sibling ``<stem>.labels.csv``, an
+    image folder's ``labels.csv`` or file names); true labels are checked before any model
+    runs. Without labels the outputs hold reference labels (``label_source`` 'reference').
 
-    Raises ``MediaError`` when the source cannot be read or holds no frame, and ``ValueError``
-    when its labels are not ImageNet class ids.
+    Raises ``MediaError`` when the source cannot be read or holds no frame, and ``LabelsError``
+    (a ``ValueError``) when its labels file cannot be used.
     """
     stride = max(1, int(stride))
     if view not in VIEWS:
         raise ValueError(f'unknown view {view!r} (choose from {", ".join(VIEWS)})')
+    true_labels = source_labels(spec, labels_file, topic)   # fails before any model runs
     key = cache_key(spec, stride, max_frames, labels_file, topic, view)
     directory = Path(cache_dir or paths.cache_dir()) / key
     robot_tags = tuple(robot_tags)
@@ -205,12 +263,20 @@ def load_outputs(spec, robot_tags=('int8', 'fp32'), robot_resolutions=DEFAULT_RO
         _compute(spec, directory, stride, max_frames, labels_file, topic, need_meta, need_robot,
                  need_server, q, progress, batch_size, robot_file, server_file, view)
     meta = json.loads(meta_file.read_text())
+    reference = np.load(directory / 'reference.npy')
+    if true_labels is None:
+        labels, label_source, used_file = reference, LABELS_REFERENCE, None
+    else:
+        keys = meta['frame_names'] if true_labels.by_name else \
+            meta.get('frame_indices') or list(range(0, len(reference) * stride, stride))
+        labels, label_source = true_labels.labels.matrix(keys), LABELS_TRUE
+        used_file = true_labels.path
     outputs = VideoOutputs(
         name=meta['name'], source=meta['source'], fps=meta['fps'],
         times=np.asarray(meta['times'], dtype=np.float64),
-        labels=np.load(directory / 'labels.npy'), label_source=meta['label_source'],
-        reference=np.load(directory / 'reference.npy'), frame_names=meta['frame_names'],
-        jpeg_quality=q, stride=stride)
+        labels=labels, label_source=label_source,
+        reference=reference, frame_names=meta['frame_names'],
+        jpeg_quality=q, stride=stride, labels_file=used_file)
     for key in wanted_robot:
         outputs.robot_logits[key] = np.load(robot_file(*key))
     for res in wanted_server:
@@ -219,6 +285,41 @@ def load_outputs(spec, robot_tags=('int8', 'fp32'), robot_resolutions=DEFAULT_RO
             outputs.payload_bytes[res] = data['bytes']
             outputs.server_score[res] = data['score']
     return outputs
+
+
+@dataclass
+class SourceLabels:
+    """True labels of a source as found by ``source_labels``."""
+
+    labels: object          # FrameLabels
+    path: str               # the file (or 'file names of <folder>')
+    by_name: bool           # keyed by file name (image folder) rather than frame index
+
+
+def source_labels(spec, labels_file=None, topic=None):
+    """Find the true labels of a source (None: it has none), checked against its frames.
+
+    Raises ``LabelsError`` when ``labels_file`` (or the sibling file) cannot be used.
+    """
+    try:
+        source = open_source(spec, labels_file=labels_file, topic=topic)
+    except LabelsError:
+        raise
+    except MediaError as error:
+        if labels_file and 'labels file' in str(error):
+            raise LabelsError(str(error)) from error
+        raise
+    try:
+        labels = getattr(source, 'labels', None)
+        if labels is None or not getattr(source, 'has_labels', False):
+            if labels_file:
+                raise LabelsError(f'labels file {labels_file}: no labels could be read')
+            return None
+        if not labels.labelled_count:
+            raise LabelsError(f'{labels.path}: every frame is unlabelled (empty labels cells)')
+        return SourceLabels(labels, labels.path, hasattr(source, 'files'))
+    finally:
+        source.close()
 
 
 def _has_scores(path):
@@ -231,11 +332,11 @@ def _has_scores(path):
 
 def _compute(spec, directory, stride, max_frames, labels_file, topic, need_meta, need_robot,
              need_server, quality, progress, batch_size, robot_file, server_file, view='center'):
-    source = open_source(spec, labels_file=labels_file, topic=topic)
+    source = open_source(spec, labels_file=labels_file, topic=topic)   # labels checked before
     server = _classifier(paths.SERVER_MODEL_FP32, paths.SERVER_INPUT_SIZE)
     robots = {tag: _classifier(ROBOT_MODELS[tag], paths.ROBOT_INPUT_SIZE)
               for tag in {t for t, _ in need_robot}}
-    times, names, true_labels, reference = [], [], [], []
+    times, names, indices, reference = [], [], [], []
     robot_out = {key: [] for key in need_robot}
     server_pred = {r: [] for r in need_server}
     server_score = {r: [] for r in need_server}
@@ -264,10 +365,10 @@ def _compute(spec, directory, stride, max_frames, labels_file, topic, need_meta,
 
     batch = []
     try:
-        for frame in _iter_frames(source, stride, max_frames):
+        for raw_index, frame in _iter_frames(source, stride, max_frames):
             times.append(float(frame.time_s))
             names.append(frame.name)
-            true_labels.append(-1 if frame.label is None else int(frame.label))
+            indices.append(raw_index)
             batch.append(frame)
             if len(batch) >= batch_size:
                 flush(batch)
@@ -284,18 +385,12 @@ def _compute(spec, directory, stride, max_frames, labels_file, topic, need_meta,
         raise MediaError(f'no frames could be read from {spec!r} (unreadable or empty media)')
     directory.mkdir(parents=True, exist_ok=True)
     if need_meta:
-        labels = np.asarray(true_labels, dtype=np.int64)
-        has_true = bool(getattr(source, 'has_labels', False)) and (labels >= 0).all()
-        if has_true and (labels.max() >= NUM_CLASSES):
-            raise ValueError(f'labels of {spec!r} go up to {labels.max()}: not ImageNet-1k class '
-                             f'ids (0..{NUM_CLASSES - 1}); mismatched labels file?')
         reference_arr = np.asarray(reference, dtype=np.int64)
-        _save_npy(directory / 'labels.npy', labels if has_true else reference_arr)
         _save_npy(directory / 'reference.npy', reference_arr)
         meta = {'name': Path(str(paths.resolve_media(spec)).rstrip('/')).name,
                 'source': str(paths.resolve_media(spec)),
                 'fps': float(source.fps) / stride, 'times': times, 'frame_names': names,
-                'label_source': LABELS_TRUE if has_true else LABELS_REFERENCE,
+                'frame_indices': indices,
                 'stride': stride, 'max_frames': int(max_frames), 'view': view}
         _atomic_write(directory / 'meta.json', json.dumps(meta).encode())
     elif len(times) != len(json.loads((directory / 'meta.json').read_text())['times']):

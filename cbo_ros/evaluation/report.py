@@ -8,14 +8,30 @@ import numpy as np
 from cbo_ros.core.calibration_metrics import expected_calibration_error
 
 
-def summarise(result, resolutions):
-    """Metrics of one strategy's ``Replay``."""
+SCORE_TRUE = 'accuracy'
+SCORE_REFERENCE = 'agreement with reference labels'
+
+
+def score_name(label_source):
+    """Name the 'accuracy' figures of a report: accuracy (true labels) or agreement."""
+    return SCORE_TRUE if label_source == 'true' else SCORE_REFERENCE
+
+
+def summarise(result, resolutions, labelled=None):
+    """Metrics of one strategy's ``Replay``; only ``labelled`` frames are scored.
+
+    'accuracy' is the share of scored frames whose answer is in the frame's label set (with
+    reference labels: agreement with the server's reference answer, not accuracy).
+    """
     offloaded = result.resolution > 0
     misses = offloaded & (result.late | result.lost)
+    scored = np.ones(len(result.correct), bool) if labelled is None else np.asarray(labelled)
     return {
-        'accuracy': float(result.correct.mean()),
-        'correct': int(result.correct.sum()),
+        'accuracy': float(result.correct[scored].mean()) if scored.any() else float('nan'),
+        'correct': int(result.correct[scored].sum()),
         'frames': int(len(result.correct)),
+        'scored_frames': int(scored.sum()),
+        'unlabelled_frames': int((~scored).sum()),
         'offload_share': float(offloaded.mean()),
         'offload_share_per_resolution': {str(r): float((result.resolution == r).mean())
                                          for r in resolutions},
@@ -45,16 +61,19 @@ def confidence_calibration(results, frames, bootstrap=1000):
     replayed, its online (causal) confidences as computed before each frame's own feedback.
     """
     from cbo_ros.core.calibration_fit import segment_bootstrap_ece
-    correct = np.asarray(frames.local_correct, dtype=np.float64)
-    segments = time_segments(frames.capture_s)
+    scored = np.ones(len(frames.capture_s), bool) if frames.labelled is None else frames.labelled
+    correct = np.asarray(frames.local_correct, dtype=np.float64)[scored]
+    segments = time_segments(frames.capture_s)[scored]
     rows = {'raw': frames.raw_confidence, 'static': frames.confidence}
     for name, result in results.items():
         used = getattr(result, 'confidence', None)
         if used is not None and name == 'cbo_adaptive':
             rows[f'online ({name})'] = used
     table = {}
+    if not scored.any():
+        return table
     for name, conf in rows.items():
-        conf = np.asarray(conf, dtype=np.float64)
+        conf = np.asarray(conf, dtype=np.float64)[scored]
         entry = {'ece': float(expected_calibration_error(conf, correct)),
                  'mean_confidence': float(conf.mean()), 'accuracy': float(correct.mean())}
         if bootstrap:
@@ -65,16 +84,28 @@ def confidence_calibration(results, frames, bootstrap=1000):
 
 def build_report(results, frames, outputs, bundle, trace, config):
     """Build the JSON-ready report of one evaluation (one video, one trace, one deadline)."""
-    strategies = {name: summarise(r, frames.resolutions) for name, r in results.items()}
+    strategies = {name: summarise(r, frames.resolutions, frames.labelled)
+                  for name, r in results.items()}
+    true = outputs.label_source == 'true'
+    if not true:
+        for s in strategies.values():
+            s['agreement_with_reference'] = s['accuracy']
     report = {
         'video': outputs.name,
         'source': outputs.source,
         'frames': len(outputs),
+        'scored_frames': int(np.sum(frames.labelled)) if frames.labelled is not None
+        else len(outputs),
+        'unlabelled_frames': int(getattr(outputs, 'unlabelled_count', 0)),
         'fps': float(config.fps or outputs.fps),
         'labels': outputs.label_source,
-        'labels_note': ('true labels of the source' if outputs.label_source == 'true' else
+        'labels_file': getattr(outputs, 'labels_file', None),
+        'score': score_name(outputs.label_source),
+        'labels_note': ('true labels of the source: "accuracy" = top-1 in the frame\'s label '
+                        'set; unlabelled frames are left out' if true else
                         'reference labels: server model at its native resolution on the full '
-                        'frame, no JPEG (most expensive configuration)'),
+                        'frame, no JPEG (most expensive configuration); "accuracy" fields are '
+                        'AGREEMENT WITH REFERENCE LABELS, not accuracy'),
         'trace': trace.name,
         'deadline_ms': config.deadline_s * 1e3,
         'local_latency_ms': config.local_latency_s * 1e3,
@@ -114,13 +145,17 @@ def format_table(report):
     """Format one report as a fixed-width terminal table."""
     resolutions = report['offload_resolutions']
     share = report.get('oracle_gain_share', {})
+    true = report['labels'] == 'true'
+    unlabelled = report.get('unlabelled_frames', 0)
+    left_out = f", {unlabelled} unlabelled left out" if unlabelled else ''
     lines = [
-        f"video {report['video']} ({report['frames']} frames at {report['fps']:g} fps), "
-        f"labels: {report['labels']}, trace: {report['trace']}, "
+        f"video {report['video']} ({report['frames']} frames at {report['fps']:g} fps"
+        f"{left_out}), labels: {report['labels']}, trace: {report['trace']}, "
         f"deadline {report['deadline_ms']:g} ms, calibration: {report['calibration']['method']}",
     ]
     res_header = ' '.join(f'{r:>5}' for r in resolutions)
-    lines.append(f"{'strategy':<22}{'acc%':>7}{'oracle%':>8}{'offl%':>7} {res_header}"
+    lines.append(f"{'strategy':<22}{'acc%' if true else 'agree%':>7}{'oracle%':>8}{'offl%':>7} "
+                 f"{res_header}"
                  f"{'miss':>6}{'kB':>9}{'lat ms':>8}{'p99 ms':>8}")
     for name, s in report['strategies'].items():
         per_res = ' '.join(f"{100 * s['offload_share_per_resolution'][str(r)]:5.1f}"
@@ -136,9 +171,12 @@ def format_table(report):
         ci = f' [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]' if ci else ''
         lines.append(f"local confidence {name:<24} ECE {100 * c['ece']:5.1f}%{ci} "
                      f"(mean conf {100 * c['mean_confidence']:.1f}%, "
-                     f"local acc {100 * c['accuracy']:.1f}%)")
-    lines.append('acc%: top-1 vs labels; oracle%: share of the oracle\'s gain over local-only; '
-                 'offl% per resolution; miss: offloads late or lost')
+                     f"local {'acc' if true else 'agreement'} {100 * c['accuracy']:.1f}%)")
+    lines.append(('acc%: accuracy, top-1 in the true label set' if true else
+                  'agree%: AGREEMENT WITH REFERENCE LABELS (the server model\'s answers), not '
+                  'accuracy')
+                 + '; oracle%: share of the oracle\'s gain over local-only; offl% per '
+                 'resolution; miss: offloads late or lost')
     if report.get('online_vs_exact', {}).get('ratio') is not None:
         ratio = report['online_vs_exact']
         lines.append(f"online CBO vs exact hindsight solver (same model): planned gain "

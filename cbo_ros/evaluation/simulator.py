@@ -61,6 +61,7 @@ class FrameData:
     loss_draw: np.ndarray          # uniform draws deciding losses
     resolutions: list
     server_pred: dict = None       # resolution -> (N,) server top-1 (what it returns)
+    labelled: np.ndarray = None    # (N,) bool: frames with labels (the only ones scored)
 
 
 def prepare_frames(outputs, bundle, config):
@@ -91,7 +92,7 @@ def prepare_frames(outputs, bundle, config):
                      {r: outputs.server_correct(r) for r in resolutions},
                      {r: outputs.server_score.get(r) for r in resolutions}, candidates,
                      np.random.default_rng(config.seed).random(n), resolutions,
-                     {r: outputs.server_pred[r] for r in resolutions})
+                     {r: outputs.server_pred[r] for r in resolutions}, outputs.labelled)
 
 
 @dataclass

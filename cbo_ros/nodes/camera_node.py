@@ -2,8 +2,12 @@
 
 Publishes ``image_raw`` (sensor_msgs/Image, rgb8 or bgr8; reliable, depth 30 unless overridden), and
 optionally ``image_raw/compressed`` (JPEG). Stamps are the node clock at publication; the
-``frame_id`` comes from a parameter. ``frames_published`` (std_msgs/UInt64, latched) carries the
-running count, so the number of captured frames is observable by any late joiner.
+``frame_id`` comes from a parameter. ``image_raw/source_frame`` (sensor_msgs/TimeReference, same
+header as the image) says which frame of the source each image is: ``source`` is the frame's name
+in the source (``<video>#<index>``, ``<topic>#<index>`` or the image file name; the key of a
+labels file) and ``time_ref`` its media time, so a scorer can look up the frame's true labels.
+``frames_published`` (std_msgs/UInt64, latched) carries the running count, so the number of
+captured frames is observable by any late joiner.
 
 Modes: ``loop`` restarts the source at its end; ``once`` publishes every frame once, logs a
 summary and then stays idle (or exits when ``exit_when_done`` is true).
@@ -14,17 +18,19 @@ import time
 
 import numpy as np
 import rclpy
+from builtin_interfaces.msg import Time
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage, Image, TimeReference
 from std_msgs.msg import UInt64
 
 from cbo_ros.perception.image_ops import encode_jpeg
 from cbo_ros.perception.media import MediaError, open_source
-from cbo_ros.nodes.ros_common import (Diagnostics, LATCHED_QOS, RateMeter, declare, frame_qos)
+from cbo_ros.nodes.ros_common import (Diagnostics, LATCHED_QOS, RESULT_QOS, RateMeter, declare,
+                                      frame_qos)
 
 
 class SourceOpenError(RuntimeError):
@@ -91,7 +97,7 @@ class CameraNode(Node):
 
         try:
             self.source = open_source(self.source_spec, max_frames=self.max_frames,
-                                      topic=self.rosbag_topic or None)
+                                      topic=self.rosbag_topic or None, with_labels=False)
         except (MediaError, OSError, ImportError, ValueError) as error:
             raise SourceOpenError(f"cannot open source '{self.source_spec}': {error}") from error
         self.frames = iter(self.source)
@@ -103,6 +109,8 @@ class CameraNode(Node):
         self.compressed_pub = (self.create_publisher(CompressedImage, 'image_raw/compressed', qos)
                                if self.publish_compressed else None)
         self.count_pub = self.create_publisher(UInt64, 'frames_published', LATCHED_QOS)
+        self.source_frame_pub = self.create_publisher(TimeReference, 'image_raw/source_frame',
+                                                      RESULT_QOS)
         self.diagnostics = Diagnostics(self)
         self.rate_meter = RateMeter()
         self.published = 0
@@ -180,6 +188,10 @@ class CameraNode(Node):
             compressed = CompressedImage(header=msg.header, format='jpeg')
             compressed.data = encode_jpeg(frame.rgb, self.jpeg_quality)
             self.compressed_pub.publish(compressed)
+        media_time = int(round(frame.time_s * 1e9))
+        self.source_frame_pub.publish(TimeReference(
+            header=msg.header, source=frame.name,
+            time_ref=Time(sec=media_time // 10**9, nanosec=media_time % 10**9)))
         self.published += 1
         now = time.monotonic()
         self.first_publish_s = self.first_publish_s or now

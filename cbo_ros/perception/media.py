@@ -1,12 +1,13 @@
-"""Frame sources: video files, V4L2 cameras, image folders (optionally labelled) and rosbag2 files.
+"""Frame sources: video files, V4L2 cameras, image folders and rosbag2 files, optionally labelled.
 
-Every source yields ``Frame`` tuples of RGB uint8 images; ``label`` is the true ImageNet class
-when the source carries one (image folders with labels), else ``None``.
+Every source yields ``Frame`` tuples of RGB uint8 images. A labelled source (see
+``cbo_ros.perception.labels``: a ``frame,labels`` CSV, the sibling ``<stem>.labels.csv`` of a
+video or rosbag2, an image folder's ``labels.csv`` or ``imagenet_<i>_<cls>`` file names) gives
+each frame its true label set ``label_set`` (empty: unlabelled frame); ``label`` is its class
+when the set holds exactly one, else ``None``.
 """
 
-import csv
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,11 +15,11 @@ import cv2
 import numpy as np
 
 from cbo_ros.assets.paths import media_dir, resolve_media
+from cbo_ros.perception.labels import (FrameLabels, labels_from_names, read_frame_labels,
+                                       read_image_labels, sibling_labels_file)
 
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.webp', '.ppm', '.pgm'}
 VIDEO_SUFFIXES = {'.mp4', '.avi', '.mkv', '.mov', '.webm', '.mpg', '.mpeg', '.m4v'}
-# Labelled file names such as foolbox's 'imagenet_07_609.jpg' (class 609).
-_LABEL_IN_NAME = re.compile(r'^imagenet_\d+_(\d+)\.\w+$')
 
 
 class MediaError(RuntimeError):
@@ -30,14 +31,23 @@ class Frame:
     index: int
     rgb: np.ndarray
     time_s: float          # media time of the frame (seconds from the start)
-    label: int = None      # true class when known
+    label: int = None      # true class when known (a label set of one class)
     name: str = ''
+    label_set: frozenset = None   # true label set (empty: unlabelled); None: no labels
+
+
+def _frame_label(labels, key):
+    """(label, label_set) of a frame from ``FrameLabels`` (None, None without labels)."""
+    if labels is None:
+        return None, None
+    classes = labels.sets.get(key, frozenset())
+    return (next(iter(classes)) if len(classes) == 1 else None), classes
 
 
 class VideoSource:
     """Frames of a video file or a V4L2 camera (OpenCV)."""
 
-    def __init__(self, path, max_frames=0, stride=1):
+    def __init__(self, path, max_frames=0, stride=1, labels=None):
         self.path = str(path)
         device = int(self.path) if self.path.isdigit() else self.path
         self._capture = cv2.VideoCapture(device)
@@ -47,7 +57,11 @@ class VideoSource:
         self.fps = float(fps) if fps and fps > 0 else 30.0
         self.max_frames = int(max_frames)
         self.stride = max(1, int(stride))
-        self.has_labels = False
+        self.labels = labels
+        if labels is not None:
+            count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
+            labels.check_frames(count if count > 0 else None)
+        self.has_labels = labels is not None
 
     def __iter__(self):
         self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
@@ -57,8 +71,10 @@ class VideoSource:
             if not ok:
                 break
             if raw_index % self.stride == 0:
+                label, label_set = _frame_label(self.labels, raw_index)
                 yield Frame(produced, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
-                            raw_index / self.fps, None, f'{Path(self.path).name}#{raw_index}')
+                            raw_index / self.fps, label, f'{Path(self.path).name}#{raw_index}',
+                            label_set)
                 produced += 1
                 if self.max_frames and produced >= self.max_frames:
                     break
@@ -66,20 +82,6 @@ class VideoSource:
 
     def close(self):
         self._capture.release()
-
-
-def read_labels_file(path):
-    """Read 'file,class_id' lines (header optional) into a dict."""
-    labels = {}
-    with open(path, newline='') as handle:
-        for row in csv.reader(handle):
-            if len(row) < 2 or row[0].startswith('#') or row[1].strip() in ('label', 'class_id'):
-                continue
-            try:
-                labels[row[0].strip()] = int(row[1])
-            except ValueError as error:
-                raise MediaError(f'{path}: bad label {row[1]!r} for {row[0]!r}') from error
-    return labels
 
 
 class ImageFolderSource:
@@ -93,20 +95,23 @@ class ImageFolderSource:
         self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
             raise MediaError(f'no images in {self.folder}')
+        names = [p.name for p in self.files]
         if max_frames:
             self.files = self.files[:int(max_frames)]
         labels_path = Path(labels_file) if labels_file else self.folder / 'labels.csv'
-        self.labels = read_labels_file(labels_path) if labels_path.is_file() else {}
-        for path in self.files:
-            match = _LABEL_IN_NAME.match(path.name)
-            if match and path.name not in self.labels:
-                self.labels[path.name] = int(match.group(1))
-        if labels_file and not self.labels:
-            raise MediaError(f'labels file {labels_file} matches no image in {self.folder}')
-        missing = [p.name for p in self.files if self.labels and p.name not in self.labels]
-        if missing:
-            raise MediaError(f'{len(missing)} images have no label (first: {missing[0]})')
-        self.has_labels = bool(self.labels)
+        self.labels_file = None
+        if labels_file or labels_path.is_file():
+            self.labels = read_image_labels(labels_path)
+            self.labels_file = str(labels_path)
+        else:
+            self.labels = FrameLabels(f'file names of {self.folder}', labels_from_names(names))
+        if self.labels.sets:
+            for name, classes in labels_from_names(names).items():
+                self.labels.sets.setdefault(name, classes)
+            self.labels.check_names(names)
+        else:
+            self.labels = None
+        self.has_labels = self.labels is not None
         self.fps = float(fps)
 
     def __iter__(self):
@@ -114,8 +119,9 @@ class ImageFolderSource:
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if bgr is None:
                 raise MediaError(f'cannot read image {path}')
+            label, label_set = _frame_label(self.labels, path.name)
             yield Frame(index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), index / self.fps,
-                        self.labels.get(path.name), path.name)
+                        label, path.name, label_set)
 
     def close(self):
         pass
@@ -170,7 +176,7 @@ def image_msg_to_rgb(encoding, height, width, step, data, is_bigendian=False):
 class RosbagSource:
     """sensor_msgs/Image or CompressedImage messages of a rosbag2 (sqlite3 or MCAP) via rosbags."""
 
-    def __init__(self, path, topic=None, max_frames=0):
+    def __init__(self, path, topic=None, max_frames=0, labels=None):
         from rosbags.highlevel import AnyReader
         self.path = Path(path)
         self.max_frames = int(max_frames)
@@ -187,7 +193,11 @@ class RosbagSource:
             count = sum(c.msgcount for c in reader.connections if c.topic == self.topic)
             duration = max(reader.duration / 1e9, 1e-9)
         self.fps = count / duration if count > 1 else 30.0
-        self.has_labels = False
+        self.frame_count = count
+        self.labels = labels
+        if labels is not None:
+            labels.check_frames(count)      # frame = index of the message on the topic
+        self.has_labels = labels is not None
 
     def __iter__(self):
         from cbo_ros.perception.image_ops import decode_image
@@ -202,7 +212,9 @@ class RosbagSource:
                     rgb = image_msg_to_rgb(msg.encoding, msg.height, msg.width, msg.step,
                                            bytes(msg.data), bool(msg.is_bigendian))
                 start = stamp if start is None else start
-                yield Frame(index, rgb, (stamp - start) / 1e9, None, f'{self.topic}#{index}')
+                label, label_set = _frame_label(self.labels, index)
+                yield Frame(index, rgb, (stamp - start) / 1e9, label, f'{self.topic}#{index}',
+                            label_set)
                 if self.max_frames and index + 1 >= self.max_frames:
                     break
 
@@ -210,27 +222,51 @@ class RosbagSource:
         pass
 
 
-def open_source(spec, max_frames=0, labels_file=None, topic=None, stride=1):
-    """Open a video file, camera (device number or /dev/video*), image folder or rosbag2."""
+def video_labels(path, labels_file=None):
+    """Frame labels of a video or rosbag2: ``labels_file``, else its sibling, else None."""
+    chosen = labels_file or sibling_labels_file(path)
+    return read_frame_labels(chosen) if chosen else None
+
+
+def open_source(spec, max_frames=0, labels_file=None, topic=None, stride=1, with_labels=True):
+    """Open a video file, camera (device number or /dev/video*), image folder or rosbag2.
+
+    Labels: ``labels_file`` when given (an unusable file is a ``LabelsError``), else a video's or
+    rosbag2's sibling ``<stem>.labels.csv``, else an image folder's own labels. The source's
+    ``labels_file`` says which file was used (None: none). ``with_labels=False`` reads no
+    labels at all (a camera publishing frames does not need them).
+    """
     path = resolve_media(spec)
     text = str(spec)
     if text.isdigit() or text.startswith('/dev/video'):
+        if labels_file:
+            raise MediaError('a live camera cannot have a labels file')
         return VideoSource(text, max_frames=max_frames)
     if not path.exists():
         raise MediaError(f'media not found: {spec!r} (embedded media are in '
                          f'{media_dir()})')
-    if path.is_dir():
-        is_bag = (path / 'metadata.yaml').is_file() or any(path.glob('*.mcap')) \
-            or any(path.glob('*.db3'))
-        if is_bag:
-            return RosbagSource(path, topic=topic, max_frames=max_frames)
-        return ImageFolderSource(path, labels_file=labels_file, max_frames=max_frames)
-    if path.suffix in ('.mcap', '.db3'):
-        return RosbagSource(path.parent if path.suffix == '.db3' else path, topic=topic,
-                            max_frames=max_frames)
+    if labels_file and not Path(labels_file).is_file():
+        raise MediaError(f'labels file {labels_file} not found')
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return ImageFolderSource(path.parent, labels_file=labels_file, max_frames=max_frames)
-    return VideoSource(path, max_frames=max_frames, stride=stride)
+        path = path.parent
+    if path.is_dir() and not _is_bag(path):
+        source = ImageFolderSource(path, labels_file=labels_file, max_frames=max_frames)
+        if not with_labels:
+            source.labels, source.has_labels = None, False
+        return source
+    labels = video_labels(path, labels_file) if with_labels else None
+    if path.is_dir() or path.suffix in ('.mcap', '.db3'):
+        bag = path.parent if path.suffix == '.db3' else path
+        source = RosbagSource(bag, topic=topic, max_frames=max_frames, labels=labels)
+    else:
+        source = VideoSource(path, max_frames=max_frames, stride=stride, labels=labels)
+    source.labels_file = labels and labels.path
+    return source
+
+
+def _is_bag(path):
+    return (path / 'metadata.yaml').is_file() or any(path.glob('*.mcap')) \
+        or any(path.glob('*.db3'))
 
 
 def read_frames(spec, max_frames=0, **kwargs):

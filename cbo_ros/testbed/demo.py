@@ -8,9 +8,12 @@ The uplink rate goes through phases (default high -> low -> medium); on plain lo
 are applied as the planner's ``bandwidth_cap_bps`` instead, and the demo says so.
 
 At the end it prints and writes (``artifacts/results/demo_<time>.json``) a summary: frames captured
-and answered, deadline misses, offload share per phase and per resolution, accuracy against the
-reference labels (top-1 of the server model at its native resolution on the frame's centre square,
-the evaluator's reference), latency percentiles and bytes sent.
+and answered, deadline misses, offload share per phase and per resolution, accuracy, latency
+percentiles and bytes sent. Accuracy is against the TRUE label sets when the video has labels
+(``--labels FILE`` or its sibling ``<stem>.labels.csv``; ``labels: true``): each answer is matched
+to its source frame by the camera's ``image_raw/source_frame``. Without labels it is the
+agreement with reference labels (top-1 of the server model at its native resolution on the
+frame, the evaluator's reference; ``labels: reference``), not accuracy.
 """
 
 import argparse
@@ -48,6 +51,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog='cbo_demo', description=__doc__.split('\n')[0])
     parser.add_argument('--video', default='bikes.mp4', help='video (default: bikes.mp4)')
     parser.add_argument('--max-frames', type=int, default=0, help='frames to use (0: all)')
+    parser.add_argument('--labels', default=None,
+                        help='true labels of the video (CSV "frame,labels"; default: its '
+                             'sibling <stem>.labels.csv when present)')
     parser.add_argument('--phases', default=DEFAULT_PHASES,
                         help=f'uplink rates of the phases, comma-separated (default '
                              f'{DEFAULT_PHASES})')
@@ -137,8 +143,15 @@ def percentile(values, q):
     return float(np.percentile(values, q)) if len(values) else 0.0
 
 
-def summarize(recorder, frames_captured, labels, phases, link_text, args, wall_s):
-    """Build the summary dict from what the recorder saw."""
+def summarize(recorder, frames_captured, labels, phases, link_text, args, wall_s, truth=None):
+    """Build the summary dict from what the recorder saw.
+
+    ``truth`` = (label set by source frame name, frame names in source order, labels file) of a
+    labelled video: answers are scored against the set of their source frame (found from the
+    camera's ``image_raw/source_frame``, else from the capture order when every frame was
+    answered), unlabelled frames left out. Without it, ``labels`` holds the reference label of
+    each captured frame (capture order) and the figures are agreement with reference labels.
+    """
     from cbo_ros.nodes.ros_common import stamp_to_ns
     results = recorder.snapshot('results')
     decisions = recorder.snapshot('decisions')
@@ -148,8 +161,29 @@ def summarize(recorder, frames_captured, labels, phases, link_text, args, wall_s
     unique = sorted(set(stamps))
     index_of = {stamp: i for i, stamp in enumerate(unique)}
     aligned = len(unique) == frames_captured == len(labels)
+    sets, names, labels_file = truth or ({}, [], None)
+    source_frames = recorder.source_frame_names() \
+        if hasattr(recorder, 'source_frame_names') else {}
+    by_order = len(unique) == frames_captured and frames_captured <= len(names)
+    left_out = set()
+
+    def true_set(stamp):
+        name = source_frames.get(stamp)
+        if name is None and by_order and stamp in index_of:
+            name = names[index_of[stamp]]
+        return sets.get(name)
 
     def accuracy(messages):
+        if truth is not None:
+            hits = []
+            for msg in messages:
+                stamp = stamp_to_ns(msg.header.stamp)
+                classes = true_set(stamp)
+                if classes is None or not classes:
+                    left_out.add(stamp)
+                    continue
+                hits.append(msg.class_id.strip().isdigit() and int(msg.class_id) in classes)
+            return float(np.mean(hits)) if hits else None
         if not aligned or not messages:
             return None
         hits = [msg.class_id == str(labels[index_of[stamp_to_ns(msg.header.stamp)]])
@@ -180,6 +214,19 @@ def summarize(recorder, frames_captured, labels, phases, link_text, args, wall_s
         resolutions[key] = resolutions.get(key, 0) + 1
     sources = {'server': sum(1 for m in final_msgs if m.source == m.SOURCE_SERVER)}
     sources['robot'] = len(final_msgs) - sources['server']
+    accuracy_final = accuracy(final_msgs)
+    accuracy_local = accuracy([msg for _, _, msg in locals_])
+    if truth is not None:
+        scoring = {
+            'labels': 'true', 'labels_file': labels_file, 'score': 'accuracy',
+            'accuracy_reference': 'true label sets: top-1 in the set of the source frame',
+            'frames_matched_by_source_frame': sum(1 for s in unique if s in source_frames),
+            'unlabelled_or_unmatched_left_out': len(left_out)}
+    else:
+        scoring = {
+            'labels': 'reference', 'score': 'agreement with reference labels',
+            'accuracy_reference': 'AGREEMENT with the top-1 of server_lite2_fp32 at 260 px on '
+                                  'each frame (reference labels), not accuracy'}
     return {
         'video': str(args.video),
         'link': link_text,
@@ -196,9 +243,9 @@ def summarize(recorder, frames_captured, labels, phases, link_text, args, wall_s
                           if decisions else 0.0),
         'decisions_per_resolution': resolutions,
         'per_phase': per_phase,
-        'accuracy_final': accuracy(final_msgs),
-        'accuracy_local_only': accuracy([msg for _, _, msg in locals_]),
-        'accuracy_reference': 'top-1 of server_lite2_fp32 at 260 px on each frame',
+        'accuracy_final': accuracy_final,
+        'accuracy_local_only': accuracy_local,
+        **scoring,
         'latency_ms': {'p50': percentile(totals, 50), 'p99': percentile(totals, 99),
                        'max': max(totals) if totals else 0.0},
         'offload_calls': len(transfers),
@@ -236,8 +283,16 @@ def print_summary(summary, path):
 
     def pct(value):
         return 'n/a' if value is None else f'{value:.1%}'
-    out(f"accuracy (vs server@260 reference): final {pct(summary['accuracy_final'])}, "
-        f"robot only {pct(summary['accuracy_local_only'])}")
+    if summary.get('labels') == 'true':
+        left_out = summary.get('unlabelled_or_unmatched_left_out', 0)
+        out(f"accuracy (labels: true, {summary['labels_file']}"
+            f"{f', {left_out} unlabelled frames left out' if left_out else ''}): "
+            f"final {pct(summary['accuracy_final'])}, "
+            f"robot only {pct(summary['accuracy_local_only'])}")
+    else:
+        out(f"agreement with reference labels (labels: reference, server@260; not accuracy): "
+            f"final {pct(summary['accuracy_final'])}, "
+            f"robot only {pct(summary['accuracy_local_only'])}")
     out(f"latency:           p50 {summary['latency_ms']['p50']:.0f} ms, "
         f"p99 {summary['latency_ms']['p99']:.0f} ms")
     out(f"offload calls:     {summary['offload_calls']} "
@@ -248,8 +303,21 @@ def print_summary(summary, path):
 
 
 def run(args):
-    from cbo_ros.perception.media import read_frames
-    frames_list, source = read_frames(args.video, max_frames=args.max_frames)
+    from cbo_ros.perception.media import MediaError, read_frames
+    try:
+        frames_list, source = read_frames(args.video, max_frames=args.max_frames,
+                                          labels_file=args.labels)
+    except (MediaError, ValueError) as error:      # an unusable labels file is an error
+        print(f'cbo_demo: {error}', file=sys.stderr)
+        return 1
+    truth = None
+    if getattr(source, 'has_labels', False):
+        truth = ({f.name: f.label_set for f in frames_list}, [f.name for f in frames_list],
+                 getattr(source, 'labels_file', None) or source.labels.path)
+        print(f'labels: true, from {truth[2]}')
+    else:
+        print('labels: reference (no labels file: the demo reports agreement with the '
+              'server\'s reference labels, not accuracy)')
     frames = [frame.rgb for frame in frames_list]
     fps = float(getattr(source, 'fps', 25.0) or 25.0)
     duration_s = len(frames) / fps
@@ -363,9 +431,13 @@ def run(args):
         print(f'robot_bringup exited with {robot_code}, server_node with {server_code}')
         frames_captured = recorder.frames_published
 
-    print('computing reference labels (server model at 260 px) ...')
-    labels = reference_labels(frames[:frames_captured] if frames_captured else frames)
-    summary = summarize(recorder, frames_captured, labels, phases, link_text, args, wall_s)
+    if truth is None:
+        print('computing reference labels (server model at 260 px) ...')
+        labels = reference_labels(frames[:frames_captured] if frames_captured else frames)
+    else:
+        labels = []
+    summary = summarize(recorder, frames_captured, labels, phases, link_text, args, wall_s,
+                        truth)
     summary['domain_id'] = domain
     summary['logs'] = str(log_dir)
     output = Path(args.output) if args.output else (

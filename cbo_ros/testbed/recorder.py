@@ -1,8 +1,9 @@
 """A recorder node for the demo and the integration tests: what the robot published, and when.
 
 Subscribes ``result`` (final answers), ``local_result``, ``offload_decision``,
-``offload_transfers``, ``network_quality`` and the camera's latched ``frames_published`` count,
-and keeps them (thread-safe) with their receipt time and the current ``phase`` label.
+``offload_transfers``, ``network_quality``, the camera's latched ``frames_published`` count and
+its ``image_raw/source_frame`` (which source frame each stamp is), and keeps them (thread-safe)
+with their receipt time and the current ``phase`` label.
 """
 
 import threading
@@ -10,6 +11,7 @@ import time
 
 from cbo_interfaces.msg import FrameClassification, NetworkQuality, OffloadDecision, TransferSample
 from rclpy.node import Node
+from sensor_msgs.msg import TimeReference
 from std_msgs.msg import UInt64
 
 from cbo_ros.nodes.ros_common import LATCHED_QOS, RESULT_QOS, stamp_to_ns
@@ -28,6 +30,7 @@ class Recorder(Node):
         self.transfers = []
         self.qualities = []
         self.frames_published = 0
+        self.source_frames = {}     # image stamp (ns) -> name of the frame in the source
         self.create_subscription(FrameClassification, 'result', self._on('results'), RESULT_QOS)
         self.create_subscription(OffloadDecision, 'offload_decision', self._on('decisions'),
                                  RESULT_QOS)
@@ -38,6 +41,8 @@ class Recorder(Node):
             self.create_subscription(FrameClassification, 'local_result',
                                      self._on('local_results'), RESULT_QOS)
         self.create_subscription(UInt64, 'frames_published', self._on_count, LATCHED_QOS)
+        self.create_subscription(TimeReference, 'image_raw/source_frame', self._on_source_frame,
+                                 RESULT_QOS)
 
     def _on(self, attribute):
         def callback(msg):
@@ -48,6 +53,15 @@ class Recorder(Node):
     def _on_count(self, msg):
         with self.lock:
             self.frames_published = max(self.frames_published, int(msg.data))
+
+    def _on_source_frame(self, msg):
+        with self.lock:
+            self.source_frames[stamp_to_ns(msg.header.stamp)] = msg.source
+
+    def source_frame_names(self):
+        """{image stamp (ns): frame name in the source} as published by the camera."""
+        with self.lock:
+            return dict(self.source_frames)
 
     def set_phase(self, phase):
         with self.lock:

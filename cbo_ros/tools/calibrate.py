@@ -3,6 +3,11 @@
 With no arguments: calibration-role videos of artifacts/media (subsampled), held-out metrics on the
 evaluation-role videos, the default calibration file (artifacts/calibration/cbo_calibration.json),
 reliability diagrams and a before/after table for the int8 robot model and its fp32 twin.
+
+True labels (a video's sibling ``<stem>.labels.csv``, ``--labels`` for one source, an image
+folder's labels) are used where a source has them; ``--benchmark`` fits on the benchmark's
+calibration split, selects the method by leave-objects-out and reports held-out metrics on the
+evaluation split with 95 % intervals that resample whole objects.
 """
 
 import argparse
@@ -16,10 +21,11 @@ import numpy as np
 from cbo_ros.assets import paths
 from cbo_ros.core.calibration import (CalibrationError, default_calibration_path, make_calibrator,
                                       max_softmax, top1_correct)
-from cbo_ros.core.calibration_fit import (fit_bundle, method_metrics, stack_outputs, video_groups,
-                                          video_weights)
+from cbo_ros.core.calibration_fit import (fit_bundle, method_metrics, scored_outputs,
+                                          stack_outputs, video_groups, video_weights)
 from cbo_ros.evaluation.outputs_cache import (DEFAULT_OFFLOAD_RESOLUTIONS, VIEWS, _classifier,
                                               _expected_total, load_outputs)
+from cbo_ros.evaluation.pooling import LabelledSource, ManifestError, benchmark_sources
 from cbo_ros.perception.media import MediaError, open_source
 
 FALLBACK_ROLES = {'calibration': ['bigbuckbunny.mp4', 'vtest.avi', 'box.mp4',
@@ -89,7 +95,19 @@ def parse_args(argv):
                              '(the centre view is always used; give none for the centre only)')
     parser.add_argument('--held-out-frames', type=int, default=125,
                         help='subsample each held-out video to about this many frames (0: all)')
-    parser.add_argument('--labels', default=None, help='labels file of an image-folder source')
+    parser.add_argument('--labels', default=None,
+                        help='true labels (CSV "frame,labels") of the one calibration source '
+                             '(default: each video\'s sibling <stem>.labels.csv)')
+    parser.add_argument('--benchmark', nargs='?', const='calibration', default=None,
+                        metavar='SPLIT',
+                        help='fit on this benchmark split (default calibration) instead of '
+                             '--media; held out: --held-out-split')
+    parser.add_argument('--held-out-split', default='evaluation',
+                        help='benchmark split of the held-out metrics (with --benchmark)')
+    parser.add_argument('--manifest', default=None,
+                        help='benchmark manifest (default: artifacts/benchmark/manifest.json)')
+    parser.add_argument('--bootstrap', type=int, default=1000,
+                        help='bootstrap samples of the held-out 95 %% intervals')
     parser.add_argument('--robot-model', default='int8', choices=['int8', 'fp32'],
                         help='robot model the calibration file is for')
     parser.add_argument('--robot-resolutions', type=int, nargs='+',
@@ -117,9 +135,9 @@ def format_metrics(table):
     """Before/after table: one row per (model, method), columns per data set."""
     lines = []
     sets = next(iter(table.values()))['metrics'].keys()
-    header = f"{'model':<6}{'method':<15}{'LOVO NLL':>9} " + ''.join(
-        f"| {s:<12}{'acc':>6}{'ECE':>6}{' ECE 95% CI':<14}{'MCE':>6}{'NLL':>7}{'Brier':>7} "
-        for s in sets)
+    header = f"{'model':<6}{'method':<15}{'LOGO NLL':>9} " + ''.join(
+        f"| {s:<12}{'acc':>6}{'ECE':>6}{' ECE 95% CI':<14}{'MCE':>6}{'NLL':>7}{'Brier':>7}"
+        f"{' ECE-raw 95% CI':<17}" for s in sets)
     lines.append(header)
     for tag, entry in table.items():
         methods = entry['metrics'][next(iter(sets))].keys()
@@ -133,14 +151,50 @@ def format_metrics(table):
                 m = entry['metrics'][s][method]
                 ci = m.get('ece_ci')
                 ci = f' [{100 * ci[0]:4.1f},{100 * ci[1]:5.1f}]' if ci else ''
+                diff = m.get('ece_minus_raw_ci')
+                diff = f' [{100 * diff[0]:+4.1f},{100 * diff[1]:+5.1f}]' if diff else ''
                 row += (f"| {m['samples']:<12}{100 * m['accuracy']:6.1f}{100 * m['ece']:6.1f}"
-                        f"{ci:<14}{100 * m['mce']:6.1f}{m['nll']:7.3f}{m['brier']:7.3f} ")
+                        f"{ci:<14}{100 * m['mce']:6.1f}{m['nll']:7.3f}{m['brier']:7.3f}"
+                        f"{diff:<17}")
             lines.append(row)
-    lines.append('ECE/MCE in %, 15 equal-width bins (95 % CI: bootstrap over 2-s segments of the '
-                 'held-out videos); NLL/Brier of the top-1 correctness event; LOVO NLL: '
-                 'leave-one-video-out log loss on the calibration videos (the selection '
-                 'criterion); * = chosen')
+    units = {entry.get('ci_unit') for entry in table.values()} - {None}
+    unit = units.pop() if units else '2-s segments'
+    lines.append(f'ECE/MCE in %, 15 equal-width bins (95 % CI: bootstrap over whole {unit} of the '
+                 'held-out set; ECE-raw: paired difference calibrated - uncalibrated; MCE/NLL/'
+                 'Brier CIs in the JSON); NLL/Brier of the top-1 correctness event; LOGO NLL: '
+                 'leave-groups-out (objects, else videos) log loss on the calibration set (the '
+                 'selection criterion); acc: top-1 in the label set (true labels) or agreement '
+                 'with reference labels; unlabelled frames left out; * = chosen')
     return '\n'.join(lines)
+
+
+def _sources(args):
+    """(calibration sources, held-out sources) as ``LabelledSource`` lists."""
+    if args.benchmark:
+        if args.media:
+            raise ManifestError('give --media or --benchmark, not both')
+        held = [] if args.held_out is not None and not args.held_out else \
+            benchmark_sources(args.held_out_split, args.manifest)
+        return benchmark_sources(args.benchmark, args.manifest), held
+    media = args.media or media_by_role('calibration')
+    if args.labels and len(media) > 1:
+        raise ManifestError('--labels applies to one source; give each video its sibling '
+                            '<stem>.labels.csv')
+    held_out = media_by_role('evaluation') if args.held_out is None else args.held_out
+    return [LabelledSource(m, args.labels) for m in media], \
+        [LabelledSource(m) for m in held_out]
+
+
+def _usage(outputs, stride, view=None):
+    """Describe what a source contributed (for the calibration file's source_info)."""
+    entry = {'media': outputs.name, 'frames': len(outputs), 'stride': stride,
+             'labels': outputs.label_source, 'labels_file': outputs.labels_file,
+             'unlabelled_frames': outputs.unlabelled_count}
+    if outputs.group != outputs.name:
+        entry['object'] = outputs.group
+    if view is not None:
+        entry['view'] = view
+    return entry
 
 
 def main(argv=None):
@@ -149,39 +203,42 @@ def main(argv=None):
     started = time.perf_counter()
     output = Path(args.output) if args.output else default_calibration_path()
     plots_dir = Path(args.plots) if args.plots else output.parent
-    media = args.media or media_by_role('calibration')
-    held_out = media_by_role('evaluation') if args.held_out is None else args.held_out
-    overlap = {str(paths.resolve_media(m)) for m in media} & \
-        {str(paths.resolve_media(m)) for m in held_out}
-    if overlap:
-        print(f'cbo_calibrate: calibration and held-out media overlap: {sorted(overlap)}',
-              file=sys.stderr)
+    try:
+        sources, held_sources = _sources(args)
+    except ManifestError as error:
+        print(f'cbo_calibrate: {error}', file=sys.stderr)
+        return 2
+    overlap = {str(paths.resolve_media(s.media)) for s in sources} & \
+        {str(paths.resolve_media(s.media)) for s in held_sources}
+    objects = {s.group for s in sources if s.group} & {s.group for s in held_sources if s.group}
+    if overlap or objects:
+        print(f'cbo_calibrate: calibration and held-out media overlap: '
+              f'{sorted(overlap) or sorted(objects)}', file=sys.stderr)
         return 2
     resolutions = sorted(set(args.robot_resolutions) | {args.robot_resolution})
     common = dict(robot_resolutions=resolutions, jpeg_quality=args.jpeg_quality,
-                  cache_dir=args.cache_dir, progress=not args.no_progress,
-                  labels_file=args.labels)
+                  cache_dir=args.cache_dir, progress=not args.no_progress)
     try:
         calibration, used = [], []
-        for spec in media:
-            stride = stride_for(spec, args.frames_per_video)
+        for source in sources:
+            stride = stride_for(source.media, args.frames_per_video)
             # The centre view with the server's outputs, then the extra views (robot + labels).
             for view in ['center'] + list(args.views):
                 offload = args.offload_resolutions if view == 'center' else ()
-                outputs = load_outputs(spec, offload_resolutions=offload, stride=stride,
-                                       view=view, **common)
+                outputs = load_outputs(source.media, offload_resolutions=offload, stride=stride,
+                                       view=view, labels_file=source.labels_file, **common)
+                outputs.group = source.group or outputs.name
                 calibration.append(outputs)
-                used.append({'media': outputs.name, 'frames': len(outputs), 'stride': stride,
-                             'labels': outputs.label_source, 'view': view})
+                used.append(_usage(outputs, stride, view))
         evaluation, held_used = [], []
-        for spec in held_out:
-            stride = stride_for(spec, args.held_out_frames)
+        for source in held_sources:
+            stride = stride_for(source.media, args.held_out_frames)
             # Server outputs too: the causal replay of the online calibration needs them.
-            outputs = load_outputs(spec, offload_resolutions=args.offload_resolutions,
-                                   stride=stride, **common)
+            outputs = load_outputs(source.media, offload_resolutions=args.offload_resolutions,
+                                   stride=stride, labels_file=source.labels_file, **common)
+            outputs.group = source.group or outputs.name
             evaluation.append(outputs)
-            held_used.append({'media': outputs.name, 'frames': len(outputs), 'stride': stride,
-                              'labels': outputs.label_source})
+            held_used.append(_usage(outputs, stride))
     except (MediaError, ValueError, FileNotFoundError) as error:
         print(f'cbo_calibrate: {error}', file=sys.stderr)
         return 1
@@ -190,7 +247,7 @@ def main(argv=None):
     for tag in ('int8', 'fp32'):
         chosen = None if args.method == 'auto' else args.method
         metrics, extras = method_metrics(calibration, evaluation, tag, args.robot_resolution,
-                                         chosen)
+                                         chosen, bootstrap=args.bootstrap)
         table[tag] = {'metrics': metrics, **extras}
     server_time = measure_server_time(args.offload_resolutions, args.jpeg_quality)
     labels = sorted({u['labels'] for u in used})
@@ -199,9 +256,13 @@ def main(argv=None):
         'calibration_media': used,
         'held_out_media': held_used,
         'labels': labels,
-        'labels_note': 'true labels where the source has them, else reference labels (server '
-                       'model at its native resolution on the full frame, no JPEG)',
-        'target': 'P(robot top-1 == label)',
+        'labels_note': 'true labels where the source has them (top-1 in the label set counts as '
+                       'correct; unlabelled frames left out), else reference labels (server '
+                       'model at its native resolution on the full frame, no JPEG: agreement, '
+                       'not accuracy)',
+        'benchmark': {'fit_split': args.benchmark, 'held_out_split': args.held_out_split,
+                      'manifest': args.manifest} if args.benchmark else None,
+        'target': 'P(robot top-1 in the label set)',
         'server_time_note': ('measured on the calibrating machine: JPEG decode + preprocessing'
                              ' + inference, minimum over repeats'),
         'created': time.strftime('%Y-%m-%dT%H:%M:%S'),
@@ -218,21 +279,25 @@ def main(argv=None):
 
     from cbo_ros.evaluation.plots import reliability_diagrams
     figures = []
-    scored = evaluation or calibration
-    set_name = 'held-out' if evaluation else 'calibration (in-sample)'
+    scored = scored_outputs(evaluation) or scored_outputs(calibration)
+    fitted_on = scored_outputs(calibration)
+    set_name = 'held-out' if scored_outputs(evaluation) else 'calibration (in-sample)'
+    true = all(o.label_source == 'true' for o in scored)
     for tag in ('int8', 'fp32'):
         logits = np.concatenate([o.robot_logits[(tag, args.robot_resolution)] for o in scored])
         labels_all = np.concatenate([o.labels for o in scored])
         correct = top1_correct(logits, labels_all)
-        fit_logits, fit_labels = stack_outputs(calibration, tag, args.robot_resolution)
-        fit_weights = video_weights(video_groups(calibration))
+        fit_logits, fit_labels = stack_outputs(fitted_on, tag, args.robot_resolution)
+        fit_weights = video_weights(video_groups(fitted_on))
         panels = [('uncalibrated', max_softmax(logits), correct)]
         for method in ('temperature', 'isotonic', 'logistic'):
             calibrator = make_calibrator(method).fit(fit_logits, fit_labels, fit_weights)
             panels.append((method, calibrator.predict(logits), correct))
         figures.append(reliability_diagrams(
             panels, plots_dir / f'reliability_{tag}.png',
-            f'robot {tag} at {args.robot_resolution} px, {set_name} frames'))
+            f'robot {tag} at {args.robot_resolution} px, {set_name} frames, labels: '
+            f'{"true" if true else "reference"}',
+            ylabel='accuracy' if true else 'agreement with reference labels'))
 
     print('calibration media: ' + ', '.join(f"{u['media']} ({u['frames']} frames)" for u in used
                                             if u['view'] == 'center')
@@ -249,7 +314,7 @@ def main(argv=None):
             'from server answers that had arrived; options chosen on the calibration videos')
         print(format_online(table['int8']['online']))
     print(f"temperature int8 {table['int8']['temperature']:.3f}, "
-          f"fp32 {table['fp32']['temperature']:.3f}; chosen by leave-one-video-out: int8 "
+          f"fp32 {table['fp32']['temperature']:.3f}; chosen by leave-groups-out: int8 "
           f"{table['int8']['chosen']}, fp32 {table['fp32']['chosen']}")
     print(f'wrote {output} (method {bundle.method} for {args.robot_model}; server accuracy '
           f'{bundle.source_info["server_accuracy"]})')

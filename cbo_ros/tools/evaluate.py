@@ -3,6 +3,13 @@
 With no arguments: the evaluation video bikes.mp4 over a constant 1 Mbit/s uplink (RTT 20 ms),
 200 ms deadline, the default calibration file; prints the table and writes JSON and plots under
 artifacts/results/.
+
+Labels: a source with true labels (``--labels FILE``, a video's sibling ``<stem>.labels.csv``, an
+image folder's ``labels.csv``) is scored for accuracy against its label sets (``labels: true``);
+a labels file that cannot be used is an error. Without labels the figures are agreement with the
+server's reference labels (``labels: reference``), not accuracy. Several sources, or
+``--benchmark SPLIT`` (the benchmark manifest's clips), give pooled figures with 95 % intervals
+that resample whole objects (sources without an object: whole sources).
 """
 
 import argparse
@@ -10,10 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from cbo_ros.assets import paths
 from cbo_ros.core.calibration import CalibrationError, load_calibration, max_softmax, top1_correct
 from cbo_ros.evaluation.outputs_cache import load_outputs
-from cbo_ros.evaluation.report import build_report, format_table, write_json
+from cbo_ros.evaluation.pooling import (ManifestError, LabelledSource, benchmark_sources,
+                                        format_pooled, pooled_strategies)
+from cbo_ros.evaluation.report import build_report, format_table, score_name, write_json
 from cbo_ros.evaluation.simulator import SimulationConfig, default_strategies, run_strategies
 from cbo_ros.evaluation.traces import NetworkTrace, TraceError, load_trace
 from cbo_ros.perception.media import MediaError
@@ -25,10 +36,20 @@ SWEEP_DEADLINES_MS = (60, 100, 200, 400, 800)
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog='cbo_eval', description=__doc__.splitlines()[0])
-    parser.add_argument('media', nargs='?', default='bikes',
-                        help='video file, image folder (labels.csv optional), rosbag2 '
-                             '(sqlite3/MCAP) or embedded media name (default: bikes)')
-    parser.add_argument('--labels', default=None, help='labels file of an image folder')
+    parser.add_argument('media', nargs='*', default=[],
+                        help='video files, image folders (labels.csv optional), rosbag2 '
+                             '(sqlite3/MCAP) or embedded media names (default: bikes); several '
+                             'give pooled figures')
+    parser.add_argument('--labels', default=None,
+                        help='true labels (CSV "frame,labels") of the one source (default: a '
+                             'video\'s sibling <stem>.labels.csv, an image folder\'s labels.csv)')
+    parser.add_argument('--benchmark', default=None, metavar='SPLIT',
+                        help='score the clips of a benchmark split (calibration, evaluation, '
+                             'heldout_category) listed in the manifest')
+    parser.add_argument('--manifest', default=None,
+                        help='benchmark manifest (default: artifacts/benchmark/manifest.json)')
+    parser.add_argument('--bootstrap', type=int, default=1000,
+                        help='bootstrap samples of the pooled 95 %% intervals (0: none)')
     parser.add_argument('--topic', default=None, help='image topic of a rosbag2')
     parser.add_argument('--max-frames', type=int, default=0, help='first N frames only')
     parser.add_argument('--stride', type=int, default=1, help='keep every N-th frame')
@@ -93,6 +114,31 @@ def _accuracy_series(reports):
     return {n: [r['strategies'][n]['accuracy'] for r in reports] for n in names}
 
 
+def _sources(args):
+    """List the sources to score (``LabelledSource``), from the arguments or the manifest."""
+    if args.benchmark and args.media:
+        raise ManifestError('give media or --benchmark, not both')
+    if args.benchmark:
+        if args.labels:
+            raise ManifestError('--labels applies to one source; benchmark clips have theirs')
+        return benchmark_sources(args.benchmark, args.manifest)
+    media = args.media or ['bikes']
+    if args.labels and len(media) > 1:
+        raise ManifestError('--labels applies to one source; give each video its sibling '
+                            '<stem>.labels.csv (or an image folder its labels.csv)')
+    return [LabelledSource(m, args.labels) for m in media]
+
+
+def labels_line(outputs):
+    """One line saying which labels score a source."""
+    if outputs.label_source == 'true':
+        left_out = outputs.unlabelled_count
+        return (f'{outputs.name}: labels: true, from {outputs.labels_file} ({len(outputs)} '
+                f'frames' + (f', {left_out} unlabelled left out of accuracy)' if left_out else ')'))
+    return (f'{outputs.name}: labels: reference (no labels file: figures are agreement with the '
+            'server\'s reference labels, not accuracy)')
+
+
 def main(argv=None):
     """Entry point of cbo_eval."""
     args = parse_args(argv)
@@ -111,36 +157,65 @@ def main(argv=None):
         print(f'cbo_eval: {error}', file=sys.stderr)
         return 1
     try:
-        outputs = load_outputs(args.media, robot_tags=(args.robot_model,),
-                               robot_resolutions=sorted(bundle.calibrators),
-                               offload_resolutions=bundle.offload_resolutions,
-                               jpeg_quality=bundle.jpeg_quality, stride=args.stride,
-                               max_frames=args.max_frames, labels_file=args.labels,
-                               topic=args.topic, cache_dir=args.cache_dir,
-                               progress=not args.no_progress)
+        sources = _sources(args)
+        loaded = []
+        for source in sources:
+            outputs = load_outputs(source.media, robot_tags=(args.robot_model,),
+                                   robot_resolutions=sorted(bundle.calibrators),
+                                   offload_resolutions=bundle.offload_resolutions,
+                                   jpeg_quality=bundle.jpeg_quality, stride=args.stride,
+                                   max_frames=args.max_frames, labels_file=source.labels_file,
+                                   topic=args.topic, cache_dir=args.cache_dir,
+                                   progress=not args.no_progress)
+            outputs.group = source.group or outputs.source
+            print(labels_line(outputs))
+            loaded.append(outputs)
     except (MediaError, ValueError, FileNotFoundError) as error:
         print(f'cbo_eval: {error}', file=sys.stderr)
         return 1
+    kinds = {o.label_source for o in loaded}
+    if len(kinds) > 1:
+        print('cbo_eval: the sources mix true and reference labels: accuracy and agreement '
+              'cannot be pooled (label every source, or score them separately)', file=sys.stderr)
+        return 1
     calibration_media = {u.get('media') for u in
                          bundle.source_info.get('calibration_media', [])}
-    if outputs.name in calibration_media:
-        print(f'cbo_eval: warning: {outputs.name} was used to calibrate; results are not '
-              'held-out', file=sys.stderr)
+    for outputs in loaded:
+        if outputs.name in calibration_media:
+            print(f'cbo_eval: warning: {outputs.name} was used to calibrate; results are not '
+                  'held-out', file=sys.stderr)
     config = SimulationConfig(deadline_s=args.deadline_ms / 1e3,
                               local_latency_s=args.local_latency_ms / 1e3, fps=args.fps,
                               robot_tag=args.robot_model, robot_resolution=bundle.robot_resolution,
                               seed=args.seed, p_tar=args.p_tar, window=args.window)
     strategies = args.strategies or default_strategies(bundle.offload_resolutions)
     try:
-        report = evaluate(outputs, bundle, trace, config, strategies)
+        if len(loaded) == 1:
+            report, stem = _single(args, loaded[0], bundle, trace, config, strategies,
+                                   calibration_media)
+        else:
+            report, stem = _pooled(args, loaded, bundle, trace, config, strategies,
+                                   calibration_media)
     except ValueError as error:
         print(f'cbo_eval: {error}', file=sys.stderr)
         return 1
-    report['evaluation_media_held_out'] = outputs.name not in calibration_media
-    stem = Path(str(outputs.name)).stem
-    print(format_table(report))
     plots_dir = Path(args.plots) if args.plots else paths.results_dir() / f'eval_{stem}'
-    figures = []
+    figures = [] if args.no_plots else _figures(args, loaded, bundle, report, trace, plots_dir)
+    report['figures'] = [str(f) for f in figures]
+    json_path = Path(args.json) if args.json else paths.results_dir() / f'eval_{stem}.json'
+    write_json(report, json_path)
+    print(f'JSON: {json_path}')
+    if figures:
+        print('figures: ' + ', '.join(str(f) for f in figures))
+    print(f'done in {time.perf_counter() - started:.1f} s')
+    return 0
+
+
+def _single(args, outputs, bundle, trace, config, strategies, calibration_media):
+    """Report of one source (the table, and the sweep when asked)."""
+    report = evaluate(outputs, bundle, trace, config, strategies)
+    report['evaluation_media_held_out'] = outputs.name not in calibration_media
+    print(format_table(report))
     if args.sweep:
         by_bw, by_dl = sweep(outputs, bundle, trace, config, strategies,
                              args.sweep_bandwidths_mbps, args.sweep_deadlines_ms)
@@ -156,48 +231,123 @@ def main(argv=None):
             'online_vs_exact_vs_bandwidth': [r.get('online_vs_exact', {}).get('ratio')
                                              for r in by_bw],
         }
-        print(_sweep_table(report['sweep']))
-    if not args.no_plots:
-        from cbo_ros.evaluation.plots import accuracy_curves, reliability_diagrams
-        logits = outputs.robot_logits[(args.robot_model, bundle.robot_resolution)]
-        correct = top1_correct(logits, outputs.labels)
-        figures.append(reliability_diagrams(
-            [('uncalibrated', max_softmax(logits), correct),
-             (f'calibrated ({bundle.method})', bundle.calibrate_confidences(logits), correct)],
-            plots_dir / 'reliability.png', f'{outputs.name}: robot {args.robot_model}'))
-        if args.sweep:
-            s = report['sweep']
-            figures.append(accuracy_curves(
-                s['bandwidths_mbps'], s['accuracy_vs_bandwidth'],
-                plots_dir / 'accuracy_vs_bandwidth.png', 'uplink bandwidth (Mbit/s)',
-                f'{outputs.name}, deadline {args.deadline_ms:g} ms', log_x=True))
-            figures.append(accuracy_curves(
-                s['deadlines_ms'], s['accuracy_vs_deadline'],
-                plots_dir / 'accuracy_vs_deadline.png', 'deadline (ms)',
-                f'{outputs.name}, {trace.name}', log_x=True))
-    report['figures'] = [str(f) for f in figures]
-    json_path = Path(args.json) if args.json else paths.results_dir() / f'eval_{stem}.json'
-    write_json(report, json_path)
-    print(f'JSON: {json_path}')
-    if figures:
-        print('figures: ' + ', '.join(str(f) for f in figures))
-    print(f'done in {time.perf_counter() - started:.1f} s')
-    return 0
+        print(_sweep_table(report['sweep'], outputs.label_source))
+    return report, Path(str(outputs.name)).stem
 
 
-def _sweep_table(s):
-    lines = ['accuracy (%) vs bandwidth (Mbit/s): ' + ' '.join(
+def _pooled(args, loaded, bundle, trace, config, strategies, calibration_media):
+    """Pooled report of several sources: per-source reports and object-level intervals."""
+    reports = []
+    for outputs in loaded:
+        report = evaluate(outputs, bundle, trace, config, strategies)
+        report['object'] = outputs.group
+        report['evaluation_media_held_out'] = outputs.name not in calibration_media
+        reports.append(report)
+    groups = [o.group for o in loaded]
+    named = args.benchmark is not None
+    units = 'objects' if named else 'sources'
+    pooled, comparisons = pooled_strategies(reports, groups, args.bootstrap, args.seed)
+    label_source = loaded[0].label_source
+    word = 'acc' if label_source == 'true' else 'agree'
+    print(f"{'source':<28}{'frames':>7}{'unlab':>6} {word}%: local_only     cbo  oracle")
+    for r in reports:
+        s = r['strategies']
+        cells = ' '.join(f"{100 * s[n]['accuracy']:7.1f}" if n in s else f"{'-':>7}"
+                         for n in ('local_only', 'cbo', 'oracle'))
+        print(f"{r['video'][:27]:<28}{r['frames']:7d}{r['unlabelled_frames']:6d}"
+              f"{'':>12}{cells}")
+    total = sum(len(o) for o in loaded)
+    unlabelled = sum(o.unlabelled_count for o in loaded)
+    print(f"pooled over {len(loaded)} sources, {len({*groups})} {units}, {total} frames"
+          + (f' ({unlabelled} unlabelled left out)' if unlabelled else '')
+          + f', labels: {label_source}, trace: {trace.name}, deadline {args.deadline_ms:g} ms')
+    print(format_pooled(pooled, comparisons, units, label_source))
+    report = {
+        'sources': reports,
+        'benchmark': {'split': args.benchmark, 'manifest': args.manifest} if named else None,
+        'labels': label_source,
+        'score': score_name(label_source),
+        'frames': total,
+        'unlabelled_frames': unlabelled,
+        'ci_unit': units,
+        'bootstrap_samples': args.bootstrap,
+        'trace': trace.name,
+        'deadline_ms': args.deadline_ms,
+        'pooled': pooled,
+        'comparisons': comparisons,
+    }
+    if args.sweep:
+        series = {}
+        for key, values, make in (
+                ('accuracy_vs_bandwidth', args.sweep_bandwidths_mbps,
+                 lambda v: (NetworkTrace.constant(v * 1e6, *trace.at(0.0)[1:]), config)),
+                ('accuracy_vs_deadline', args.sweep_deadlines_ms,
+                 lambda v: (trace, SimulationConfig(**{**config.__dict__,
+                                                       'deadline_s': v / 1e3})))):
+            points = []
+            for value in values:
+                point_trace, point_config = make(value)
+                point = [evaluate(o, bundle, point_trace, point_config, strategies)
+                         for o in loaded]
+                points.append(pooled_strategies(point, groups, 0)[0])
+            series[key] = {n: [p[n]['accuracy'] for p in points] for n in points[0]}
+        report['sweep'] = {'bandwidths_mbps': args.sweep_bandwidths_mbps,
+                           'deadline_ms_for_bandwidth_sweep': args.deadline_ms,
+                           'deadlines_ms': args.sweep_deadlines_ms,
+                           'trace_for_deadline_sweep': trace.name, **series}
+        print(_sweep_table(report['sweep'], label_source))
+    stem = f'benchmark_{args.benchmark}' if named else 'pooled'
+    return report, stem
+
+
+def _figures(args, loaded, bundle, report, trace, plots_dir):
+    """Reliability diagrams (labelled frames of every source) and the sweep curves."""
+    from cbo_ros.evaluation.plots import accuracy_curves, reliability_diagrams
+    scored = [o.labelled_only() for o in loaded]
+    scored = [o for o in scored if len(o)]
+    logits = np.concatenate([o.robot_logits[(args.robot_model, bundle.robot_resolution)]
+                             for o in scored])
+    labels = np.concatenate([o.labels for o in scored])
+    correct = top1_correct(logits, labels)
+    true = loaded[0].label_source == 'true'
+    name = loaded[0].name if len(loaded) == 1 else f'{len(loaded)} sources'
+    figures = [reliability_diagrams(
+        [('uncalibrated', max_softmax(logits), correct),
+         (f'calibrated ({bundle.method})', bundle.calibrate_confidences(logits), correct)],
+        plots_dir / 'reliability.png',
+        f'{name}: robot {args.robot_model}, labels: {loaded[0].label_source}',
+        ylabel='accuracy' if true else 'agreement with reference labels')]
+    if 'sweep' in report:
+        s = report['sweep']
+        ylabel = 'accuracy (%)' if true else 'agreement with reference labels (%)'
+        figures.append(accuracy_curves(
+            s['bandwidths_mbps'], s['accuracy_vs_bandwidth'],
+            plots_dir / 'accuracy_vs_bandwidth.png', 'uplink bandwidth (Mbit/s)',
+            f'{name}, deadline {args.deadline_ms:g} ms', log_x=True, ylabel=ylabel))
+        figures.append(accuracy_curves(
+            s['deadlines_ms'], s['accuracy_vs_deadline'],
+            plots_dir / 'accuracy_vs_deadline.png', 'deadline (ms)',
+            f'{name}, {trace.name}', log_x=True, ylabel=ylabel))
+    return figures
+
+
+def _sweep_table(s, label_source='true'):
+    word = 'accuracy' if label_source == 'true' else 'agreement with reference labels'
+    lines = [f'{word} (%) vs bandwidth (Mbit/s): ' + ' '.join(
         f'{b:>6g}' for b in s['bandwidths_mbps'])]
     for name, values in s['accuracy_vs_bandwidth'].items():
         lines.append(f'  {name:<22}' + ' '.join(f'{100 * v:6.1f}' for v in values))
-    lines.append('accuracy (%) vs deadline (ms): ' + ' '.join(
+    lines.append(f'{word} (%) vs deadline (ms): ' + ' '.join(
         f'{d:>6g}' for d in s['deadlines_ms']))
     for name, values in s['accuracy_vs_deadline'].items():
         lines.append(f'  {name:<22}' + ' '.join(f'{100 * v:6.1f}' for v in values))
-    share = ['-' if v is None else f'{100 * v:.0f}%' for v in s['oracle_gain_share_vs_bandwidth']]
-    lines.append('CBO share of the oracle gain vs bandwidth: ' + ' '.join(share))
-    ratio = ['-' if v is None else f'{100 * v:.0f}%' for v in s['online_vs_exact_vs_bandwidth']]
-    lines.append('online CBO / exact (planned gain) vs bandwidth: ' + ' '.join(ratio))
+    if 'oracle_gain_share_vs_bandwidth' in s:
+        share = ['-' if v is None else f'{100 * v:.0f}%'
+                 for v in s['oracle_gain_share_vs_bandwidth']]
+        lines.append('CBO share of the oracle gain vs bandwidth: ' + ' '.join(share))
+    if 'online_vs_exact_vs_bandwidth' in s:
+        ratio = ['-' if v is None else f'{100 * v:.0f}%' for v in s['online_vs_exact_vs_bandwidth']]
+        lines.append('online CBO / exact (planned gain) vs bandwidth: ' + ' '.join(ratio))
     return '\n'.join(lines)
 
 
