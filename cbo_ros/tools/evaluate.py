@@ -51,6 +51,11 @@ def parse_args(argv):
     parser.add_argument('--bootstrap', type=int, default=1000,
                         help='bootstrap samples of the pooled 95 %% intervals (0: none)')
     parser.add_argument('--topic', default=None, help='image topic of a rosbag2')
+    parser.add_argument('--recorded-results', action='store_true',
+                        help='score what a recorded live run answered (its final `result` '
+                             'messages, cbo_record) instead of re-running the models')
+    parser.add_argument('--result-topic', default=None,
+                        help='result topic of a recorded run (default: the only one)')
     parser.add_argument('--max-frames', type=int, default=0, help='first N frames only')
     parser.add_argument('--stride', type=int, default=1, help='keep every N-th frame')
     parser.add_argument('--bandwidth', type=float, default=DEFAULT_BANDWIDTH_BPS,
@@ -139,9 +144,41 @@ def labels_line(outputs):
             'server\'s reference labels, not accuracy)')
 
 
+def score_recorded(args):
+    """``--recorded-results``: score the final answers recorded in each bag; exit code."""
+    import json
+    from cbo_ros.evaluation.recorded_results import (format_score, RecordedResultsError,
+                                                     score_recorded_run)
+    from cbo_ros.perception.labels import LabelsError, read_frame_labels, sibling_labels_file
+    if not args.media or (args.labels and len(args.media) > 1):
+        print('cbo_eval: --recorded-results needs one or more rosbag2 paths (and --labels only '
+              'with one)', file=sys.stderr)
+        return 1
+    summaries = []
+    for bag in args.media:
+        labels_file = args.labels or sibling_labels_file(bag)
+        try:
+            labels = read_frame_labels(labels_file) if labels_file else None
+            if labels_file:
+                print(f'{bag}: labels: true, from {labels_file}')
+            score = score_recorded_run(bag, labels, args.topic, args.result_topic)
+        except (RecordedResultsError, LabelsError, OSError, ValueError) as error:
+            print(f'cbo_eval: {bag}: {error}', file=sys.stderr)
+            return 1
+        print('\n'.join(format_score(score)))
+        summaries.append(score.summary())
+    json_path = Path(args.json) if args.json else paths.results_dir() / 'eval_recorded.json'
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({'recorded_runs': summaries}, indent=1))
+    print(f'JSON: {json_path}')
+    return 0
+
+
 def main(argv=None):
     """Entry point of cbo_eval."""
     args = parse_args(argv)
+    if args.recorded_results:
+        return score_recorded(args)
     started = time.perf_counter()
     try:
         bundle = load_calibration(args.calibration)
