@@ -308,7 +308,7 @@ def run_single_process(options, params_file, ros_args):
             executor.spin_once(timeout_sec=0.2)
             if options.exit_when_done and camera is not None and camera.done:
                 done_since = done_since or time.monotonic()
-                if time.monotonic() - done_since > planner.deadline_ns / 1e9 + 1.0:
+                if time.monotonic() - done_since > planner.settings.deadline_ns / 1e9 + 1.0:
                     logger.info('camera done and last deadline passed: exiting')
                     break
     except (KeyboardInterrupt, ExternalShutdownException):
