@@ -55,13 +55,13 @@ def test_results_from_before_the_start_are_not_answered_again(tmp_path):
 
 
 @contextlib.contextmanager
-def planner_in_process():
+def planner_in_process(ros_args=()):
     """An OffloadPlannerNode with the shipped parameters, in its own context (not spun)."""
     import rclpy
     from cbo_ros.nodes.offload_planner_node import OffloadPlannerNode
     context = rclpy.Context()
     rclpy.init(args=['test', '--ros-args', '--params-file',
-                     str(paths.SOURCE_ROOT / 'config' / 'robot.yaml')],
+                     str(paths.SOURCE_ROOT / 'config' / 'robot.yaml'), *ros_args],
                context=context, domain_id=unique_domain_id())
     try:
         node = OffloadPlannerNode(context=context)
@@ -109,6 +109,20 @@ def test_run_time_parameters_apply_and_start_up_ones_are_refused():
                                              Parameter('depth', value=5)])
         assert not any(r.successful for r in start_up_only)
         assert node.settings.strategy == 'cbo' and node.settings is settings
+
+
+def test_frame_qos_is_overridable_in_the_standard_way():
+    from rclpy.qos import HistoryPolicy, ReliabilityPolicy
+    with planner_in_process() as node:
+        assert node.frames_in.qos.reliability == ReliabilityPolicy.RELIABLE   # auto starts here
+        assert node.frames_in.qos.depth == node.settings.depth
+    prefix = 'qos_overrides./image_raw.subscription.'
+    with planner_in_process(['-p', f'{prefix}reliability:=best_effort',
+                             '-p', f'{prefix}depth:=7']) as node:
+        qos = node.frames_in.qos
+        assert (qos.reliability, qos.depth) == (ReliabilityPolicy.BEST_EFFORT, 7)
+        assert qos.history == HistoryPolicy.KEEP_LAST
+        assert node.get_parameter(f'{prefix}depth').value == 7
 
 
 def test_a_frame_the_classifier_skipped_is_still_offloaded_in_time(tmp_path):
