@@ -104,10 +104,12 @@ class TemperatureScaling:
         return max_softmax(np.atleast_2d(np.asarray(logits, dtype=np.float64)) / self.temperature)
 
     def to_dict(self):
+        """Return the JSON-serialisable form (``from_dict`` reads it back)."""
         return {'method': self.method, 'temperature': self.temperature}
 
     @classmethod
     def from_dict(cls, data):
+        """Rebuild from the form written by ``to_dict``."""
         return cls(float(data['temperature']))
 
 
@@ -174,11 +176,13 @@ class HistogramBinning(_ConfidenceCalibrator):
         return self.values[self._index(conf)]
 
     def to_dict(self):
+        """Return the JSON-serialisable form (``from_dict`` reads it back)."""
         return {'method': self.method, 'bins': self.bins, 'prior_strength': self.prior_strength,
                 'values': [float(v) for v in self.values]}
 
     @classmethod
     def from_dict(cls, data):
+        """Rebuild from the form written by ``to_dict``."""
         return cls(int(data['bins']), float(data.get('prior_strength', 2.0)), data['values'])
 
 
@@ -240,11 +244,13 @@ class IsotonicCalibration(_ConfidenceCalibrator):
         return np.interp(conf, self.knots_x, self.knots_y)
 
     def to_dict(self):
+        """Return the JSON-serialisable form (``from_dict`` reads it back)."""
         return {'method': self.method, 'knots_x': [float(v) for v in self.knots_x],
                 'knots_y': [float(v) for v in self.knots_y]}
 
     @classmethod
     def from_dict(cls, data):
+        """Rebuild from the form written by ``to_dict``."""
         return cls(data['knots_x'], data['knots_y'])
 
 
@@ -254,16 +260,20 @@ class IdentityCalibration(_ConfidenceCalibrator):
     method = 'identity'
 
     def fit_confidences(self, confidences, correct, weights=None):
+        """Nothing to fit: return self."""
         return self
 
     def predict_confidences(self, confidences):
+        """Return the confidences unchanged (clipped to [0, 1])."""
         return np.clip(np.asarray(confidences, dtype=np.float64), 0.0, 1.0)
 
     def to_dict(self):
+        """Return the JSON-serialisable form (``from_dict`` reads it back)."""
         return {'method': self.method}
 
     @classmethod
     def from_dict(cls, data):
+        """Rebuild from the form written by ``to_dict``."""
         return cls()
 
 
@@ -348,6 +358,7 @@ class LogisticCalibration:
         return self.predict_features(confidence_features(logits))
 
     def to_dict(self):
+        """Return the JSON-serialisable form (``from_dict`` reads it back)."""
         return {'method': self.method, 'l2': self.l2, 'features': list(FEATURE_NAMES),
                 'offset': 'logit(max_prob)',
                 'mean': [float(v) for v in self.mean], 'scale': [float(v) for v in self.scale],
@@ -355,6 +366,7 @@ class LogisticCalibration:
 
     @classmethod
     def from_dict(cls, data):
+        """Rebuild from the form written by ``to_dict``."""
         if list(data.get('features', FEATURE_NAMES)) != list(FEATURE_NAMES):
             raise CalibrationError(f"logistic calibrator features {data.get('features')} differ "
                                    f'from {list(FEATURE_NAMES)}')
@@ -462,6 +474,7 @@ class ServerProfile:
         return float(self.score_map[r].predict_confidences(np.array([float(score)]))[0])
 
     def to_dict(self):
+        """Return the JSON-serialisable form (``from_dict`` reads it back)."""
         return {'score_map': {str(r): m.to_dict() for r, m in self.score_map.items()},
                 'edges': [float(e) for e in self.edges],
                 'accuracy': {str(r): [float(x) for x in v] for r, v in self.accuracy.items()},
@@ -471,6 +484,7 @@ class ServerProfile:
 
     @classmethod
     def from_dict(cls, data):
+        """Rebuild from the form written by ``to_dict``."""
         return cls(data['edges'], data['accuracy'], data.get('raw_accuracy'), data.get('overall'),
                    data.get('score_map'))
 
@@ -575,6 +589,7 @@ class CalibrationBundle:
                             'accuracy and time are guesses, not measurements'})
 
     def to_dict(self):
+        """Return the JSON-serialisable form (``from_dict`` reads it back)."""
         return {
             'format': FORMAT,
             'method': self.method,
@@ -590,6 +605,7 @@ class CalibrationBundle:
 
     @classmethod
     def from_dict(cls, data, path=None):
+        """Rebuild from the form written by ``to_dict``."""
         if data.get('format') != FORMAT:
             raise CalibrationError(f"unsupported calibration format {data.get('format')!r} "
                                    f'(expected {FORMAT!r})')

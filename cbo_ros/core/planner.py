@@ -120,9 +120,11 @@ class BasePlanner:
         return answer <= candidate.deadline_s - self.safety_margin_s
 
     def feasible_options(self, candidate, link, now_s):
+        """Return the candidate's options whose answer is predicted in time."""
         return [o for o in candidate.options if self.feasible(candidate, o, link, now_s)]
 
     def decide(self, candidate, link, now_s):  # pragma: no cover - interface
+        """Return the Decision for ``candidate`` given the link at ``now_s``."""
         raise NotImplementedError
 
     def reset(self):
@@ -159,6 +161,7 @@ class ServerFeedback:
         self.pending = {}                   # seq -> profile value A_r(c) used at decision
 
     def reset(self):
+        """Forget any state (between evaluation runs)."""
         self.residuals.clear()
         self.pending.clear()
 
@@ -209,6 +212,7 @@ class LocalOnlyPlanner(BasePlanner):
     name = 'local_only'
 
     def decide(self, candidate, link, now_s):
+        """Return the Decision for ``candidate`` given the link at ``now_s``."""
         return _local(candidate, 'local only')
 
 
@@ -221,6 +225,7 @@ class ServerOnlyPlanner(BasePlanner):
         self.name = f'server_only_{self.resolution}'
 
     def decide(self, candidate, link, now_s):
+        """Return the Decision for ``candidate`` given the link at ``now_s``."""
         if not link_usable(link):
             return _local(candidate, 'link unusable')
         option = _nearest_option(candidate.options, self.resolution)
@@ -254,6 +259,7 @@ class ThresholdPlanner(BasePlanner):
         self.name = 'raw_threshold' if raw else 'calibrated_threshold'
 
     def decide(self, candidate, link, now_s):
+        """Return the Decision for ``candidate`` given the link at ``now_s``."""
         conf = candidate.confidence
         if self.raw and candidate.raw_confidence is not None:
             conf = float(candidate.raw_confidence)
@@ -303,9 +309,11 @@ class BandwidthDrivenPlanner(BasePlanner):
         self.interval = _FrameInterval()
 
     def reset(self):
+        """Forget any state (between evaluation runs)."""
         self.interval.reset()
 
     def decide(self, candidate, link, now_s):
+        """Return the Decision for ``candidate`` given the link at ``now_s``."""
         interval = self.interval.update(candidate.arrival_s)
         if not link_usable(link):
             return _local(candidate, 'link unusable')
@@ -402,6 +410,7 @@ class CboPlanner(BasePlanner):
             if feedback else None
 
     def reset(self):
+        """Forget any state (between evaluation runs)."""
         self.history.clear()
         self.price_per_byte = 0.0
         self.interval.reset()
@@ -471,6 +480,7 @@ class CboPlanner(BasePlanner):
         return min(float(option.payload_bytes), overlap * link.bandwidth_bps / 8.0)
 
     def decide(self, candidate, link, now_s):
+        """Return the Decision for ``candidate`` given the link at ``now_s``."""
         interval = self.interval.update(candidate.arrival_s)
         conf, accuracies = self._view(candidate, now_s)
         keep = 1.0 - float(link.loss_rate)
@@ -520,6 +530,7 @@ class SchedulePlanner(BasePlanner):
         self.name = name
 
     def decide(self, candidate, link, now_s):
+        """Return the Decision for ``candidate`` given the link at ``now_s``."""
         resolution = int(self.schedule.get(candidate.seq, 0))
         if not resolution or not link_usable(link):
             return _local(candidate, f'{self.name}: local')

@@ -51,6 +51,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def parse_args(argv):
+    """Parse the bring-up options; return (options, unknown arguments)."""
     parser = argparse.ArgumentParser(prog='robot_bringup', description=__doc__.split('\n')[0])
     parser.add_argument('--params-file', default=str(config_dir() / 'robot.yaml'),
                         help='ROS 2 parameter file (default: config/robot.yaml)')
@@ -134,6 +135,7 @@ def configured(params_file, node, name, default=None):
 
 
 def selected_nodes(options):
+    """Return the (module, class) of the nodes the options do not disable."""
     return [(name, cls) for name, cls, disabled_by in NODES
             if not (disabled_by and getattr(options, disabled_by))]
 
@@ -184,6 +186,7 @@ def stop_children(children, timeout):
 
 
 def run_processes(options, params_file, ros_args):
+    """Run every node in its own process until they end or a signal comes; return the code."""
     overrides = node_overrides(options)
     temp_files = []
     children = {}
@@ -254,6 +257,7 @@ def node_class(module_name, preferred):
 
 
 def run_single_process(options, params_file, ros_args):
+    """Run all nodes in this process on one executor; return the exit code."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
     from rclpy.parameter import Parameter
@@ -333,6 +337,7 @@ def run_single_process(options, params_file, ros_args):
 
 
 def main(argv=None):
+    """Start the robot nodes; return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if '--ros-args' in argv:
         index = argv.index('--ros-args')

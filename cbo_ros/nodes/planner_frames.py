@@ -83,7 +83,7 @@ class FrameBook:
         return next(iter(self.frames.values()))
 
     def due(self, now_ns: int, margin_ns: int) -> List[FrameState]:
-        """Return the frames whose answer is due (``margin_ns`` before their deadline)."""
+        """Return the frames to answer now: ``margin_ns`` or less before their deadline."""
         return [f for f in self.frames.values() if now_ns >= f.deadline_ns - margin_ns]
 
     def due_times_ns(self, margin_ns: int) -> List[int]:

@@ -27,6 +27,8 @@ class MediaError(RuntimeError):
 
 @dataclass
 class Frame:
+    """One frame of a media source, with its true label when known."""
+
     index: int
     rgb: np.ndarray
     time_s: float          # media time of the frame (seconds from the start)
@@ -65,6 +67,7 @@ class VideoSource:
             raw_index += 1
 
     def close(self):
+        """Release the source."""
         self._capture.release()
 
 
@@ -118,6 +121,7 @@ class ImageFolderSource:
                         self.labels.get(path.name), path.name)
 
     def close(self):
+        """Release the source."""
         pass
 
 
@@ -207,6 +211,7 @@ class RosbagSource:
                     break
 
     def close(self):
+        """Release the source."""
         pass
 
 
@@ -243,4 +248,5 @@ def read_frames(spec, max_frames=0, **kwargs):
 
 
 def media_exists(name):
+    """Tell whether a media name or path resolves to an existing file."""
     return os.path.exists(resolve_media(name))

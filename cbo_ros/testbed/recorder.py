@@ -50,10 +50,12 @@ class Recorder(Node):
             self.frames_published = max(self.frames_published, int(msg.data))
 
     def set_phase(self, phase):
+        """Tag the messages received from now on with ``phase``."""
         with self.lock:
             self.phase = phase
 
     def snapshot(self, attribute):
+        """Return a copy of the recorded list ``attribute``."""
         with self.lock:
             return list(getattr(self, attribute))
 
@@ -62,5 +64,6 @@ class Recorder(Node):
         return [stamp_to_ns(msg.header.stamp) for _, _, msg in self.snapshot('results')]
 
     def count(self, attribute):
+        """Return how many messages the list ``attribute`` holds."""
         with self.lock:
             return len(getattr(self, attribute))
