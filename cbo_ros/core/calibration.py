@@ -27,8 +27,10 @@ import math
 import os
 import warnings
 from pathlib import Path
+from typing import Optional, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.optimize import minimize_scalar
 
 from cbo_ros.core.calibration_metrics import (  # noqa: F401 (API)
@@ -45,17 +47,17 @@ class CalibrationError(ValueError):
     """A calibration file is missing or invalid, or a calibrator cannot be fitted."""
 
 
-def default_calibration_path():
+def default_calibration_path() -> Path:
     """Where ``cbo_calibrate`` writes the calibration and the nodes look for it."""
     return artifacts_dir() / 'calibration' / 'cbo_calibration.json'
 
 
-def max_softmax(logits):
+def max_softmax(logits: ArrayLike) -> np.ndarray:
     """Top-1 softmax probability of each row of ``logits`` (N, C) -> (N,)."""
     return softmax(np.atleast_2d(logits)).max(axis=1)
 
 
-def top1_correct(logits, labels):
+def top1_correct(logits: ArrayLike, labels: ArrayLike) -> np.ndarray:
     """1.0 where the argmax of a row of ``logits`` equals its label, else 0.0."""
     logits = np.atleast_2d(logits)
     labels = np.asarray(labels).ravel()
@@ -186,7 +188,7 @@ class HistogramBinning(_ConfidenceCalibrator):
         return cls(int(data['bins']), float(data.get('prior_strength', 2.0)), data['values'])
 
 
-def pool_adjacent_violators(y, weights=None):
+def pool_adjacent_violators(y: ArrayLike, weights: Optional[ArrayLike] = None) -> np.ndarray:
     """Non-decreasing least-squares fit of the sequence ``y`` (already ordered by x)."""
     y = np.asarray(y, dtype=np.float64)
     w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -277,7 +279,7 @@ class IdentityCalibration(_ConfidenceCalibrator):
         return cls()
 
 
-def confidence_features(logits):
+def confidence_features(logits: ArrayLike) -> np.ndarray:
     """Features of each logits row that ``LogisticCalibration`` maps to P(top-1 correct).
 
     Columns: log max-probability, top-1 minus top-2 probability, entropy / log(classes).
@@ -379,7 +381,7 @@ CALIBRATORS = {cls.method: cls for cls in (TemperatureScaling, HistogramBinning,
                                            IdentityCalibration)}
 
 
-def make_calibrator(method):
+def make_calibrator(method: str):
     """Create an unfitted calibrator by method name (``METHODS`` or 'identity')."""
     try:
         return CALIBRATORS[method]()
@@ -388,7 +390,7 @@ def make_calibrator(method):
                                f"(choose from {', '.join(CALIBRATORS)})") from None
 
 
-def calibrator_from_dict(data):
+def calibrator_from_dict(data: dict):
     """Rebuild a calibrator saved with ``to_dict``."""
     method = data.get('method')
     if method not in CALIBRATORS:
@@ -464,7 +466,7 @@ class ServerProfile:
                 scores, server_correct[r], weights)
         return self
 
-    def server_confidence(self, resolution, score):
+    def server_confidence(self, resolution: int, score: float) -> float:
         """P(server correct | its score at r), or None when the map was not profiled."""
         if not self.score_map:
             return None
@@ -517,7 +519,7 @@ class CalibrationBundle:
         self.path = path
 
     @property
-    def is_identity(self):
+    def is_identity(self) -> bool:
         """True for the explicit uncalibrated fallback (no measured server profile).
 
         A bundle whose calibrator is the identity because leave-one-video-out selection found
@@ -533,7 +535,7 @@ class CalibrationBundle:
             r = min(self.calibrators, key=lambda known: abs(known - r))
         return self.calibrators[r]
 
-    def confidence(self, logits_1d, resolution=224):
+    def confidence(self, logits_1d: ArrayLike, resolution: int = 224) -> Tuple[float, float]:
         """Return ``(calibrated, raw)`` top-1 confidence of one logits vector of the robot model."""
         logits = np.asarray(logits_1d, dtype=np.float64).reshape(1, -1)
         raw = float(max_softmax(logits)[0])
@@ -544,17 +546,18 @@ class CalibrationBundle:
             calibrated = float(calibrator.predict(logits)[0])
         return calibrated, raw
 
-    def calibrate_confidences(self, logits, resolution=None):
+    def calibrate_confidences(self, logits: ArrayLike,
+                              resolution: Optional[int] = None) -> np.ndarray:
         """Vectorised ``confidence``: calibrated confidences of (N, C) logits."""
         return self.calibrator(resolution).predict(np.atleast_2d(logits))
 
-    def server_accuracy(self, resolution, confidence, raw=False):
+    def server_accuracy(self, resolution: int, confidence: float, raw: bool = False) -> float:
         """A_r(c): profiled P(server correct at resolution r | local confidence c)."""
         if self.profile is None:
             return _fallback_server_accuracy(resolution)
         return self.profile.lookup(resolution, confidence, raw=raw)
 
-    def server_confidence(self, resolution, score):
+    def server_confidence(self, resolution: int, score: float) -> float:
         """P(server answer at r correct | the score it returned); None when not profiled.
 
         Used by the planners' optional online refinement (``observe_server_answer``).
@@ -563,7 +566,7 @@ class CalibrationBundle:
             return None
         return self.profile.server_confidence(resolution, score)
 
-    def server_time_s(self, resolution):
+    def server_time_s(self, resolution: int) -> float:
         """Profiled server time (decode + inference) at an offload resolution."""
         r = int(resolution)
         if r in self._server_time_s:
@@ -572,13 +575,13 @@ class CalibrationBundle:
             return _FALLBACK_SERVER_TIME_S
         return self._server_time_s[min(self._server_time_s, key=lambda k: abs(k - r))]
 
-    def set_server_time_s(self, seconds):
+    def set_server_time_s(self, seconds: float) -> None:
         """Replace the profiled server time at every offload resolution (e.g. a known server)."""
         resolutions = self._server_time_s or {int(r): 0.0 for r in self.offload_resolutions}
         self._server_time_s = {int(r): float(seconds) for r in resolutions}
 
     @classmethod
-    def identity(cls, offload_resolutions, robot_resolution=224):
+    def identity(cls, offload_resolutions, robot_resolution: int = 224) -> 'CalibrationBundle':
         """Build the explicitly labelled uncalibrated fallback (raw max-softmax, guesses)."""
         warnings.warn('using the UNCALIBRATED identity calibration (run cbo_calibrate)',
                       stacklevel=2)
@@ -616,7 +619,7 @@ class CalibrationBundle:
                    data.get('server_time_s', {}), data['method'], data.get('source_info'),
                    data.get('metrics'), data.get('jpeg_quality', 90), path)
 
-    def save(self, path):
+    def save(self, path: Union[str, Path]) -> Path:
         """Write the bundle as JSON (creating the directory)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -627,7 +630,7 @@ class CalibrationBundle:
         return path
 
 
-def load_calibration(path=None):
+def load_calibration(path: Union[str, Path, None] = None) -> CalibrationBundle:
     """Load a calibration bundle; raise ``CalibrationError`` naming the path and the fix."""
     path = Path(path or default_calibration_path())
     fix = f'run `cbo_calibrate --output {path}` (or `make calibrate`) to create it'
