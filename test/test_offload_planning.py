@@ -76,3 +76,21 @@ def test_answers_teach_the_server_time_and_occupancy(make):
     assert planning.occupancy.occupancy_s == pytest.approx(0.016)
     # Measured server time 0.2 - 0.01 - 0.01 - 0.01 = 0.17 s replaces the profile's 0.04 s.
     assert planning.server_time.server_time_s(96, 1.5) == pytest.approx(0.17)
+
+
+def test_the_link_view_prefers_a_fresh_estimate_and_applies_the_cap():
+    from cbo_ros.core.offload_planning import link_view
+    quality = SimpleNamespace(bandwidth_bps=20e6, rtt_ms=8.0, loss_rate=0.01, source='probes',
+                              server_reachable=True)
+    link, why, source = link_view(quality, 10e6, 0.005, busy_until_s=3.0)
+    assert (link.bandwidth_bps, link.rtt_s, link.loss_rate) == (20e6, 0.008, 0.01)
+    assert link.reachable and why == '' and source == 'probes' and link.busy_until_s == 3.0
+    link, _, source = link_view(None, 10e6, 0.005, cap_bps=2e6)
+    assert (link.bandwidth_bps, link.rtt_s, source) == (2e6, 0.005, 'initial, capped')
+    unknown = SimpleNamespace(**(vars(quality) | {'bandwidth_bps': 0.0, 'source': ''}))
+    assert link_view(unknown, 10e6, 0.005)[0].bandwidth_bps == 10e6   # unknown: the initial
+    down = SimpleNamespace(**(vars(quality) | {'server_reachable': False}))
+    link, why, _ = link_view(down, 10e6, 0.005)
+    assert not link.reachable and why == 'server unreachable (network monitor)'
+    link, why, _ = link_view(down, 10e6, 0.005, unreachable_why='server unavailable')
+    assert not link.reachable and why == 'server unavailable'

@@ -11,7 +11,7 @@ the server for it. Times are seconds on the caller's clock.
 
 import time
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Tuple
 
 import numpy as np
 
@@ -28,6 +28,31 @@ class Plan:
     payload: Optional[bytes] = None     # the JPEG to send (offloads only)
     measure_only: bool = False          # a server-time probe: the frame keeps its local answer
     encode_ms: float = 0.0              # JPEG encoding time spent while planning
+
+
+def link_view(quality, initial_bandwidth_bps: float, initial_rtt_s: float,
+              cap_bps: float = 0.0, busy_until_s: float = 0.0,
+              unreachable_why: str = '') -> Tuple[LinkState, str, str]:
+    """Return the planner's view of the uplink: ``(LinkState, why unreachable, source)``.
+
+    ``quality``: a fresh link estimate (``bandwidth_bps``, ``rtt_ms``, ``loss_rate``,
+    ``source``, ``server_reachable``, as in a NetworkQuality message) or None; without one, or
+    with an unknown bandwidth, the initial values hold. ``cap_bps`` > 0 bounds the bandwidth.
+    ``unreachable_why``: why the caller knows the server to be unreachable ('': it does not).
+    """
+    if quality is not None and quality.bandwidth_bps > 0:
+        bandwidth, rtt = quality.bandwidth_bps, quality.rtt_ms / 1e3
+        loss, source = quality.loss_rate, quality.source or 'network_quality'
+    else:
+        bandwidth, rtt, loss, source = initial_bandwidth_bps, initial_rtt_s, 0.0, 'initial'
+    if cap_bps > 0 and (bandwidth <= 0 or cap_bps < bandwidth):
+        bandwidth, source = cap_bps, f'{source}, capped'
+    why = unreachable_why
+    if not why and quality is not None and not quality.server_reachable:
+        why = 'server unreachable (network monitor)'
+    link = LinkState(bandwidth_bps=float(bandwidth), rtt_s=float(rtt), loss_rate=float(loss),
+                     reachable=not why, busy_until_s=busy_until_s)
+    return link, why, source
 
 
 class FramePlanner:

@@ -62,13 +62,13 @@ class OffloadClient:
         self.consecutive_timeouts = 0
         self.backoff_until_ns = 0
 
-    def reachability(self, now_ns: int) -> Tuple[bool, str]:
-        """Return (reachable, why not) as far as this client knows."""
+    def unreachable_why(self, now_ns: int) -> str:
+        """Return why the server is unreachable as far as this client knows ('': it is not)."""
         if not self.client.service_is_ready():
-            return False, 'server unavailable'
+            return 'server unavailable'
         if now_ns < self.backoff_until_ns:
-            return False, 'server unresponsive (backing off)'
-        return True, ''
+            return 'server unresponsive (backing off)'
+        return ''
 
     def send(self, header, seq: int, key: int, deadline_ns: int, payload: bytes,
              resolution: int, top_k: int, bandwidth_bps: float, rtt_s: float,

@@ -1,21 +1,18 @@
 """offload_planner_node: decide per frame whether to offload, and publish one final answer.
 
 Inputs: ``image_raw`` (frames), ``local_result`` (robot answers, joined to frames by
-``header.stamp``) and ``network_quality`` (link estimate of network_monitor_node). For each frame
-the shared planner (``cbo_ros.core.planner.make_planner``) chooses between the local answer and an
-offload at one of the calibrated resolutions; the payload sizes it weighs are the real JPEG sizes
-of the frame's centre square at each resolution.
-
-Outputs, for every frame exactly once: ``result`` (FrameClassification, ``is_final`` true) by the
-frame's deadline (``deadline_ms`` after its stamp): the server's answer when it came back in time,
-else the local answer (``note`` says why), or an empty class when no local answer arrived either;
+``header.stamp``) and ``network_quality`` (link estimate of network_monitor_node). Outputs, for
+every frame exactly once: ``result`` (FrameClassification, ``is_final`` true) by the frame's
+deadline (``deadline_ms`` after its stamp): the server's answer when it came back in time, else
+the local answer (``note`` says why), or an empty class when no local answer arrived either;
 ``offload_decision`` (OffloadDecision). For every offload call: ``offload_transfers``
-(TransferSample), which the network monitor learns bandwidth from. Diagnostics on
-``/diagnostics``.
+(TransferSample). Diagnostics on ``/diagnostics``.
 
-Nothing blocks the executor: the server is called with ``call_async`` and a timer, re-armed for the
-nearest due frame, answers frames whose deadline is near. Timing, QoS and the server-time model:
-docs/live_system.md. ``frame_seq`` is a counter of this node (order of first sight).
+A shell around the ROS-free planning (:class:`cbo_ros.core.offload_planning.FramePlanner`: the
+strategy, real JPEG sizes, the server-time model) and the sending side
+(:class:`cbo_ros.nodes.offload_client.OffloadClient`). Nothing blocks the executor: the server
+is called with ``call_async``; one timer, re-armed for the nearest due frame, answers frames
+whose deadline is near. Timing, QoS and the server-time model: docs/live_system.md.
 """
 
 import collections
@@ -29,9 +26,8 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.task import Future
 
-from cbo_ros.core.offload_planning import FramePlanner
+from cbo_ros.core.offload_planning import FramePlanner, link_view
 from cbo_ros.core.payload_sizing import PayloadSizer
-from cbo_ros.core.planner import LinkState
 from cbo_ros.core.server_time import ServerOccupancy, ServerTimeModel, ServerTimeProbe
 from cbo_ros.nodes.offload_client import OffloadClient, PendingCall
 from cbo_ros.nodes.planner_frames import final_result, FrameBook, FrameStage, FrameState
@@ -171,23 +167,11 @@ class OffloadPlannerNode(Node):
     # ------------------------------------------------------------------ decisions
     def link_state(self, now_ns: int):
         """Return the planner's view of the link: ``(LinkState, why unreachable, source)``."""
-        s, quality = self.settings, self.quality
-        fresh = quality is not None and now_ns - self.quality_ns < s.quality_timeout_ns
-        if fresh and quality.bandwidth_bps > 0:
-            bandwidth, rtt = quality.bandwidth_bps, quality.rtt_ms / 1e3
-            loss, source = quality.loss_rate, quality.source or 'network_quality'
-        else:
-            bandwidth, rtt, loss, source = s.initial_bandwidth_bps, s.initial_rtt_s, 0.0, 'initial'
-        cap = s.bandwidth_cap_bps
-        if cap > 0 and (bandwidth <= 0 or cap < bandwidth):
-            bandwidth, source = cap, f'{source}, capped'
-        reachable, why = self.sender.reachability(now_ns)
-        if reachable and fresh and not quality.server_reachable:
-            reachable, why = False, 'server unreachable (network monitor)'
-        link = LinkState(bandwidth_bps=float(bandwidth), rtt_s=float(rtt),
-                         loss_rate=float(loss), reachable=reachable,
-                         busy_until_s=self.planning.busy_until_s)
-        return link, why, source
+        s = self.settings
+        fresh = self.quality is not None and now_ns - self.quality_ns < s.quality_timeout_ns
+        return link_view(self.quality if fresh else None, s.initial_bandwidth_bps,
+                         s.initial_rtt_s, s.bandwidth_cap_bps, self.planning.busy_until_s,
+                         self.sender.unreachable_why(now_ns))
 
     def decide(self, state: FrameState) -> None:
         """Plan a frame whose local answer (and image) are known; send it or answer locally."""
