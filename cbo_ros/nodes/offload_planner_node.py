@@ -38,6 +38,7 @@ from cbo_ros.nodes.ros_common import (Diagnostics, FrameSubscription, load_bundl
 from cbo_ros.perception.media import image_msg_to_rgb
 
 NS = 1_000_000_000
+RUN_TIME_PARAMETERS = {p.name for p in PARAMS if not p.read_only}
 
 
 class OffloadPlannerNode(Node):
@@ -107,8 +108,7 @@ class OffloadPlannerNode(Node):
             if self.sizer.quality != self.settings.jpeg_quality:
                 self.sizer.set_quality(self.settings.jpeg_quality)
         for parameter in parameters:
-            if parameter.name in ('deadline_ms', 'deadline_margin_ms', 'jpeg_quality', 'top_k',
-                                  'bandwidth_cap_bps'):
+            if parameter.name in RUN_TIME_PARAMETERS:
                 self.get_logger().info(f'{parameter.name} set to {parameter.value}')
 
     def now_ns(self) -> int:
