@@ -289,9 +289,10 @@ def run_single_process(options, params_file, ros_args):
     logger = rclpy.logging.get_logger('robot_bringup')
     if options.executor == 'events':
         from rclpy.experimental import EventsExecutor
-        executor = EventsExecutor()
+        executor, threads = EventsExecutor(), 0      # single-threaded
     else:
-        executor = MultiThreadedExecutor(num_threads=max(2, options.threads))
+        threads = max(2, options.threads)
+        executor = MultiThreadedExecutor(num_threads=threads)
     overrides = node_overrides(options)
     nodes = []
     code = 0
@@ -324,7 +325,7 @@ def run_single_process(options, params_file, ros_args):
     finally:
         # Order matters: stop the executor (its threads finish their callbacks), take the nodes
         # out of it and destroy them, then shut the context down.
-        shutdown_executor(executor)
+        shutdown_executor(executor, threads=threads)
         for node in nodes:
             with contextlib.suppress(Exception):
                 executor.remove_node(node)

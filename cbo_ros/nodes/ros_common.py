@@ -6,9 +6,12 @@ Executors: each robot node runs in its own process under :func:`spin_node`, i.e.
 single-threaded EventsExecutor): only there can callbacks of one node run concurrently.
 """
 
+import contextlib
 import copy
 import dataclasses
 import sys
+import threading
+import time
 import traceback
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
@@ -348,17 +351,29 @@ def load_bundle(logger, calibration_file, offload_resolutions=None):
         return CalibrationBundle.identity(resolutions), False, message
 
 
-def shutdown_executor(executor, timeout_sec=5.0):
+def shutdown_executor(executor, timeout_sec: float = 5.0, threads: int = 0) -> None:
     """Stop an executor after the callbacks already handed to its threads have finished.
 
     MultiThreadedExecutor.shutdown (rclpy Kilted) destroys its guard condition before it drains
     its thread pool, and each queued callback still triggers that guard condition ("cannot use
     Destroyable because destruction was requested", printed at exit as an exception never
-    retrieved): drain the pool first. Destroy the nodes only after this.
+    retrieved). With ``threads`` (its ``num_threads``) the pool is drained first, through the
+    public API: the nodes leave the executor (nothing new is queued), then ``threads`` tasks
+    that wait for one another are spun; they all run at once only when every pool thread has
+    finished what was queued before them. Destroy the nodes only after this.
     """
-    pool = getattr(executor, '_executor', None)
-    if pool is not None:
-        pool.shutdown(wait=True)
+    if threads > 1:
+        for node in executor.get_nodes():
+            executor.remove_node(node)
+        all_running = threading.Barrier(threads)
+
+        def hold() -> None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                all_running.wait(timeout_sec)
+        holds = [executor.create_task(hold) for _ in range(threads)]
+        give_up = time.monotonic() + timeout_sec
+        while not all(task.done() for task in holds) and time.monotonic() < give_up:
+            executor.spin_once(timeout_sec=0.05)
     executor.shutdown(timeout_sec=timeout_sec)
 
 
