@@ -105,6 +105,10 @@ def test_run_time_parameters_apply_and_start_up_ones_are_refused():
         assert node.link_state(node.now_ns())[0].bandwidth_bps == 2e6   # the cap applies
         out_of_range = node.set_parameters([Parameter('deadline_ms', value=1.0)])[0]
         assert not out_of_range.successful and node.settings.deadline_ns == 450_000_000
+        # In range, but inconsistent with another setting: refused by the on-set validation.
+        inconsistent = node.set_parameters([Parameter('deadline_margin_ms', value=500.0)])[0]
+        assert not inconsistent.successful and 'must be below deadline_ms' in inconsistent.reason
+        assert node.settings.margin_ns == 25_000_000
         start_up_only = node.set_parameters([Parameter('strategy', value='local_only'),
                                              Parameter('depth', value=5)])
         assert not any(r.successful for r in start_up_only)

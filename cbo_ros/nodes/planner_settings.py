@@ -47,6 +47,9 @@ class PlannerSettings:
 
     def __post_init__(self) -> None:
         """Refuse values no range of the descriptors catches."""
+        if self.margin_ns >= self.deadline_ns:
+            raise ValueError(f'deadline_margin_ms ({self.margin_ns / 1e6:g}) must be below '
+                             f'deadline_ms ({self.deadline_ns / 1e6:g})')
         if self.reliability not in RELIABILITIES:
             raise ValueError(f"reliability must be one of {', '.join(RELIABILITIES)}, got "
                              f"'{self.reliability}'")
@@ -70,7 +73,8 @@ PARAMS = (
           'frames that arrive afterwards).', minimum=10.0, maximum=60000.0, read_only=False,
           field='deadline_ns', convert=ms_to_ns),
     Param('deadline_margin_ms', 25.0,
-          'Publish the fallback answer this long before the deadline (run-time settable).',
+          'Publish the fallback answer this long before the deadline (below deadline_ms; '
+          'run-time settable).',
           minimum=0.0, maximum=1000.0, read_only=False, field='margin_ns', convert=ms_to_ns),
     Param('deadline_check_ms', 50.0,
           'Longest period of the deadline timer: it is re-armed for the nearest due frame, and '
