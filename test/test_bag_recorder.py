@@ -91,3 +91,12 @@ def test_existing_output_is_refused(tmp_path):
     code = stop_process(process)
     assert code == 1
     assert 'exists' in (tmp_path / 'recorder.log').read_text()
+
+
+def test_duration_stops_and_closes_the_bag(tmp_path):
+    bag = tmp_path / 'short'
+    process = start_process(['-m', 'cbo_ros.tools.record', '-o', str(bag), '--duration', '1.5'],
+                            ros_env(unique_domain_id()), tmp_path / 'recorder.log')
+    assert wait_for(lambda: process.poll() is not None, 30.0), 'still running after --duration'
+    assert process.returncode == 0, (tmp_path / 'recorder.log').read_text()
+    assert (bag / 'metadata.yaml').is_file()

@@ -55,13 +55,13 @@ def test_results_from_before_the_start_are_not_answered_again(tmp_path):
 
 
 @contextlib.contextmanager
-def planner_in_process():
+def planner_in_process(ros_args=()):
     """An OffloadPlannerNode with the shipped parameters, in its own context (not spun)."""
     import rclpy
     from cbo_ros.nodes.offload_planner_node import OffloadPlannerNode
     context = rclpy.Context()
     rclpy.init(args=['test', '--ros-args', '--params-file',
-                     str(paths.SOURCE_ROOT / 'config' / 'robot.yaml')],
+                     str(paths.SOURCE_ROOT / 'config' / 'robot.yaml'), *ros_args],
                context=context, domain_id=unique_domain_id())
     try:
         node = OffloadPlannerNode(context=context)
@@ -73,26 +73,22 @@ def planner_in_process():
         rclpy.try_shutdown(context=context)
 
 
-def test_jpeg_sizes_are_measured_again_in_the_background():
+def test_the_payload_sizer_follows_the_parameters():
+    """The node's sizer measures its resolutions at jpeg_quality, also after a change."""
     import numpy as np
+    from rclpy.parameter import Parameter
     from cbo_ros.perception.image_ops import center_square, encode_jpeg
     textured = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
-    flat = np.full((240, 320, 3), 128, dtype=np.uint8)
     with planner_in_process() as node:
-        first = node.encode_payloads(textured)      # sizes unknown: every resolution, now
-        assert sorted(first) == sorted(node.resolutions)
-        textured_sizes = dict(node.payload_sizes)
-        for _ in range(node.size_refresh_frames):
-            assert node.encode_payloads(flat) == {}    # nothing encoded in the executor
-        assert node.size_job is not None
-        node.size_job.result(timeout=30.0)
-        expected = {r: len(encode_jpeg(center_square(flat, r), node.jpeg_quality))
-                    for r in node.resolutions}
-        assert node.payload_sizes == expected
-        assert all(expected[r] < textured_sizes[r] for r in node.resolutions)
-        # A measurement at a quality replaced meanwhile is not used.
-        node.measure_sizes(textured, node.jpeg_quality - 10)
-        assert node.payload_sizes == expected
+        sizer = node.sizer
+        assert sizer.resolutions == node.resolutions == node.planning.resolutions
+        assert (sizer.quality, sizer.refresh_frames) == (90, node.settings.size_refresh_frames)
+        assert sorted(sizer.encode_payloads(textured)) == sorted(node.resolutions)
+        assert node.set_parameters([Parameter('jpeg_quality', value=60)])[0].successful
+        assert sizer.quality == 60 and sizer.sizes == {}   # sizes at 90 no longer hold
+        sizer.encode_payloads(textured)
+        assert sizer.sizes == {r: len(encode_jpeg(center_square(textured, r), 60))
+                               for r in node.resolutions}
 
 
 def test_run_time_parameters_apply_and_start_up_ones_are_refused():
@@ -100,16 +96,37 @@ def test_run_time_parameters_apply_and_start_up_ones_are_refused():
     with planner_in_process() as node:
         results = node.set_parameters([Parameter('deadline_ms', value=450.0),
                                        Parameter('jpeg_quality', value=70),
-                                       Parameter('top_k', value=3)])
+                                       Parameter('top_k', value=3),
+                                       Parameter('bandwidth_cap_bps', value=2e6)])
         assert all(r.successful for r in results), [r.reason for r in results]
-        assert node.deadline_ns == 450_000_000
-        assert (node.jpeg_quality, node.top_k) == (70, 3)
+        settings = node.settings
+        assert settings.deadline_ns == 450_000_000
+        assert (settings.jpeg_quality, settings.top_k) == (70, 3)
+        assert node.link_state(node.now_ns())[0].bandwidth_bps == 2e6   # the cap applies
         out_of_range = node.set_parameters([Parameter('deadline_ms', value=1.0)])[0]
-        assert not out_of_range.successful and node.deadline_ns == 450_000_000
+        assert not out_of_range.successful and node.settings.deadline_ns == 450_000_000
+        # In range, but inconsistent with another setting: refused by the on-set validation.
+        inconsistent = node.set_parameters([Parameter('deadline_margin_ms', value=500.0)])[0]
+        assert not inconsistent.successful and 'must be below deadline_ms' in inconsistent.reason
+        assert node.settings.margin_ns == 25_000_000
         start_up_only = node.set_parameters([Parameter('strategy', value='local_only'),
                                              Parameter('depth', value=5)])
         assert not any(r.successful for r in start_up_only)
-        assert node.strategy == 'cbo'
+        assert node.settings.strategy == 'cbo' and node.settings is settings
+
+
+def test_frame_qos_is_overridable_in_the_standard_way():
+    from rclpy.qos import HistoryPolicy, ReliabilityPolicy
+    with planner_in_process() as node:
+        assert node.frames_in.qos.reliability == ReliabilityPolicy.RELIABLE   # auto starts here
+        assert node.frames_in.qos.depth == node.settings.depth
+    prefix = 'qos_overrides./image_raw.subscription.'
+    with planner_in_process(['-p', f'{prefix}reliability:=best_effort',
+                             '-p', f'{prefix}depth:=7']) as node:
+        qos = node.frames_in.qos
+        assert (qos.reliability, qos.depth) == (ReliabilityPolicy.BEST_EFFORT, 7)
+        assert qos.history == HistoryPolicy.KEEP_LAST
+        assert node.get_parameter(f'{prefix}depth').value == 7
 
 
 def test_a_frame_the_classifier_skipped_is_still_offloaded_in_time(tmp_path):

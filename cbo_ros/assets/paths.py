@@ -22,18 +22,22 @@ def artifacts_dir():
 
 
 def models_dir():
+    """Return the directory of the exported models."""
     return artifacts_dir() / 'models'
 
 
 def media_dir():
+    """Return the directory of the prepared media."""
     return artifacts_dir() / 'media'
 
 
 def cache_dir():
+    """Return the directory of cached model outputs."""
     return artifacts_dir() / 'cache'
 
 
 def results_dir():
+    """Return the directory of evaluation results."""
     return artifacts_dir() / 'results'
 
 

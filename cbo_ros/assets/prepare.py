@@ -38,6 +38,7 @@ OPENCV_DOC_FILES = {
 
 
 def log(text):
+    """Print a progress line of the asset preparation."""
     print(f'[assets] {text}', flush=True)
 
 
@@ -163,6 +164,7 @@ def prepare_models(models_dir, media_dir):
 
 
 def main(argv=None):
+    """Prepare models, media and calibration under the artifacts directory."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--artifacts', default=str(paths.artifacts_dir()))
     parser.add_argument('--force', action='store_true', help='rebuild even when present')

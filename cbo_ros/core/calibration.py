@@ -27,8 +27,10 @@ import math
 import os
 import warnings
 from pathlib import Path
+from typing import Optional, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.optimize import minimize_scalar
 
 from cbo_ros.core.calibration_metrics import (  # noqa: F401 (API)
@@ -45,17 +47,17 @@ class CalibrationError(ValueError):
     """A calibration file is missing or invalid, or a calibrator cannot be fitted."""
 
 
-def default_calibration_path():
+def default_calibration_path() -> Path:
     """Where ``cbo_calibrate`` writes the calibration and the nodes look for it."""
     return artifacts_dir() / 'calibration' / 'cbo_calibration.json'
 
 
-def max_softmax(logits):
+def max_softmax(logits: ArrayLike) -> np.ndarray:
     """Top-1 softmax probability of each row of ``logits`` (N, C) -> (N,)."""
     return softmax(np.atleast_2d(logits)).max(axis=1)
 
 
-def top1_correct(logits, labels):
+def top1_correct(logits: ArrayLike, labels: ArrayLike) -> np.ndarray:
     """1.0 where the argmax of a row of ``logits`` is correct, else 0.0.
 
     ``labels`` is either one class id per row or an (N, C) boolean label-set matrix (any
@@ -131,10 +133,12 @@ class TemperatureScaling:
         return max_softmax(np.atleast_2d(np.asarray(logits, dtype=np.float64)) / self.temperature)
 
     def to_dict(self):
+        """Return the JSON-serialisable form (``from_dict`` reads it back)."""
         return {'method': self.method, 'temperature': self.temperature}
 
     @classmethod
     def from_dict(cls, data):
+        """Rebuild from the form written by ``to_dict``."""
         return cls(float(data['temperature']))
 
 
@@ -201,15 +205,17 @@ class HistogramBinning(_ConfidenceCalibrator):
         return self.values[self._index(conf)]
 
     def to_dict(self):
+        """Return the JSON-serialisable form (``from_dict`` reads it back)."""
         return {'method': self.method, 'bins': self.bins, 'prior_strength': self.prior_strength,
                 'values': [float(v) for v in self.values]}
 
     @classmethod
     def from_dict(cls, data):
+        """Rebuild from the form written by ``to_dict``."""
         return cls(int(data['bins']), float(data.get('prior_strength', 2.0)), data['values'])
 
 
-def pool_adjacent_violators(y, weights=None):
+def pool_adjacent_violators(y: ArrayLike, weights: Optional[ArrayLike] = None) -> np.ndarray:
     """Non-decreasing least-squares fit of the sequence ``y`` (already ordered by x)."""
     y = np.asarray(y, dtype=np.float64)
     w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -267,11 +273,13 @@ class IsotonicCalibration(_ConfidenceCalibrator):
         return np.interp(conf, self.knots_x, self.knots_y)
 
     def to_dict(self):
+        """Return the JSON-serialisable form (``from_dict`` reads it back)."""
         return {'method': self.method, 'knots_x': [float(v) for v in self.knots_x],
                 'knots_y': [float(v) for v in self.knots_y]}
 
     @classmethod
     def from_dict(cls, data):
+        """Rebuild from the form written by ``to_dict``."""
         return cls(data['knots_x'], data['knots_y'])
 
 
@@ -281,20 +289,24 @@ class IdentityCalibration(_ConfidenceCalibrator):
     method = 'identity'
 
     def fit_confidences(self, confidences, correct, weights=None):
+        """Nothing to fit: return self."""
         return self
 
     def predict_confidences(self, confidences):
+        """Return the confidences unchanged (clipped to [0, 1])."""
         return np.clip(np.asarray(confidences, dtype=np.float64), 0.0, 1.0)
 
     def to_dict(self):
+        """Return the JSON-serialisable form (``from_dict`` reads it back)."""
         return {'method': self.method}
 
     @classmethod
     def from_dict(cls, data):
+        """Rebuild from the form written by ``to_dict``."""
         return cls()
 
 
-def confidence_features(logits):
+def confidence_features(logits: ArrayLike) -> np.ndarray:
     """Features of each logits row that ``LogisticCalibration`` maps to P(top-1 correct).
 
     Columns: log max-probability, top-1 minus top-2 probability, entropy / log(classes).
@@ -375,6 +387,7 @@ class LogisticCalibration:
         return self.predict_features(confidence_features(logits))
 
     def to_dict(self):
+        """Return the JSON-serialisable form (``from_dict`` reads it back)."""
         return {'method': self.method, 'l2': self.l2, 'features': list(FEATURE_NAMES),
                 'offset': 'logit(max_prob)',
                 'mean': [float(v) for v in self.mean], 'scale': [float(v) for v in self.scale],
@@ -382,6 +395,7 @@ class LogisticCalibration:
 
     @classmethod
     def from_dict(cls, data):
+        """Rebuild from the form written by ``to_dict``."""
         if list(data.get('features', FEATURE_NAMES)) != list(FEATURE_NAMES):
             raise CalibrationError(f"logistic calibrator features {data.get('features')} differ "
                                    f'from {list(FEATURE_NAMES)}')
@@ -394,7 +408,7 @@ CALIBRATORS = {cls.method: cls for cls in (TemperatureScaling, HistogramBinning,
                                            IdentityCalibration)}
 
 
-def make_calibrator(method):
+def make_calibrator(method: str):
     """Create an unfitted calibrator by method name (``METHODS`` or 'identity')."""
     try:
         return CALIBRATORS[method]()
@@ -403,7 +417,7 @@ def make_calibrator(method):
                                f"(choose from {', '.join(CALIBRATORS)})") from None
 
 
-def calibrator_from_dict(data):
+def calibrator_from_dict(data: dict):
     """Rebuild a calibrator saved with ``to_dict``."""
     method = data.get('method')
     if method not in CALIBRATORS:
@@ -479,7 +493,7 @@ class ServerProfile:
                 scores, server_correct[r], weights)
         return self
 
-    def server_confidence(self, resolution, score):
+    def server_confidence(self, resolution: int, score: float) -> float:
         """P(server correct | its score at r), or None when the map was not profiled."""
         if not self.score_map:
             return None
@@ -489,6 +503,7 @@ class ServerProfile:
         return float(self.score_map[r].predict_confidences(np.array([float(score)]))[0])
 
     def to_dict(self):
+        """Return the JSON-serialisable form (``from_dict`` reads it back)."""
         return {'score_map': {str(r): m.to_dict() for r, m in self.score_map.items()},
                 'edges': [float(e) for e in self.edges],
                 'accuracy': {str(r): [float(x) for x in v] for r, v in self.accuracy.items()},
@@ -498,6 +513,7 @@ class ServerProfile:
 
     @classmethod
     def from_dict(cls, data):
+        """Rebuild from the form written by ``to_dict``."""
         return cls(data['edges'], data['accuracy'], data.get('raw_accuracy'), data.get('overall'),
                    data.get('score_map'))
 
@@ -530,7 +546,7 @@ class CalibrationBundle:
         self.path = path
 
     @property
-    def is_identity(self):
+    def is_identity(self) -> bool:
         """True for the explicit uncalibrated fallback (no measured server profile).
 
         A bundle whose calibrator is the identity because leave-one-video-out selection found
@@ -546,7 +562,7 @@ class CalibrationBundle:
             r = min(self.calibrators, key=lambda known: abs(known - r))
         return self.calibrators[r]
 
-    def confidence(self, logits_1d, resolution=224):
+    def confidence(self, logits_1d: ArrayLike, resolution: int = 224) -> Tuple[float, float]:
         """Return ``(calibrated, raw)`` top-1 confidence of one logits vector of the robot model."""
         logits = np.asarray(logits_1d, dtype=np.float64).reshape(1, -1)
         raw = float(max_softmax(logits)[0])
@@ -557,17 +573,18 @@ class CalibrationBundle:
             calibrated = float(calibrator.predict(logits)[0])
         return calibrated, raw
 
-    def calibrate_confidences(self, logits, resolution=None):
+    def calibrate_confidences(self, logits: ArrayLike,
+                              resolution: Optional[int] = None) -> np.ndarray:
         """Vectorised ``confidence``: calibrated confidences of (N, C) logits."""
         return self.calibrator(resolution).predict(np.atleast_2d(logits))
 
-    def server_accuracy(self, resolution, confidence, raw=False):
+    def server_accuracy(self, resolution: int, confidence: float, raw: bool = False) -> float:
         """A_r(c): profiled P(server correct at resolution r | local confidence c)."""
         if self.profile is None:
             return _fallback_server_accuracy(resolution)
         return self.profile.lookup(resolution, confidence, raw=raw)
 
-    def server_confidence(self, resolution, score):
+    def server_confidence(self, resolution: int, score: float) -> float:
         """P(server answer at r correct | the score it returned); None when not profiled.
 
         Used by the planners' optional online refinement (``observe_server_answer``).
@@ -576,7 +593,7 @@ class CalibrationBundle:
             return None
         return self.profile.server_confidence(resolution, score)
 
-    def server_time_s(self, resolution):
+    def server_time_s(self, resolution: int) -> float:
         """Profiled server time (decode + inference) at an offload resolution."""
         r = int(resolution)
         if r in self._server_time_s:
@@ -585,13 +602,13 @@ class CalibrationBundle:
             return _FALLBACK_SERVER_TIME_S
         return self._server_time_s[min(self._server_time_s, key=lambda k: abs(k - r))]
 
-    def set_server_time_s(self, seconds):
+    def set_server_time_s(self, seconds: float) -> None:
         """Replace the profiled server time at every offload resolution (e.g. a known server)."""
         resolutions = self._server_time_s or {int(r): 0.0 for r in self.offload_resolutions}
         self._server_time_s = {int(r): float(seconds) for r in resolutions}
 
     @classmethod
-    def identity(cls, offload_resolutions, robot_resolution=224):
+    def identity(cls, offload_resolutions, robot_resolution: int = 224) -> 'CalibrationBundle':
         """Build the explicitly labelled uncalibrated fallback (raw max-softmax, guesses)."""
         warnings.warn('using the UNCALIBRATED identity calibration (run cbo_calibrate)',
                       stacklevel=2)
@@ -602,6 +619,7 @@ class CalibrationBundle:
                             'accuracy and time are guesses, not measurements'})
 
     def to_dict(self):
+        """Return the JSON-serialisable form (``from_dict`` reads it back)."""
         return {
             'format': FORMAT,
             'method': self.method,
@@ -617,6 +635,7 @@ class CalibrationBundle:
 
     @classmethod
     def from_dict(cls, data, path=None):
+        """Rebuild from the form written by ``to_dict``."""
         if data.get('format') != FORMAT:
             raise CalibrationError(f"unsupported calibration format {data.get('format')!r} "
                                    f'(expected {FORMAT!r})')
@@ -627,7 +646,7 @@ class CalibrationBundle:
                    data.get('server_time_s', {}), data['method'], data.get('source_info'),
                    data.get('metrics'), data.get('jpeg_quality', 90), path)
 
-    def save(self, path):
+    def save(self, path: Union[str, Path]) -> Path:
         """Write the bundle as JSON (creating the directory)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -638,7 +657,7 @@ class CalibrationBundle:
         return path
 
 
-def load_calibration(path=None):
+def load_calibration(path: Union[str, Path, None] = None) -> CalibrationBundle:
     """Load a calibration bundle; raise ``CalibrationError`` naming the path and the fix."""
     path = Path(path or default_calibration_path())
     fix = f'run `cbo_calibrate --output {path}` (or `make calibrate`) to create it'

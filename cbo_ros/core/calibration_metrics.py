@@ -6,6 +6,7 @@ scored the same way. ``multiclass_nll`` is the usual cross-entropy of full proba
 """
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 DEFAULT_BINS = 15
 _EPS = 1e-12
@@ -21,7 +22,7 @@ def _as_pair(confidences, correct):
     return np.clip(conf, 0.0, 1.0), hits
 
 
-def reliability_bins(confidences, correct, bins=DEFAULT_BINS):
+def reliability_bins(confidences: ArrayLike, correct: ArrayLike, bins: int = DEFAULT_BINS):
     """Equal-width bins over [0, 1].
 
     Returns ``(edges, mean_confidence, accuracy, counts)``; empty bins have NaN means.
@@ -39,34 +40,36 @@ def reliability_bins(confidences, correct, bins=DEFAULT_BINS):
     return edges, mean_conf, accuracy, counts.astype(int)
 
 
-def expected_calibration_error(confidences, correct, bins=DEFAULT_BINS):
+def expected_calibration_error(confidences: ArrayLike, correct: ArrayLike,
+                               bins: int = DEFAULT_BINS) -> float:
     """ECE: bin-weighted mean of |accuracy - confidence| over equal-width bins (default 15)."""
     _, mean_conf, accuracy, counts = reliability_bins(confidences, correct, bins)
     used = counts > 0
     return float(np.sum(counts[used] * np.abs(accuracy[used] - mean_conf[used])) / counts.sum())
 
 
-def maximum_calibration_error(confidences, correct, bins=DEFAULT_BINS):
+def maximum_calibration_error(confidences: ArrayLike, correct: ArrayLike,
+                              bins: int = DEFAULT_BINS) -> float:
     """MCE: the largest |accuracy - confidence| over non-empty equal-width bins."""
     _, mean_conf, accuracy, counts = reliability_bins(confidences, correct, bins)
     used = counts > 0
     return float(np.max(np.abs(accuracy[used] - mean_conf[used])))
 
 
-def negative_log_likelihood(confidences, correct):
+def negative_log_likelihood(confidences: ArrayLike, correct: ArrayLike) -> float:
     """Mean binary log loss of the top-1 correctness event under the given confidence."""
     conf, hits = _as_pair(confidences, correct)
     conf = np.clip(conf, _EPS, 1.0 - _EPS)
     return float(-np.mean(hits * np.log(conf) + (1.0 - hits) * np.log(1.0 - conf)))
 
 
-def brier_score(confidences, correct):
+def brier_score(confidences: ArrayLike, correct: ArrayLike) -> float:
     """Mean squared error between the confidence and the top-1 correctness (0/1)."""
     conf, hits = _as_pair(confidences, correct)
     return float(np.mean((conf - hits) ** 2))
 
 
-def multiclass_nll(probabilities, labels):
+def multiclass_nll(probabilities: ArrayLike, labels: ArrayLike) -> float:
     """Mean cross-entropy of (N, C) probability vectors against integer labels."""
     probs = np.asarray(probabilities, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
@@ -74,7 +77,8 @@ def multiclass_nll(probabilities, labels):
     return float(-np.mean(np.log(np.clip(picked, _EPS, 1.0))))
 
 
-def calibration_report(confidences, correct, bins=DEFAULT_BINS):
+def calibration_report(confidences: ArrayLike, correct: ArrayLike,
+                       bins: int = DEFAULT_BINS) -> dict:
     """All top-1 metrics of one set of confidences as a dict."""
     conf, hits = _as_pair(confidences, correct)
     return {

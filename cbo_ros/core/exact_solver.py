@@ -16,6 +16,12 @@ O(N * S * R) for N frames, S frontier states and R resolutions.
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+from cbo_ros.core.planner import FrameCandidate, LinkState, OffloadOption
+
+# finish(start_s, payload_bytes) -> when the last byte has been sent
+TransferFinish = Callable[[float, int], float]
 
 
 @dataclass
@@ -35,14 +41,14 @@ class Job:
     seq: int
     release_s: float           # earliest start of its transfer
     deadline_s: float          # its answer must arrive by then
-    options: list = field(default_factory=list)   # list[JobOption]
+    options: List[JobOption] = field(default_factory=list)
 
 
-def constant_bandwidth(bandwidth_bps):
+def constant_bandwidth(bandwidth_bps: float) -> TransferFinish:
     """Transfer model ``finish(start_s, payload_bytes)`` of a constant-rate link."""
     rate = float(bandwidth_bps)
 
-    def finish(start_s, payload_bytes):
+    def finish(start_s: float, payload_bytes: int) -> float:
         return start_s + 8.0 * payload_bytes / rate
     return finish
 
@@ -52,12 +58,13 @@ class Solution:
     """An optimal schedule: total gain and {seq: resolution} of the offloaded frames."""
 
     value: float
-    schedule: dict
+    schedule: Dict[int, int]
     states_peak: int = 0
 
 
-def solve_exact(jobs, transfer_finish, initial_free_s=0.0, quantum_s=0.0, tolerance_s=1e-9,
-                rtt_at=None):
+def solve_exact(jobs: Sequence[Job], transfer_finish: TransferFinish,
+                initial_free_s: float = 0.0, quantum_s: float = 0.0, tolerance_s: float = 1e-9,
+                rtt_at: Optional[Callable[[float], float]] = None) -> Solution:
     """Maximise the total gain of ``jobs`` (in release order) under FIFO deadline constraints.
 
     ``transfer_finish(start_s, payload_bytes)`` gives when a transfer started at ``start_s``
@@ -124,8 +131,10 @@ def _pareto(states):
     return kept
 
 
-def schedule_feasible(jobs, schedule, transfer_finish, initial_free_s=0.0, tolerance_s=1e-9,
-                      rtt_at=None):
+def schedule_feasible(jobs: Sequence[Job], schedule: Dict[int, int],
+                      transfer_finish: TransferFinish, initial_free_s: float = 0.0,
+                      tolerance_s: float = 1e-9,
+                      rtt_at: Optional[Callable[[float], float]] = None) -> bool:
     """Tell whether ``schedule`` meets every deadline with FIFO transfers in release order."""
     free = float(initial_free_s)
     for job in sorted(jobs, key=lambda j: (j.release_s, j.seq)):
@@ -141,7 +150,7 @@ def schedule_feasible(jobs, schedule, transfer_finish, initial_free_s=0.0, toler
     return True
 
 
-def schedule_value(jobs, schedule):
+def schedule_value(jobs: Sequence[Job], schedule: Dict[int, int]) -> float:
     """Total gain of ``schedule``."""
     total = 0.0
     for job in jobs:
@@ -151,7 +160,9 @@ def schedule_value(jobs, schedule):
     return total
 
 
-def solve_brute_force(jobs, transfer_finish, initial_free_s=0.0, rtt_at=None):
+def solve_brute_force(jobs: Sequence[Job], transfer_finish: TransferFinish,
+                      initial_free_s: float = 0.0,
+                      rtt_at: Optional[Callable[[float], float]] = None) -> Solution:
     """Enumerate every choice ((R+1)^N): the reference the DP is tested against (small N)."""
     best = Solution(0.0, {})
     choices = [[0] + [o.resolution for o in job.options] for job in jobs]
@@ -166,7 +177,9 @@ def solve_brute_force(jobs, transfer_finish, initial_free_s=0.0, rtt_at=None):
     return best
 
 
-def jobs_from_candidates(candidates, link, gain=None):
+def jobs_from_candidates(candidates: Sequence[FrameCandidate], link: LinkState,
+                         gain: Optional[Callable[[FrameCandidate, OffloadOption], float]] = None
+                         ) -> List[Job]:
     """Jobs of planner ``FrameCandidate``s over ``link`` (RTT and loss of the LinkState).
 
     ``gain(candidate, option)`` defaults to the planner's expected gain

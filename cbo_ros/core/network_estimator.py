@@ -27,6 +27,7 @@ import collections
 from dataclasses import dataclass
 import math
 import statistics
+from typing import Optional
 
 
 @dataclass
@@ -57,11 +58,13 @@ class _External:
 class NetworkEstimator:
     """Sliding-window estimator of uplink goodput, RTT, loss and server reachability."""
 
-    def __init__(self, window_s=10.0, stale_after_s=2.0, rtt_alpha=0.3,
-                 min_bandwidth_payload_bytes=4096, min_transfer_ms=0.2,
-                 unreachable_after_s=3.0, max_consecutive_failures=2,
-                 external_timeout_s=2.0, max_samples=200, start_time=None,
-                 rate_percentile=50.0, change_samples=4, change_ratio=1.5, change_min_s=0.1):
+    def __init__(self, window_s: float = 10.0, stale_after_s: float = 2.0,
+                 rtt_alpha: float = 0.3, min_bandwidth_payload_bytes: int = 4096,
+                 min_transfer_ms: float = 0.2, unreachable_after_s: float = 3.0,
+                 max_consecutive_failures: int = 2, external_timeout_s: float = 2.0,
+                 max_samples: int = 200, start_time: Optional[float] = None,
+                 rate_percentile: float = 50.0, change_samples: int = 4,
+                 change_ratio: float = 1.5, change_min_s: float = 0.1) -> None:
         if window_s <= 0 or stale_after_s <= 0 or not 0 < rtt_alpha <= 1:
             raise ValueError('window_s and stale_after_s must be > 0, 0 < rtt_alpha <= 1')
         if change_samples < 0 or change_ratio <= 1.0 or change_min_s < 0:
@@ -99,8 +102,9 @@ class NetworkEstimator:
         self._start_time = start_time
 
     # ------------------------------------------------------------------ inputs
-    def add_transfer(self, now, payload_bytes, round_trip_ms, server_ms=0.0, success=True,
-                     timed_out=False, sent=None):
+    def add_transfer(self, now: float, payload_bytes: int, round_trip_ms: float,
+                     server_ms: float = 0.0, success: bool = True, timed_out: bool = False,
+                     sent: Optional[float] = None) -> None:
         """Ingest one offload transfer as measured by the robot.
 
         ``success``: a response arrived; ``timed_out``: none before the frame's deadline. Either
@@ -140,7 +144,7 @@ class NetworkEstimator:
             self._wire.append((float(sent), min(start, end), end, float(payload_bytes)))
         self._add_rate(now, payload_bytes, wire_ms, 'transfers', ahead)
 
-    def add_probe(self, now, payload_bytes, rtt_ms):
+    def add_probe(self, now: float, payload_bytes: int, rtt_ms: Optional[float]) -> None:
         """Ingest one probe answered after ``rtt_ms``, or lost when ``rtt_ms`` is None."""
         if rtt_ms is not None and not (math.isfinite(rtt_ms) and rtt_ms > 0.0):
             return                                  # malformed sample: nothing measured
@@ -159,15 +163,16 @@ class NetworkEstimator:
             else:
                 self._srtt_ms += self.rtt_alpha * (float(rtt_ms) - self._srtt_ms)
 
-    def add_unreachable(self, now):
+    def add_unreachable(self, now: float) -> None:
         """Record that the server could not be asked at all (e.g. its service is absent).
 
         Counts towards unreachability but not towards the loss rate: nothing was sent.
         """
         self._failure(now)
 
-    def set_external(self, now, bandwidth_bps, rtt_ms, loss_rate, server_reachable=True,
-                     estimate_age_s=0.0, stale=False, samples=0):
+    def set_external(self, now: float, bandwidth_bps: float, rtt_ms: float, loss_rate: float,
+                     server_reachable: bool = True, estimate_age_s: float = 0.0,
+                     stale: bool = False, samples: int = 0) -> None:
         """Ingest an external estimate; it overrides goodput/RTT/loss while fresh."""
         if stale:
             self._external = None
@@ -185,7 +190,7 @@ class NetworkEstimator:
     def _failure(self, now):
         self._consecutive_failures += 1
 
-    def base_rtt_ms(self, now):
+    def base_rtt_ms(self, now: float) -> float:
         """Cost of a tiny request: the smallest small-probe RTT in the window (0 if none)."""
         recent = [r for t, r in self._rtts if now - t <= self.window_s]
         if recent:
@@ -220,7 +225,7 @@ class NetworkEstimator:
                 queue.popleft()
 
     # ------------------------------------------------------------------ output
-    def estimate(self, now):
+    def estimate(self, now: float) -> LinkEstimate:
         """Return the :class:`LinkEstimate` at ``now``."""
         self._prune(now)
         est = LinkEstimate()

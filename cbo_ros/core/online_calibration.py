@@ -29,8 +29,10 @@ with ``now_s`` use only the samples that had arrived by then (without ``now_s``:
 
 import math
 from collections import deque
+from typing import Optional, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 _EPS = 1e-4
 
@@ -47,14 +49,15 @@ def _sigmoid(x):
     return z / (1.0 + z)
 
 
-def feedback_target(static_confidence, agree, server_reliability):
+def feedback_target(static_confidence: float, agree: bool, server_reliability: float) -> float:
     """P(robot top-1 correct | the server's answer): q if they agree, else (1 - q) * c."""
     q = min(max(float(server_reliability), 0.0), 1.0)
     return q if agree else (1.0 - q) * float(static_confidence)
 
 
-def fit_logit_map(x, y, weights=None, prior_shift=10.0, prior_slope=50.0, fit_slope=True,
-                  iterations=50):
+def fit_logit_map(x: ArrayLike, y: ArrayLike, weights: Optional[ArrayLike] = None,
+                  prior_shift: float = 10.0, prior_slope: float = 50.0, fit_slope: bool = True,
+                  iterations: int = 50) -> Tuple[float, float]:
     """MAP (b, a) of P = sigmoid(b + a x) for soft targets ``y`` in [0, 1] at logits ``x``.
 
     Priors: b ~ N(0, 1/prior_shift), a ~ N(1, 1/prior_slope) (precisions in pseudo-samples).
@@ -119,8 +122,9 @@ class OnlineCalibrator:
     ``min_resolution`` (answers at lower offload resolutions are too unreliable to use).
     """
 
-    def __init__(self, bundle, window=150, prior_shift=1.0, prior_slope=50.0, fit_slope=True,
-                 min_resolution=224):
+    def __init__(self, bundle, window: int = 150, prior_shift: float = 1.0,
+                 prior_slope: float = 50.0, fit_slope: bool = True,
+                 min_resolution: int = 224) -> None:
         self.bundle = bundle
         self.window = int(window)
         self.prior_shift = float(prior_shift)
@@ -132,7 +136,7 @@ class OnlineCalibrator:
         self._params = (0.0, 1.0)
         self._version = 0
 
-    def reset(self):
+    def reset(self) -> None:
         """Forget every feedback sample (back to the static map)."""
         self.samples.clear()
         self._version += 1
@@ -142,11 +146,12 @@ class OnlineCalibrator:
     def __len__(self):
         return len(self.samples)
 
-    def static_confidence(self, logits_1d, resolution=224):
+    def static_confidence(self, logits_1d: ArrayLike,
+                          resolution: int = 224) -> Tuple[float, float]:
         """Return the bundle's ``(calibrated, raw)`` confidence (the static map)."""
         return self.bundle.confidence(logits_1d, resolution)
 
-    def parameters(self, now_s=None):
+    def parameters(self, now_s: Optional[float] = None) -> Tuple[float, float]:
         """(shift b, slope a) fitted on the samples that had arrived by ``now_s``."""
         if now_s is None:
             used = len(self.samples)
@@ -165,20 +170,22 @@ class OnlineCalibrator:
         self._cache_key = key
         return self._params
 
-    def adjust(self, static_confidence, now_s=None):
+    def adjust(self, static_confidence: float, now_s: Optional[float] = None) -> float:
         """Adapted confidence of a frame whose static calibrated confidence is given."""
         b, a = self.parameters(now_s)
         if b == 0.0 and a == 1.0:
             return float(static_confidence)
         return _sigmoid(b + a * _logit(static_confidence))
 
-    def confidence(self, logits_1d, resolution=224, now_s=None):
+    def confidence(self, logits_1d: ArrayLike, resolution: int = 224,
+                   now_s: Optional[float] = None) -> Tuple[float, float]:
         """Return ``(calibrated, raw)`` like ``CalibrationBundle.confidence``, adapted online."""
         calibrated, raw = self.static_confidence(logits_1d, resolution)
         return self.adjust(calibrated, now_s), raw
 
-    def observe(self, local, local_class, server_class, server_score, resolution, now_s=0.0,
-                robot_resolution=None):
+    def observe(self, local: ArrayLike, local_class: int, server_class: int, server_score: float,
+                resolution: int, now_s: float = 0.0,
+                robot_resolution: Optional[int] = None) -> Optional[float]:
         """Add the feedback of one arrived server answer; return its soft target (or None).
 
         ``local``: the robot's logits for that frame (1-D) or its *static* calibrated

@@ -11,6 +11,7 @@ offload_planner_node call the same ``decide`` of the planners built by ``make_pl
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 
 @dataclass
@@ -31,9 +32,9 @@ class FrameCandidate:
     arrival_s: float           # when the frame can be sent (after local inference)
     deadline_s: float          # absolute time by which the answer must be published
     confidence: float          # calibrated P(local answer correct)
-    options: list = field(default_factory=list)   # list[OffloadOption]
-    raw_confidence: float = None   # max softmax of the robot model (None: same as confidence)
-    local_class: int = None        # robot top-1 (used by online calibration; None: unknown)
+    options: List[OffloadOption] = field(default_factory=list)
+    raw_confidence: Optional[float] = None   # robot max softmax (None: same as confidence)
+    local_class: Optional[int] = None        # robot top-1 (online calibration; None: unknown)
 
 
 @dataclass
@@ -60,29 +61,31 @@ class Decision:
     expected_finish_s: float = 0.0     # absolute planned arrival of the server answer
     link_free_after_s: float = 0.0     # absolute time the uplink is free after this transfer
     reason: str = ''
-    confidence: float = None           # local confidence the policy used (None: candidate's)
+    confidence: Optional[float] = None  # local confidence the policy used (None: candidate's)
 
 
 # ------------------------------------------------------------------------------------ link model
 
-def transfer_seconds(payload_bytes, bandwidth_bps):
+def transfer_seconds(payload_bytes: float, bandwidth_bps: float) -> float:
     """Time to push ``payload_bytes`` through the uplink at ``bandwidth_bps``."""
     return 8.0 * float(payload_bytes) / float(bandwidth_bps)
 
 
-def plan_transfer(option, link, now_s):
+def plan_transfer(option: OffloadOption, link: LinkState,
+                  now_s: float) -> Tuple[float, float, float]:
     """Return ``(start_s, link_free_s, answer_s)`` of offloading ``option`` now (FIFO link)."""
     start = max(float(now_s), float(link.busy_until_s))
     free = start + transfer_seconds(option.payload_bytes, link.bandwidth_bps)
     return start, free, free + float(link.rtt_s) + float(option.server_time_s)
 
 
-def link_usable(link):
+def link_usable(link: LinkState) -> bool:
     """Tell whether the planner may offload at all over ``link``."""
     return bool(link.reachable) and link.bandwidth_bps > 0 and math.isfinite(link.bandwidth_bps)
 
 
-def expected_gain(candidate, option, loss_rate=0.0):
+def expected_gain(candidate: FrameCandidate, option: OffloadOption,
+                  loss_rate: float = 0.0) -> float:
     """(1 - loss) * (A_r(c) - c): expected accuracy gained by offloading instead of answering."""
     return (1.0 - float(loss_rate)) * (float(option.server_accuracy) - float(candidate.confidence))
 
@@ -110,26 +113,32 @@ class BasePlanner:
 
     name = 'base'
 
-    def __init__(self, bundle=None, safety_margin_s=0.005, **_ignored):
+    def __init__(self, bundle=None, safety_margin_s: float = 0.005, **_ignored) -> None:
         self.bundle = bundle
         self.safety_margin_s = float(safety_margin_s)
 
-    def feasible(self, candidate, option, link, now_s):
+    def feasible(self, candidate: FrameCandidate, option: OffloadOption, link: LinkState,
+                 now_s: float) -> bool:
         """Tell whether the answer at ``option`` is predicted to arrive before the deadline."""
         _, _, answer = plan_transfer(option, link, now_s)
         return answer <= candidate.deadline_s - self.safety_margin_s
 
-    def feasible_options(self, candidate, link, now_s):
+    def feasible_options(self, candidate: FrameCandidate, link: LinkState,
+                         now_s: float) -> List[OffloadOption]:
+        """Return the candidate's options whose answer is predicted in time."""
         return [o for o in candidate.options if self.feasible(candidate, o, link, now_s)]
 
-    def decide(self, candidate, link, now_s):  # pragma: no cover - interface
+    def decide(self, candidate: FrameCandidate, link: LinkState,
+               now_s: float) -> Decision:  # pragma: no cover - interface
+        """Return the Decision for ``candidate`` given the link at ``now_s``."""
         raise NotImplementedError
 
-    def reset(self):
+    def reset(self) -> None:
         """Forget any state (between evaluation runs)."""
 
-    def observe_server_answer(self, seq, resolution, server_score, now_s=None,
-                              server_class=None):
+    def observe_server_answer(self, seq: int, resolution: int, server_score: float,
+                              now_s: Optional[float] = None,
+                              server_class: Optional[int] = None) -> None:
         """Feed back a server answer that has arrived (optional; only CBO uses it).
 
         ``server_score`` is the softmax probability the server returned with its top-1,
@@ -152,36 +161,37 @@ class ServerFeedback:
     (mostly low-confidence) frames, a selection bias that the shared shift accepts.
     """
 
-    def __init__(self, bundle, window=50, prior=10.0):
+    def __init__(self, bundle, window: int = 50, prior: float = 10.0) -> None:
         self.bundle = bundle
         self.prior = float(prior)
         self.residuals = deque(maxlen=int(window))
         self.pending = {}                   # seq -> profile value A_r(c) used at decision
 
-    def reset(self):
+    def reset(self) -> None:
+        """Forget any state (between evaluation runs)."""
         self.residuals.clear()
         self.pending.clear()
 
     @property
-    def shift(self):
+    def shift(self) -> float:
         """Current logit shift delta of the server profile."""
         n = len(self.residuals)
         return sum(self.residuals) / (n + self.prior) if n else 0.0
 
-    def adjust(self, accuracy):
+    def adjust(self, accuracy: float) -> float:
         """Shifted server accuracy sigmoid(logit(a) + delta)."""
         delta = self.shift
         if delta == 0.0:
             return float(accuracy)
         return _sigmoid(_logit(accuracy) + delta)
 
-    def remember(self, seq, resolution, accuracy):
+    def remember(self, seq: int, resolution: int, accuracy: float) -> None:
         """Record the (unshifted) profile value of an offload when it is decided."""
         self.pending[int(seq)] = (int(resolution), float(accuracy))
         if len(self.pending) > 1000:
             self.pending.pop(next(iter(self.pending)))
 
-    def observe(self, seq, resolution, server_score):
+    def observe(self, seq: int, resolution: int, server_score: float) -> None:
         """Add the residual of an arrived answer; return it (None when unusable)."""
         entry = self.pending.pop(int(seq), None)
         if entry is None or self.bundle is None or server_score is None:
@@ -208,19 +218,21 @@ class LocalOnlyPlanner(BasePlanner):
 
     name = 'local_only'
 
-    def decide(self, candidate, link, now_s):
+    def decide(self, candidate: FrameCandidate, link: LinkState, now_s: float) -> Decision:
+        """Return the Decision for ``candidate`` given the link at ``now_s``."""
         return _local(candidate, 'local only')
 
 
 class ServerOnlyPlanner(BasePlanner):
     """Offload every frame at one fixed resolution; a late answer falls back to the local one."""
 
-    def __init__(self, resolution, bundle=None, **options):
+    def __init__(self, resolution: int, bundle=None, **options) -> None:
         super().__init__(bundle, **options)
         self.resolution = int(resolution)
         self.name = f'server_only_{self.resolution}'
 
-    def decide(self, candidate, link, now_s):
+    def decide(self, candidate: FrameCandidate, link: LinkState, now_s: float) -> Decision:
+        """Return the Decision for ``candidate`` given the link at ``now_s``."""
         if not link_usable(link):
             return _local(candidate, 'link unusable')
         option = _nearest_option(candidate.options, self.resolution)
@@ -247,13 +259,14 @@ class ThresholdPlanner(BasePlanner):
     when no resolution meets the deadline. ``raw=True`` thresholds the raw max-softmax.
     """
 
-    def __init__(self, bundle=None, p_tar=0.7, raw=False, **options):
+    def __init__(self, bundle=None, p_tar: float = 0.7, raw: bool = False, **options) -> None:
         super().__init__(bundle, **options)
         self.p_tar = float(p_tar)
         self.raw = bool(raw)
         self.name = 'raw_threshold' if raw else 'calibrated_threshold'
 
-    def decide(self, candidate, link, now_s):
+    def decide(self, candidate: FrameCandidate, link: LinkState, now_s: float) -> Decision:
+        """Return the Decision for ``candidate`` given the link at ``now_s``."""
         conf = candidate.confidence
         if self.raw and candidate.raw_confidence is not None:
             conf = float(candidate.raw_confidence)
@@ -284,7 +297,7 @@ class _FrameInterval:
         self.last = t
         return self.value
 
-    def reset(self):
+    def reset(self) -> None:
         self.last = self.value = None
 
 
@@ -298,14 +311,16 @@ class BandwidthDrivenPlanner(BasePlanner):
 
     name = 'bandwidth_driven'
 
-    def __init__(self, bundle=None, **options):
+    def __init__(self, bundle=None, **options) -> None:
         super().__init__(bundle, **options)
         self.interval = _FrameInterval()
 
-    def reset(self):
+    def reset(self) -> None:
+        """Forget any state (between evaluation runs)."""
         self.interval.reset()
 
-    def decide(self, candidate, link, now_s):
+    def decide(self, candidate: FrameCandidate, link: LinkState, now_s: float) -> Decision:
+        """Return the Decision for ``candidate`` given the link at ``now_s``."""
         interval = self.interval.update(candidate.arrival_s)
         if not link_usable(link):
             return _local(candidate, 'link unusable')
@@ -325,7 +340,8 @@ class BandwidthDrivenPlanner(BasePlanner):
         return _local(candidate, 'no resolution meets the deadline')
 
 
-def upper_hull_increments(points):
+def upper_hull_increments(
+        points: Iterable[Tuple[float, float]]) -> List[Tuple[float, float]]:
     """Incremental (bytes, gain) steps of the upper concave hull of ``points`` and (0, 0).
 
     ``points`` are (bytes, gain) of one frame's options; only gains > 0 matter. Returns a list of
@@ -347,7 +363,8 @@ def upper_hull_increments(points):
     return [(x1 - x0, y1 - y0) for (x0, y0), (x1, y1) in zip(hull, hull[1:])]
 
 
-def lp_shadow_price(increments, capacity_bytes):
+def lp_shadow_price(increments: Sequence[Tuple[float, float]],
+                    capacity_bytes: float) -> float:
     """Gain per byte of the marginal increment of the greedy LP-relaxation solution.
 
     ``increments`` are (delta_bytes, delta_gain) items; the LP fills ``capacity_bytes`` with the
@@ -377,9 +394,11 @@ class CboPlanner(BasePlanner):
     server profile indexed by raw confidence): the "CBO without calibration" ablation.
     """
 
-    def __init__(self, bundle=None, window=50, utilisation=1.5, calibrated=True, feedback=True,
-                 feedback_window=50, feedback_prior=10.0, price_overlap_only=True,
-                 online_calibration=None, online_options=None, **options):
+    def __init__(self, bundle=None, window: int = 50, utilisation: float = 1.5,
+                 calibrated: bool = True, feedback: bool = True, feedback_window: int = 50,
+                 feedback_prior: float = 10.0, price_overlap_only: bool = True,
+                 online_calibration=None, online_options: Optional[dict] = None,
+                 **options) -> None:
         super().__init__(bundle, **options)
         self.price_overlap_only = bool(price_overlap_only)
         self.interval = _FrameInterval()
@@ -401,7 +420,8 @@ class CboPlanner(BasePlanner):
         self.feedback = ServerFeedback(bundle, feedback_window, feedback_prior) \
             if feedback else None
 
-    def reset(self):
+    def reset(self) -> None:
+        """Forget any state (between evaluation runs)."""
         self.history.clear()
         self.price_per_byte = 0.0
         self.interval.reset()
@@ -411,8 +431,9 @@ class CboPlanner(BasePlanner):
             self.online.reset()
             self.online_pending.clear()
 
-    def observe_server_answer(self, seq, resolution, server_score, now_s=None,
-                              server_class=None):
+    def observe_server_answer(self, seq: int, resolution: int, server_score: float,
+                              now_s: Optional[float] = None,
+                              server_class: Optional[int] = None) -> None:
         """Refine the planner's models with an arrived answer.
 
         The server profile (``ServerFeedback``) and, for ``cbo_adaptive``, the local confidence
@@ -470,7 +491,8 @@ class CboPlanner(BasePlanner):
             return 0.0
         return min(float(option.payload_bytes), overlap * link.bandwidth_bps / 8.0)
 
-    def decide(self, candidate, link, now_s):
+    def decide(self, candidate: FrameCandidate, link: LinkState, now_s: float) -> Decision:
+        """Return the Decision for ``candidate`` given the link at ``now_s``."""
         interval = self.interval.update(candidate.arrival_s)
         conf, accuracies = self._view(candidate, now_s)
         keep = 1.0 - float(link.loss_rate)
@@ -514,12 +536,14 @@ class CboPlanner(BasePlanner):
 class SchedulePlanner(BasePlanner):
     """Replays a precomputed schedule {seq: resolution} (the oracle and the exact solver)."""
 
-    def __init__(self, schedule=None, bundle=None, name='oracle', **options):
+    def __init__(self, schedule: Optional[Dict[int, int]] = None, bundle=None, name: str = 'oracle',
+                 **options) -> None:
         super().__init__(bundle, **options)
         self.schedule = dict(schedule or {})
         self.name = name
 
-    def decide(self, candidate, link, now_s):
+    def decide(self, candidate: FrameCandidate, link: LinkState, now_s: float) -> Decision:
+        """Return the Decision for ``candidate`` given the link at ``now_s``."""
         resolution = int(self.schedule.get(candidate.seq, 0))
         if not resolution or not link_usable(link):
             return _local(candidate, f'{self.name}: local')
@@ -531,13 +555,13 @@ FIXED_STRATEGIES = ('local_only', 'raw_threshold', 'calibrated_threshold', 'band
                     'cbo_uncalibrated', 'cbo', 'cbo_adaptive', 'oracle')
 
 
-def strategy_names(offload_resolutions=(96, 128, 176, 224, 260)):
+def strategy_names(offload_resolutions: Sequence[int] = (96, 128, 176, 224, 260)) -> List[str]:
     """All strategy names (server_only_<r> for each offload resolution)."""
     server = [f'server_only_{int(r)}' for r in offload_resolutions]
     return ['local_only'] + server + list(FIXED_STRATEGIES[1:])
 
 
-def make_planner(strategy='cbo', bundle=None, **options):
+def make_planner(strategy: str = 'cbo', bundle=None, **options) -> BasePlanner:
     """Build the planner of ``strategy`` (see ``strategy_names``); ``options`` tune it.
 
     Options: ``safety_margin_s`` (all), ``p_tar`` (thresholds), ``window``, ``utilisation``,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.task import Future
 
 from cbo_ros.nodes.ros_common import declare, Diagnostics, spin_node
 
@@ -99,6 +100,7 @@ class BagRecorderNode(Node):
         self.bytes = 0
         self.problems = {}         # topic -> why it is not recorded
         self.started = time.monotonic()
+        self.finished = Future()   # spin_node spins until it completes (max_duration_s)
         self.diagnostics = Diagnostics(self)
         self.discovery_timer = self.create_timer(0.5, self.discover)
         self.diagnostics_timer = self.create_timer(1.0, self.publish_diagnostics)
@@ -109,8 +111,10 @@ class BagRecorderNode(Node):
     def discover(self):
         """Subscribe each wanted topic once its type is known from the graph."""
         if self.max_duration_s and time.monotonic() - self.started > self.max_duration_s:
-            self.get_logger().info(f'max_duration_s {self.max_duration_s} reached: stopping')
-            raise SystemExit(0)
+            if not self.finished.done():
+                self.get_logger().info(f'max_duration_s {self.max_duration_s} reached: stopping')
+                self.finished.set_result(True)
+            return
         types = dict(self.get_topic_names_and_types())
         for topic in self.wanted:
             if topic in self.connections or topic in self.problems or topic not in types:
@@ -173,9 +177,9 @@ class BagRecorderNode(Node):
         return super().destroy_node()
 
 
-def main():
+def main(args=None):
     """Run the recorder until SIGINT/SIGTERM (or max_duration_s); the bag is closed on exit."""
-    spin_node(BagRecorderNode, 'bag_recorder', startup_errors=(RecorderError, OSError))
+    spin_node(BagRecorderNode, 'bag_recorder', startup_errors=(RecorderError, OSError), args=args)
 
 
 if __name__ == '__main__':

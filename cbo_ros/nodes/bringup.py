@@ -51,6 +51,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def parse_args(argv):
+    """Parse the bring-up options; return (options, unknown arguments)."""
     parser = argparse.ArgumentParser(prog='robot_bringup', description=__doc__.split('\n')[0])
     parser.add_argument('--params-file', default=str(config_dir() / 'robot.yaml'),
                         help='ROS 2 parameter file (default: config/robot.yaml)')
@@ -134,6 +135,7 @@ def configured(params_file, node, name, default=None):
 
 
 def selected_nodes(options):
+    """Return the (module, class) of the nodes the options do not disable."""
     return [(name, cls) for name, cls, disabled_by in NODES
             if not (disabled_by and getattr(options, disabled_by))]
 
@@ -184,6 +186,7 @@ def stop_children(children, timeout):
 
 
 def run_processes(options, params_file, ros_args):
+    """Run every node in its own process until they end or a signal comes; return the code."""
     overrides = node_overrides(options)
     temp_files = []
     children = {}
@@ -254,6 +257,7 @@ def node_class(module_name, preferred):
 
 
 def run_single_process(options, params_file, ros_args):
+    """Run all nodes in this process on one executor; return the exit code."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
     from rclpy.parameter import Parameter
@@ -285,9 +289,10 @@ def run_single_process(options, params_file, ros_args):
     logger = rclpy.logging.get_logger('robot_bringup')
     if options.executor == 'events':
         from rclpy.experimental import EventsExecutor
-        executor = EventsExecutor()
+        executor, threads = EventsExecutor(), 0      # single-threaded
     else:
-        executor = MultiThreadedExecutor(num_threads=max(2, options.threads))
+        threads = max(2, options.threads)
+        executor = MultiThreadedExecutor(num_threads=threads)
     overrides = node_overrides(options)
     nodes = []
     code = 0
@@ -308,7 +313,7 @@ def run_single_process(options, params_file, ros_args):
             executor.spin_once(timeout_sec=0.2)
             if options.exit_when_done and camera is not None and camera.done:
                 done_since = done_since or time.monotonic()
-                if time.monotonic() - done_since > planner.deadline_ns / 1e9 + 1.0:
+                if time.monotonic() - done_since > planner.settings.deadline_ns / 1e9 + 1.0:
                     logger.info('camera done and last deadline passed: exiting')
                     break
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -320,7 +325,7 @@ def run_single_process(options, params_file, ros_args):
     finally:
         # Order matters: stop the executor (its threads finish their callbacks), take the nodes
         # out of it and destroy them, then shut the context down.
-        shutdown_executor(executor)
+        shutdown_executor(executor, threads=threads)
         for node in nodes:
             with contextlib.suppress(Exception):
                 executor.remove_node(node)
@@ -333,6 +338,7 @@ def run_single_process(options, params_file, ros_args):
 
 
 def main(argv=None):
+    """Start the robot nodes; return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if '--ros-args' in argv:
         index = argv.index('--ros-args')

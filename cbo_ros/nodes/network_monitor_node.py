@@ -21,96 +21,120 @@ The estimation itself is ROS-free: :mod:`cbo_ros.core.network_estimator`.
 
 import threading
 import time
+from dataclasses import asdict, dataclass
 
 from cbo_interfaces.msg import NetworkQuality, TransferSample
 from cbo_interfaces.srv import Probe
 from rclpy.node import Node
 
 from cbo_ros.core.network_estimator import NetworkEstimator
-from cbo_ros.nodes.ros_common import (declare, Diagnostics, RESULT_QOS, spin_node)
+from cbo_ros.nodes.ros_common import (Diagnostics, load_settings, Param, RESULT_QOS, spin_node,
+                                      stamp_to_ns)
+
+
+@dataclass(frozen=True)
+class EstimatorSettings:
+    """Parameters of the NetworkEstimator (keyword arguments of its constructor)."""
+
+    window_s: float
+    stale_after_s: float
+    rtt_alpha: float
+    min_bandwidth_payload_bytes: int
+    unreachable_after_s: float
+    max_consecutive_failures: int
+    external_timeout_s: float
+    rate_percentile: float
+    change_samples: int
+    change_ratio: float
+    change_min_s: float
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """The monitor's own parameters (all read-only: loaded once)."""
+
+    probe_enabled: bool
+    probe_period_s: float
+    probe_timeout_s: float
+    probe_payload_bytes: int
+    bandwidth_probe_bytes: int
+    bandwidth_probe_period_s: float
+    bandwidth_probe_idle_s: float
+    publish_rate_hz: float
+    diagnostics_period_s: float
+
+
+PARAMS = (
+    Param('probe_enabled', True, 'Send active probes to the server probe service.'),
+    Param('probe_period_s', 0.5, 'Period of the small RTT probes (seconds).', minimum=0.05,
+          maximum=60.0),
+    Param('probe_timeout_s', 1.0, 'A probe without an answer after this long is lost.',
+          minimum=0.01, maximum=60.0),
+    Param('probe_payload_bytes', 64, 'Payload of the small RTT probes (bytes).', minimum=0,
+          maximum=4096),
+    Param('bandwidth_probe_bytes', 16384,
+          'Payload of the occasional goodput probe (bytes; 0 disables it).', minimum=0,
+          maximum=16 * 1024 * 1024),
+    Param('bandwidth_probe_period_s', 2.0, 'At most one goodput probe per this many seconds.',
+          minimum=0.1, maximum=3600.0),
+    Param('bandwidth_probe_idle_s', 1.0,
+          'Goodput probes only when no offload transfer of at least min_bandwidth_payload_bytes '
+          'was seen for this long.', minimum=0.0, maximum=3600.0),
+    Param('publish_rate_hz', 5.0, 'Rate of network_quality messages (Hz).', minimum=0.1,
+          maximum=100.0),
+    Param('diagnostics_period_s', 1.0, 'Period of /diagnostics (seconds).', minimum=0.1,
+          maximum=60.0),
+)
+ESTIMATOR_PARAMS = (
+    Param('window_s', 3.0, 'Sliding window of the goodput, loss and sample count (seconds).',
+          minimum=0.5, maximum=600.0),
+    Param('stale_after_s', 2.0,
+          'The estimate is stale when no measurement arrived for this long (seconds).',
+          minimum=0.05, maximum=600.0),
+    Param('rtt_alpha', 0.3, 'EWMA weight of a new RTT sample.', minimum=0.01, maximum=1.0),
+    Param('min_bandwidth_payload_bytes', 4096,
+          'Smallest transfer/probe used as a goodput sample (bytes).', minimum=1,
+          maximum=16 * 1024 * 1024),
+    Param('unreachable_after_s', 3.0,
+          'The server is unreachable when nothing was answered for this long (seconds).',
+          minimum=0.1, maximum=600.0),
+    Param('max_consecutive_failures', 2,
+          'This many failed probes/transfers in a row make the server unreachable.', minimum=1,
+          maximum=1000),
+    Param('external_timeout_s', 2.0,
+          'An external estimate overrides the own one for this long after receipt.',
+          minimum=0.05, maximum=600.0),
+    Param('rate_percentile', 50.0,
+          "Goodput = this percentile of the window's rate samples (timing noise only lowers a "
+          'sample; a TBF burst raises it: the median by default).', minimum=1.0, maximum=100.0),
+    Param('change_samples', 4,
+          'Rate change detection: when this many newest goodput samples all lie beyond '
+          "change_ratio of the older ones' median, the older ones are dropped (0: off).",
+          minimum=0, maximum=100),
+    Param('change_ratio', 1.5, 'Factor a new rate must differ by to count as a change.',
+          minimum=1.05, maximum=100.0),
+    Param('change_min_s', 0.1,
+          'The change_samples must span at least this long (seconds): a burst of slow '
+          'transfers is not a new rate.', minimum=0.0, maximum=60.0),
+)
 
 
 class NetworkMonitorNode(Node):
-    """Turns transfer samples, probes and external estimates into ``network_quality``."""
+    """Turns transfer samples, probes and external estimates into ``network_quality``.
 
-    def __init__(self, **kwargs):
+    Executor: its own process under ``spin_node`` (single-threaded), or the
+    MultiThreadedExecutor of ``robot_bringup --single-process``, where a probe's done callback
+    runs as an executor task beside the timers: ``_lock`` guards the estimator and the probe
+    in flight for that case.
+    """
+
+    def __init__(self, **kwargs) -> None:
         super().__init__('network_monitor_node', **kwargs)
-        self.probe_enabled = declare(self, 'probe_enabled', True,
-                                     'Send active probes to the server probe service.',
-                                     read_only=True)
-        self.probe_period_s = declare(self, 'probe_period_s', 0.5,
-                                      'Period of the small RTT probes (seconds).',
-                                      minimum=0.05, maximum=60.0, read_only=True)
-        self.probe_timeout_s = declare(self, 'probe_timeout_s', 1.0,
-                                       'A probe without an answer after this long is lost.',
-                                       minimum=0.01, maximum=60.0, read_only=True)
-        self.probe_payload_bytes = declare(self, 'probe_payload_bytes', 64,
-                                           'Payload of the small RTT probes (bytes).',
-                                           minimum=0, maximum=4096, read_only=True)
-        self.bandwidth_probe_bytes = declare(
-            self, 'bandwidth_probe_bytes', 16384,
-            'Payload of the occasional goodput probe (bytes; 0 disables it).',
-            minimum=0, maximum=16 * 1024 * 1024, read_only=True)
-        self.bandwidth_probe_period_s = declare(
-            self, 'bandwidth_probe_period_s', 2.0,
-            'At most one goodput probe per this many seconds.', minimum=0.1, maximum=3600.0,
-            read_only=True)
-        self.bandwidth_probe_idle_s = declare(
-            self, 'bandwidth_probe_idle_s', 1.0,
-            'Goodput probes only when no offload transfer of at least '
-            'min_bandwidth_payload_bytes was seen for this long.',
-            minimum=0.0, maximum=3600.0, read_only=True)
-        publish_rate_hz = declare(self, 'publish_rate_hz', 5.0,
-                                  'Rate of network_quality messages (Hz).',
-                                  minimum=0.1, maximum=100.0, read_only=True)
-        diagnostics_period_s = declare(self, 'diagnostics_period_s', 1.0,
-                                       'Period of /diagnostics (seconds).',
-                                       minimum=0.1, maximum=60.0, read_only=True)
-        self.estimator = NetworkEstimator(
-            window_s=declare(self, 'window_s', 3.0,
-                             'Sliding window of the goodput, loss and sample count (seconds).',
-                             minimum=0.5, maximum=600.0, read_only=True),
-            stale_after_s=declare(self, 'stale_after_s', 2.0,
-                                  'The estimate is stale when no measurement arrived for this '
-                                  'long (seconds).', minimum=0.05, maximum=600.0,
-                                  read_only=True),
-            rtt_alpha=declare(self, 'rtt_alpha', 0.3, 'EWMA weight of a new RTT sample.',
-                              minimum=0.01, maximum=1.0, read_only=True),
-            min_bandwidth_payload_bytes=declare(
-                self, 'min_bandwidth_payload_bytes', 4096,
-                'Smallest transfer/probe used as a goodput sample (bytes).',
-                minimum=1, maximum=16 * 1024 * 1024, read_only=True),
-            unreachable_after_s=declare(
-                self, 'unreachable_after_s', 3.0,
-                'The server is unreachable when nothing was answered for this long (seconds).',
-                minimum=0.1, maximum=600.0, read_only=True),
-            max_consecutive_failures=declare(
-                self, 'max_consecutive_failures', 2,
-                'This many failed probes/transfers in a row make the server unreachable.',
-                minimum=1, maximum=1000, read_only=True),
-            external_timeout_s=declare(
-                self, 'external_timeout_s', 2.0,
-                'An external estimate overrides the own one for this long after receipt.',
-                minimum=0.05, maximum=600.0, read_only=True),
-            rate_percentile=declare(
-                self, 'rate_percentile', 50.0,
-                'Goodput = this percentile of the window\'s rate samples (timing noise only '
-                'lowers a sample; a TBF burst raises it: the median by default).',
-                minimum=1.0, maximum=100.0, read_only=True),
-            change_samples=declare(
-                self, 'change_samples', 4,
-                'Rate change detection: when this many newest goodput samples all lie beyond '
-                'change_ratio of the older ones\' median, the older ones are dropped (0: off).',
-                minimum=0, maximum=100, read_only=True),
-            change_ratio=declare(
-                self, 'change_ratio', 1.5,
-                'Factor a new rate must differ by to count as a change.',
-                minimum=1.05, maximum=100.0, read_only=True),
-            change_min_s=declare(
-                self, 'change_min_s', 0.1,
-                'The change_samples must span at least this long (seconds): a burst of slow '
-                'transfers is not a new rate.', minimum=0.0, maximum=60.0, read_only=True),
-            start_time=time.monotonic())
+        self.settings: MonitorSettings = load_settings(self, MonitorSettings, PARAMS)
+        s = self.settings
+        self.estimator_settings = load_settings(self, EstimatorSettings, ESTIMATOR_PARAMS)
+        self.estimator = NetworkEstimator(**asdict(self.estimator_settings),
+                                          start_time=time.monotonic())
 
         self.probe_client = self.create_client(Probe, 'probe')
         self.probe_service = self.resolve_service_name('probe')      # after remaps/namespace
@@ -119,11 +143,11 @@ class NetworkMonitorNode(Node):
                                  RESULT_QOS)
         self.create_subscription(NetworkQuality, 'external_network_quality', self.on_external, 10)
         self.diagnostics = Diagnostics(self, hardware_id='robot_link')
-        self.probe_timer = self.create_timer(self.probe_period_s, self.on_probe_timer)
-        self.publish_timer = self.create_timer(1.0 / publish_rate_hz, self.on_publish_timer)
-        self.diagnostics_timer = self.create_timer(diagnostics_period_s, self.on_diagnostics)
+        self.probe_timer = self.create_timer(s.probe_period_s, self.on_probe_timer)
+        self.publish_timer = self.create_timer(1.0 / s.publish_rate_hz, self.on_publish_timer)
+        self.diagnostics_timer = self.create_timer(s.diagnostics_period_s, self.on_diagnostics)
 
-        # Probe state; the done callback may run in another thread of a MultiThreadedExecutor.
+        # Probe state, shared with the probe's done callback (see the class docstring).
         self._lock = threading.Lock()
         self._pending = None            # (future, sent monotonic, payload bytes, token)
         self._token = 0
@@ -137,9 +161,9 @@ class NetworkMonitorNode(Node):
         self.externals_seen = 0
         self.last = None
         self.get_logger().info(
-            f"probing '{self.probe_service}' every {self.probe_period_s:g} s "
-            f"({self.probe_payload_bytes} B; {self.bandwidth_probe_bytes} B goodput probes "
-            f"when idle), publishing '{self.quality_pub.topic_name}' at {publish_rate_hz:g} Hz")
+            f"probing '{self.probe_service}' every {s.probe_period_s:g} s "
+            f"({s.probe_payload_bytes} B; {s.bandwidth_probe_bytes} B goodput probes "
+            f"when idle), publishing '{self.quality_pub.topic_name}' at {s.publish_rate_hz:g} Hz")
 
     # ------------------------------------------------------------------ inputs
     def on_transfer(self, msg):
@@ -149,7 +173,7 @@ class NetworkMonitorNode(Node):
             self._last_goodput_transfer = now
         self.transfers_seen += 1
         # The header stamp is the send time (ROS clock): map it onto the monotonic clock.
-        sent_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        sent_ns = stamp_to_ns(msg.header.stamp)
         sent = now - (self.get_clock().now().nanoseconds - sent_ns) / 1e9 if sent_ns else None
         if sent is not None and now - sent < msg.round_trip_ms / 1e3 - 0.005:
             sent = None         # not a send time (the answer needed round_trip_ms after it)
@@ -177,7 +201,7 @@ class NetworkMonitorNode(Node):
             if self._pending is None:
                 return
             future, sent, size, _ = self._pending
-            if now - sent < self.probe_timeout_s:
+            if now - sent < self.settings.probe_timeout_s:
                 return
             self._pending = None
             self.estimator.add_probe(now, size, None)
@@ -185,11 +209,12 @@ class NetworkMonitorNode(Node):
         self.probe_client.remove_pending_request(future)
         self.probes_lost += 1
         self.get_logger().warning(f'probe of {size} B lost (no answer in '
-                                  f'{self.probe_timeout_s:g} s)', throttle_duration_sec=5.0)
+                                  f'{self.settings.probe_timeout_s:g} s)',
+                                  throttle_duration_sec=5.0)
 
     def on_probe_timer(self):
         """Send the next probe unless one is still in flight."""
-        if not self.probe_enabled:
+        if not self.settings.probe_enabled:
             return
         now = time.monotonic()
         self._expire_probe(now)
@@ -206,15 +231,15 @@ class NetworkMonitorNode(Node):
         if self._service_absent:
             self.get_logger().info(f"service '{self.probe_service}' available")
             self._service_absent = False
-        size = self.probe_payload_bytes
+        size = self.settings.probe_payload_bytes
         idle = (self._last_goodput_transfer is None
-                or now - self._last_goodput_transfer >= self.bandwidth_probe_idle_s)
+                or now - self._last_goodput_transfer >= self.settings.bandwidth_probe_idle_s)
         # A goodput sample needs the base RTT first: the wire time is measured RTT minus it.
         with self._lock:
             have_base_rtt = self.estimator.base_rtt_ms(now) > 0
-        if (self.bandwidth_probe_bytes > 0 and idle and have_base_rtt
-                and now - self._last_bandwidth_probe >= self.bandwidth_probe_period_s):
-            size = self.bandwidth_probe_bytes
+        if (self.settings.bandwidth_probe_bytes > 0 and idle and have_base_rtt
+                and now - self._last_bandwidth_probe >= self.settings.bandwidth_probe_period_s):
+            size = self.settings.bandwidth_probe_bytes
             self._last_bandwidth_probe = now
         request = Probe.Request()
         request.payload = self._payload(size)
@@ -298,9 +323,9 @@ class NetworkMonitorNode(Node):
         })
 
 
-def main():
+def main(args=None) -> None:
     """Run the node until SIGINT/SIGTERM."""
-    spin_node(NetworkMonitorNode, 'network_monitor_node', startup_errors=())
+    spin_node(NetworkMonitorNode, 'network_monitor_node', startup_errors=(), args=args)
 
 
 if __name__ == '__main__':

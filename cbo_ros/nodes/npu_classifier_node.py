@@ -14,83 +14,105 @@ an overloaded classifier catches up instead of inferring frames whose deadline h
 """
 
 import time
+from dataclasses import dataclass
+from typing import Tuple
 
 import numpy as np
 from cbo_interfaces.msg import ClassHypothesis, FrameClassification
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 
 from cbo_ros.assets import paths
+from cbo_ros.nodes.ros_common import (class_name, Diagnostics, FrameSubscription, load_bundle,
+                                      load_settings, LOCAL_RESULT_QOS, ms_to_ns, Param,
+                                      RateMeter, spin_node, stamp_to_ns)
 from cbo_ros.perception.classifier import OnnxClassifier
 from cbo_ros.perception.image_ops import softmax
 from cbo_ros.perception.media import image_msg_to_rgb
-from cbo_ros.nodes.ros_common import (class_name, declare, Diagnostics, FrameSubscription,
-                                      load_bundle, LOCAL_RESULT_QOS, RateMeter, spin_node,
-                                      stamp_to_ns)
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    """The classifier's parameters (all read-only: loaded once)."""
+
+    model: str
+    input_size: int
+    providers: Tuple[str, ...]
+    intra_op_threads: int
+    calibration_file: str
+    top_k: int
+    reliability: str
+    depth: int
+    max_age_ns: int
+    diagnostics_period_s: float
+
+
+PARAMS = (
+    Param('model', paths.ROBOT_MODEL_INT8,
+          'Robot model: ONNX path or a file name in artifacts/models.'),
+    Param('input_size', paths.ROBOT_INPUT_SIZE, 'Model input side length in pixels.',
+          minimum=32, maximum=1024),
+    Param('providers', ['cpu'],
+          'ONNX Runtime execution providers in order of preference (e.g. [qnn, openvino, '
+          'cuda, cpu]); unavailable ones are reported, CPU is the fallback.', convert=tuple),
+    Param('intra_op_threads', 1, 'ONNX Runtime intra-op threads (0: onnxruntime default).',
+          minimum=0, maximum=256),
+    Param('calibration_file', '',
+          'Calibration bundle (empty: the default path under artifacts/calibration).'),
+    Param('top_k', 5, 'Classes reported in top_k.', minimum=1, maximum=1000),
+    Param('reliability', 'auto',
+          "QoS reliability of the image_raw subscription: 'auto' (reliable, best effort once a "
+          "best-effort camera is seen), 'reliable' or 'best_effort'."),
+    Param('depth', 30, 'QoS history depth of image_raw.', minimum=1, maximum=1000),
+    Param('max_frame_age_ms', 1000.0,
+          'A frame older than this (stamp to now) when its turn comes is not inferred: its '
+          'local result says it was skipped, so an overloaded classifier catches up instead of '
+          'working through a backlog the planner has already answered (0: never skip).',
+          minimum=0.0, maximum=600000.0, field='max_age_ns', convert=ms_to_ns),
+    Param('diagnostics_period_s', 1.0, 'Period of the /diagnostics status.', minimum=0.1,
+          maximum=60.0),
+)
 
 
 class NpuClassifierNode(Node):
-    """Runs the robot model on each frame and publishes the calibrated local result."""
+    """Runs the robot model on each frame and publishes the calibrated local result.
 
-    def __init__(self, **kwargs):
+    Executor: its own process under ``spin_node`` (single-threaded), or robot_bringup's; its
+    callbacks share the node's default, mutually exclusive callback group, so one runs at a
+    time under a MultiThreadedExecutor too, and no lock is needed.
+    """
+
+    def __init__(self, **kwargs) -> None:
         super().__init__('npu_classifier_node', **kwargs)
-        model = declare(self, 'model', paths.ROBOT_MODEL_INT8,
-                        'Robot model: ONNX path or a file name in artifacts/models.')
-        self.input_size = declare(self, 'input_size', paths.ROBOT_INPUT_SIZE,
-                                  'Model input side length in pixels.', minimum=32,
-                                  maximum=1024)
-        providers = declare(self, 'providers', ['cpu'],
-                            'ONNX Runtime execution providers in order of preference '
-                            '(e.g. [qnn, openvino, cuda, cpu]); unavailable ones are reported, '
-                            'CPU is the fallback.')
-        threads = declare(self, 'intra_op_threads', 1,
-                          'ONNX Runtime intra-op threads (0: onnxruntime default).', minimum=0,
-                          maximum=256)
-        calibration_file = declare(self, 'calibration_file', '',
-                                   'Calibration bundle (empty: the default path under '
-                                   'artifacts/calibration).')
-        self.top_k = declare(self, 'top_k', 5, 'Classes reported in top_k.', minimum=1,
-                             maximum=1000)
-        reliability = declare(self, 'reliability', 'auto',
-                              "QoS reliability of the image_raw subscription: 'auto' (reliable, "
-                              "best effort once a best-effort camera is seen), 'reliable' or "
-                              "'best_effort'.")
-        depth = declare(self, 'depth', 30, 'QoS history depth of image_raw.', minimum=1,
-                        maximum=1000)
-        self.max_age_ns = int(declare(
-            self, 'max_frame_age_ms', 1000.0,
-            'A frame older than this (stamp to now) when its turn comes is not inferred: its '
-            'local result says it was skipped, so an overloaded classifier catches up instead '
-            'of working through a backlog the planner has already answered (0: never skip).',
-            minimum=0.0, maximum=600000.0) * 1e6)
-        diag_period = declare(self, 'diagnostics_period_s', 1.0,
-                              'Period of the /diagnostics status.', minimum=0.1, maximum=60.0)
-
-        self.classifier = OnnxClassifier(str(paths.resolve_model(model)), self.input_size,
-                                         providers=providers, intra_op_threads=threads)
+        self.settings: ClassifierSettings = load_settings(self, ClassifierSettings, PARAMS)
+        s = self.settings
+        self.input_size = s.input_size
+        self.top_k = s.top_k
+        self.max_age_ns = s.max_age_ns
+        self.classifier = OnnxClassifier(str(paths.resolve_model(s.model)), s.input_size,
+                                         providers=list(s.providers),
+                                         intra_op_threads=s.intra_op_threads)
         for warning in self.classifier.provider_warnings:
             self.get_logger().warning(f'{warning}: falling back to the next provider')
         self.bundle, self.calibrated, self.calibration_message = load_bundle(
-            self.get_logger(), calibration_file)
+            self.get_logger(), s.calibration_file)
 
         self.result_pub = self.create_publisher(FrameClassification, 'local_result',
                                                 LOCAL_RESULT_QOS)
-        group = MutuallyExclusiveCallbackGroup()
-        self.frames_in = FrameSubscription(self, self.on_image, reliability, depth, group)
+        self.frames_in = FrameSubscription(self, self.on_image, s.reliability, s.depth)
         self.diagnostics = Diagnostics(self)
-        self.diag_timer = self.create_timer(diag_period, self.on_diagnostics,
-                                            callback_group=group)
+        self.diag_timer = self.create_timer(s.diagnostics_period_s, self.on_diagnostics)
         self.seq = 0
         self.invalid = 0
         self.skipped = 0
         self.rate_meter = RateMeter()
         self.inference_ms = []
-        self.classifier.logits([np.zeros((self.input_size, self.input_size, 3), np.uint8)])
+        self.classifier.logits([np.zeros((s.input_size, s.input_size, 3), np.uint8)])
         self.get_logger().info(
             f'{self.classifier.name} on {", ".join(self.classifier.active_providers)}; '
             f'{self.calibration_message}')
 
-    def on_image(self, msg):
+    def on_image(self, msg) -> None:
+        """Classify one frame (or answer why not) and publish its local result."""
         seq = self.seq
         self.seq += 1
         result = FrameClassification(header=msg.header, frame_seq=seq,
@@ -130,7 +152,8 @@ class NpuClassifierNode(Node):
         result.note = 'local answer' if self.calibrated else 'local answer (uncalibrated)'
         self.publish(result, start)
 
-    def publish(self, result, start):
+    def publish(self, result: FrameClassification, start: float) -> None:
+        """Publish a local result with its latency (``start``: perf_counter at receipt)."""
         inference_ms = (time.perf_counter() - start) * 1e3
         now_ns = self.get_clock().now().nanoseconds
         result.latency.local_inference_ms = inference_ms
@@ -143,7 +166,8 @@ class NpuClassifierNode(Node):
             f'conf {result.calibrated_confidence:.2f} ({inference_ms:.1f} ms)',
             throttle_duration_sec=5.0)
 
-    def on_diagnostics(self):
+    def on_diagnostics(self) -> None:
+        """Publish the classifier's state on /diagnostics."""
         level = Diagnostics.OK if self.calibrated else Diagnostics.WARN
         message = 'ok' if self.calibrated else 'uncalibrated fallback in use'
         if self.classifier.provider_warnings:
@@ -164,10 +188,10 @@ class NpuClassifierNode(Node):
             'calibration': self.calibration_message})
 
 
-def main():
+def main(args=None) -> None:
     """Run the node until SIGINT/SIGTERM."""
     spin_node(NpuClassifierNode, 'npu_classifier_node',
-              startup_errors=(FileNotFoundError, ImportError, ValueError))
+              startup_errors=(FileNotFoundError, ImportError, ValueError), args=args)
 
 
 if __name__ == '__main__':

@@ -1,16 +1,32 @@
-"""Helpers shared by the robot nodes: parameters, QoS, time stamps, diagnostics, class names."""
+"""Helpers shared by the robot nodes: parameters, QoS, time stamps, diagnostics, class names.
 
+Executors: each robot node runs in its own process under :func:`spin_node`, i.e. ``rclpy.spin``
+(a SingleThreadedExecutor: a node's callbacks never overlap). ``robot_bringup
+--single-process`` instead adds all four nodes to one MultiThreadedExecutor (or the
+single-threaded EventsExecutor): only there can callbacks of one node run concurrently.
+"""
+
+import contextlib
+import copy
+import dataclasses
 import sys
+import threading
+import time
 import traceback
 from functools import lru_cache
+from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
+from rclpy.qos_overriding_options import QoSOverridingOptions
 
 RELIABILITY = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
                'reliable': ReliabilityPolicy.RELIABLE}
@@ -61,6 +77,81 @@ def declare(node, name, default, description, minimum=None, maximum=None, step=N
     return node.declare_parameter(name, default, descriptor).value
 
 
+# Unit conversions of parameter values into settings fields (the one place they happen).
+def ms_to_ns(value: float) -> int:
+    """Milliseconds -> integer nanoseconds."""
+    return int(value * 1e6)
+
+
+def s_to_ns(value: float) -> int:
+    """Seconds -> integer nanoseconds."""
+    return int(value * 1e9)
+
+
+def ms_to_s(value: float) -> float:
+    """Milliseconds -> seconds."""
+    return value / 1e3
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One parameter of a node: how it is declared and which settings field it fills.
+
+    ``field`` defaults to the parameter name; ``convert`` turns the parameter value into the
+    field's value (units). ``read_only=False`` marks a parameter the node applies at run time.
+    """
+
+    name: str
+    default: Any
+    description: str
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    read_only: bool = True
+    array_of: Optional[type] = None
+    field: Optional[str] = None
+    convert: Optional[Callable[[Any], Any]] = None
+
+    def value(self, raw: Any) -> Any:
+        """Return the settings value of the parameter value ``raw``."""
+        return self.convert(raw) if self.convert is not None else raw
+
+
+def load_settings(node: Node, settings_class: type, params: Sequence[Param]):
+    """Declare ``params`` on ``node`` and return them as one frozen ``settings_class``.
+
+    The settings class validates itself (``__post_init__`` raising ValueError with the reason).
+    """
+    values = {}
+    for p in params:
+        raw = declare(node, p.name, p.default, p.description, p.minimum, p.maximum,
+                      read_only=p.read_only, array_of=p.array_of)
+        values[p.field or p.name] = p.value(raw)
+    return settings_class(**values)
+
+
+def updated_settings(settings, params: Sequence[Param], parameters: Iterable[Parameter]):
+    """Return ``settings`` with the values of ``parameters`` (others ignored; may raise)."""
+    by_name = {p.name: p for p in params}
+    changes = {(by_name[q.name].field or q.name): by_name[q.name].value(q.value)
+               for q in parameters if q.name in by_name}
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
+def validate_parameters(settings_of: Callable[[], Any], params: Sequence[Param]):
+    """Return an on-set parameters callback that refuses values the settings would reject.
+
+    Convention of the robot nodes: validate in the on-set callback (this), apply in a post-set
+    callback (``add_post_set_parameters_callback``), which swaps in ``updated_settings``.
+    """
+    def on_set(parameters):
+        try:
+            updated_settings(settings_of(), params, parameters)
+        except (ValueError, TypeError) as error:
+            return SetParametersResult(successful=False, reason=str(error))
+        return SetParametersResult(successful=True)
+    return on_set
+
+
 def frame_qos(reliability='reliable', depth=30):
     """Return the QoS of camera frames (``image_raw``): KEEP_LAST ``depth``, volatile.
 
@@ -89,35 +180,50 @@ class FrameSubscription:
     says so. ``'reliable'`` or ``'best_effort'`` fix the policy: an incompatible writer is then
     logged as an error with the fix, and ``problem`` holds it for the node's diagnostics.
     ``note`` describes an automatic switch.
+
+    The standard QoS overrides apply on top (``QoSOverridingOptions.with_default_policies``:
+    read-only parameters ``qos_overrides.<resolved topic>.subscription.{history,depth,
+    reliability}``, e.g. ``qos_overrides./robot1/image_raw.subscription.reliability:
+    best_effort``). The automatic switch starts from the overridden profile; the re-created
+    best-effort subscription keeps its history and depth, and the override parameters keep
+    describing the start-up profile (the switch is in ``note`` and the node's diagnostics).
     """
 
-    def __init__(self, node, callback, reliability='auto', depth=30, callback_group=None):
+    def __init__(self, node: Node, callback: Callable[[Any], None], reliability: str = 'auto',
+                 depth: int = 30, callback_group=None) -> None:
         if reliability not in ('auto',) + tuple(RELIABILITY):
             raise ValueError(f"reliability must be auto, {' or '.join(RELIABILITY)}, got "
                              f"'{reliability}'")
         self.node = node
         self.callback = callback
-        self.depth = int(depth)
         self.callback_group = callback_group
         self.auto = reliability == 'auto'
-        self.reliability = 'reliable' if self.auto else reliability
         self.problem = ''
         self.note = ''
         self._switch_timer = None
-        self.subscription = self._subscribe()
+        self.subscription = self._subscribe(
+            frame_qos('reliable' if self.auto else reliability, depth),
+            QoSOverridingOptions.with_default_policies())
 
-    def _subscribe(self):
+    @property
+    def qos(self) -> QoSProfile:
+        """The QoS profile of the subscription (overrides applied)."""
+        return self.subscription.qos_profile
+
+    def _subscribe(self, qos: QoSProfile, overriding: Optional[QoSOverridingOptions] = None):
         from rclpy.event_handler import SubscriptionEventCallbacks
         from sensor_msgs.msg import Image
         return self.node.create_subscription(
-            Image, 'image_raw', self.callback, frame_qos(self.reliability, self.depth),
-            callback_group=self.callback_group,
-            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self.on_incompatible_qos))
+            Image, 'image_raw', self.callback, qos, callback_group=self.callback_group,
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self.on_incompatible_qos),
+            qos_overriding_options=overriding)
 
-    def on_incompatible_qos(self, info):
+    def on_incompatible_qos(self, info) -> None:
+        """Switch to best effort (auto) or report a writer this reader cannot match."""
         policy = getattr(info.last_policy_kind, 'name', str(info.last_policy_kind))
         policy = policy.replace('RMW_QOS_POLICY_', '')
-        if self.auto and policy == 'RELIABILITY' and self.reliability == 'reliable':
+        if (self.auto and policy == 'RELIABILITY'
+                and self.qos.reliability == ReliabilityPolicy.RELIABLE):
             if self._switch_timer is None:     # not from inside the subscription's own event
                 self._switch_timer = self.node.create_timer(0.0, self._switch_to_best_effort)
             return
@@ -128,11 +234,12 @@ class FrameSubscription:
                 '(config/robot.yaml).' if policy == 'RELIABILITY' else '')
         self.node.get_logger().error(f'{self.problem}.{hint}')
 
-    def _switch_to_best_effort(self):
+    def _switch_to_best_effort(self) -> None:
         self.node.destroy_timer(self._switch_timer)
+        qos = copy.copy(self.qos)
+        qos.reliability = ReliabilityPolicy.BEST_EFFORT
         self.node.destroy_subscription(self.subscription)
-        self.reliability = 'best_effort'
-        self.subscription = self._subscribe()
+        self.subscription = self._subscribe(qos)
         self.note = 'image_raw: best effort (a best-effort camera writer was seen)'
         self.node.get_logger().warning(
             'an image_raw publisher is best effort (SensorDataQoS): this reader switched to '
@@ -198,11 +305,13 @@ class RateMeter:
         self.window_s = float(window_s)
         self._times = []
 
-    def tick(self, now_s):
+    def tick(self, now_s: float) -> None:
+        """Count one event at ``now_s``."""
         self._times.append(now_s)
         self._trim(now_s)
 
-    def rate(self, now_s):
+    def rate(self, now_s: float) -> float:
+        """Return the events per second of the window ending at ``now_s``."""
         self._trim(now_s)
         if not self._times:
             return 0.0
@@ -242,49 +351,76 @@ def load_bundle(logger, calibration_file, offload_resolutions=None):
         return CalibrationBundle.identity(resolutions), False, message
 
 
-def shutdown_executor(executor, timeout_sec=5.0):
+def shutdown_executor(executor, timeout_sec: float = 5.0, threads: int = 0) -> None:
     """Stop an executor after the callbacks already handed to its threads have finished.
 
     MultiThreadedExecutor.shutdown (rclpy Kilted) destroys its guard condition before it drains
     its thread pool, and each queued callback still triggers that guard condition ("cannot use
     Destroyable because destruction was requested", printed at exit as an exception never
-    retrieved): drain the pool first. Destroy the nodes only after this.
+    retrieved). With ``threads`` (its ``num_threads``) the pool is drained first, through the
+    public API: the nodes leave the executor (nothing new is queued), then ``threads`` tasks
+    that wait for one another are spun; they all run at once only when every pool thread has
+    finished what was queued before them. Destroy the nodes only after this.
     """
-    pool = getattr(executor, '_executor', None)
-    if pool is not None:
-        pool.shutdown(wait=True)
+    if threads > 1:
+        for node in executor.get_nodes():
+            executor.remove_node(node)
+        all_running = threading.Barrier(threads)
+
+        def hold() -> None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                all_running.wait(timeout_sec)
+        holds = [executor.create_task(hold) for _ in range(threads)]
+        give_up = time.monotonic() + timeout_sec
+        while not all(task.done() for task in holds) and time.monotonic() < give_up:
+            executor.spin_once(timeout_sec=0.05)
     executor.shutdown(timeout_sec=timeout_sec)
 
 
-def spin_node(node_class, name, startup_errors=()):
+def spin_node(node_class: Callable[[], Node], name: str,
+              startup_errors: Tuple[type, ...] = (), args: Optional[list] = None) -> None:
     """Run one node in its own process until SIGINT/SIGTERM; exit 1 when it cannot start.
+
+    The executor is ``rclpy.spin``'s SingleThreadedExecutor: the node's callbacks never run
+    concurrently. A node with a ``finished`` attribute (an rclpy Future, e.g. camera_node with
+    ``exit_when_done``) is spun until that future completes, and the process then exits 0.
 
     ``startup_errors`` are the exceptions that mean a configuration problem (bad parameter,
     missing model file): raised while the node is constructed they are logged as fatal with the
     reason instead of a traceback, like a parameter of the wrong type or out of its range. An
     exception escaping a callback later is a bug, not a start-up problem: it is logged as such
-    (with its traceback) and the process exits 1 too.
+    (with its traceback) and the process exits 1 too, unless SIGINT/SIGTERM had already shut
+    the context down (e.g. during a publish).
     """
-    from rclpy.exceptions import ParameterException
-    rclpy.init()
     logger = rclpy.logging.get_logger(name)
-    node = None
     code = 0
     try:
-        try:
-            node = node_class()
-        except (ParameterException,) + tuple(startup_errors) as error:
-            logger.fatal(f'cannot start: {error}')
-            code = 1
-        else:
+        with rclpy.init(args=args):
+            try:
+                node = node_class()
+            except (ParameterException,) + tuple(startup_errors) as error:
+                logger.fatal(f'cannot start: {error}')
+                code = 1
+            else:
+                code = _spin(node, name, logger)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    sys.exit(code)
+
+
+def _spin(node: Node, name: str, logger) -> int:
+    try:
+        finished = getattr(node, 'finished', None)
+        if finished is None:
             rclpy.spin(node)
+        else:
+            rclpy.spin_until_future_complete(node, finished)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:  # noqa: BLE001 - report the crash with its traceback, exit non-zero
-        logger.fatal(f'{name} stopped by an unexpected error:\n{traceback.format_exc()}')
-        code = 1
+        if rclpy.ok():      # else SIGINT/SIGTERM shut the context down under a callback
+            logger.fatal(f'{name} stopped by an unexpected error:\n{traceback.format_exc()}')
+            return 1
     finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    sys.exit(code)
+        node.destroy_node()
+    return 0

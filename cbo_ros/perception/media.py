@@ -28,6 +28,8 @@ class MediaError(RuntimeError):
 
 @dataclass
 class Frame:
+    """One frame of a media source, with its true label when known."""
+
     index: int
     rgb: np.ndarray
     time_s: float          # media time of the frame (seconds from the start)
@@ -81,6 +83,7 @@ class VideoSource:
             raw_index += 1
 
     def close(self):
+        """Release the source."""
         self._capture.release()
 
 
@@ -124,6 +127,7 @@ class ImageFolderSource:
                         label, path.name, label_set)
 
     def close(self):
+        """Release the source."""
         pass
 
 
@@ -219,6 +223,7 @@ class RosbagSource:
                     break
 
     def close(self):
+        """Release the source."""
         pass
 
 
@@ -279,4 +284,5 @@ def read_frames(spec, max_frames=0, **kwargs):
 
 
 def media_exists(name):
+    """Tell whether a media name or path resolves to an existing file."""
     return os.path.exists(resolve_media(name))

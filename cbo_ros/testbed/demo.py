@@ -48,6 +48,7 @@ def parse_rate(text):
 
 
 def parse_args(argv):
+    """Parse the cbo_demo command line."""
     parser = argparse.ArgumentParser(prog='cbo_demo', description=__doc__.split('\n')[0])
     parser.add_argument('--video', default='bikes.mp4', help='video (default: bikes.mp4)')
     parser.add_argument('--max-frames', type=int, default=0, help='frames to use (0: all)')
@@ -110,6 +111,7 @@ class BandwidthControl:
                 SetParameters, f'{namespace}/offload_planner_node/set_parameters')
 
     def apply(self, rate_bps):
+        """Apply ``rate_bps`` to the link or the planner's cap; return whether it was applied."""
         if self.link is not None:
             self.link.set_rate(rate_bps)
             return True
@@ -140,6 +142,7 @@ def reference_labels(frames):
 
 
 def percentile(values, q):
+    """Return the ``q``-th percentile of ``values`` (0 for none)."""
     return float(np.percentile(values, q)) if len(values) else 0.0
 
 
@@ -257,6 +260,7 @@ def summarize(recorder, frames_captured, labels, phases, link_text, args, wall_s
 
 
 def print_summary(summary, path):
+    """Print the demo summary and where its JSON was written."""
     out = print
     out('\n================ cbo_demo summary ================')
     out(f"link:              {summary['link']}")
@@ -303,6 +307,7 @@ def print_summary(summary, path):
 
 
 def run(args):
+    """Run the demo; return the exit code."""
     from cbo_ros.perception.media import MediaError, read_frames
     try:
         frames_list, source = read_frames(args.video, max_frames=args.max_frames,
@@ -449,6 +454,7 @@ def run(args):
 
 
 def main(argv=None):
+    """Run the demo from the command line; return the exit code."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return run(args)

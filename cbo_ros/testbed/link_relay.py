@@ -139,6 +139,7 @@ class DelayRelay:
 
 
 def main(argv=None):
+    """Relay frames between two interfaces with a delay until stdin ends or SIGTERM."""
     parser = argparse.ArgumentParser(prog='cbo_link_relay', description=__doc__.splitlines()[0])
     parser.add_argument('device_a')
     parser.add_argument('device_b')

@@ -64,10 +64,12 @@ class Recorder(Node):
             return dict(self.source_frames)
 
     def set_phase(self, phase):
+        """Tag the messages received from now on with ``phase``."""
         with self.lock:
             self.phase = phase
 
     def snapshot(self, attribute):
+        """Return a copy of the recorded list ``attribute``."""
         with self.lock:
             return list(getattr(self, attribute))
 
@@ -76,5 +78,6 @@ class Recorder(Node):
         return [stamp_to_ns(msg.header.stamp) for _, _, msg in self.snapshot('results')]
 
     def count(self, attribute):
+        """Return how many messages the list ``attribute`` holds."""
         with self.lock:
             return len(getattr(self, attribute))

@@ -80,6 +80,7 @@ def measure_server_time(resolutions, quality, repeats=15):
 
 
 def parse_args(argv):
+    """Parse the cbo_calibrate command line."""
     parser = argparse.ArgumentParser(prog='cbo_calibrate', description=__doc__.splitlines()[0])
     parser.add_argument('--media', nargs='+', default=None,
                         help='calibration media (default: the calibration-role videos)')

@@ -35,6 +35,7 @@ SWEEP_DEADLINES_MS = (60, 100, 200, 400, 800)
 
 
 def parse_args(argv):
+    """Parse the cbo_eval command line."""
     parser = argparse.ArgumentParser(prog='cbo_eval', description=__doc__.splitlines()[0])
     parser.add_argument('media', nargs='*', default=[],
                         help='video files, image folders (labels.csv optional), rosbag2 '

@@ -42,8 +42,7 @@ def main(argv=None):
     parser.add_argument('--use-sim-time', action='store_true',
                         help='stamp messages with /clock instead of the system clock')
     args = parser.parse_args(argv)
-    sys.argv = [sys.argv[0]] + ros_arguments(args)
-    run_node()
+    run_node([sys.argv[0]] + ros_arguments(args))
 
 
 if __name__ == '__main__':
