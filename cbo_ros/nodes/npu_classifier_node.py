@@ -141,7 +141,8 @@ class NpuClassifierNode(Node):
         logits = self.classifier.logits([rgb])[0]
         calibrated, raw = self.bundle.confidence(logits, resolution=self.input_size)
         probabilities = softmax(logits)
-        order = np.argsort(probabilities)[::-1][:self.top_k]
+        # Ties go to the lowest class id, as np.argmax does in the evaluator.
+        order = np.argsort(-probabilities, kind='stable')[:self.top_k]
         result.class_id = str(int(order[0]))
         result.class_name = class_name(order[0])
         result.score = float(calibrated)
