@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cbo_ros.assets.paths import media_dir, resolve_media
+from cbo_ros.assets.paths import not_found_message, resolve_media
 
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.webp', '.ppm', '.pgm'}
 VIDEO_SUFFIXES = {'.mp4', '.avi', '.mkv', '.mov', '.webm', '.mpg', '.mpeg', '.m4v'}
@@ -217,8 +217,7 @@ def open_source(spec, max_frames=0, labels_file=None, topic=None, stride=1):
     if text.isdigit() or text.startswith('/dev/video'):
         return VideoSource(text, max_frames=max_frames)
     if not path.exists():
-        raise MediaError(f'media not found: {spec!r} (embedded media are in '
-                         f'{media_dir()})')
+        raise MediaError(not_found_message('media', spec, 'media'))
     if path.is_dir():
         is_bag = (path / 'metadata.yaml').is_file() or any(path.glob('*.mcap')) \
             or any(path.glob('*.db3'))
