@@ -101,3 +101,8 @@ def test_install_artifacts_without_models_says_how_to_make_them(tmp_path, capsys
                          str(tmp_path / 'target')])
     assert code == 1
     assert 'generate them first with `cbo_prepare_assets' in capsys.readouterr().err
+
+
+def test_a_missing_absolute_path_is_reported_as_such(tmp_path):
+    message = paths.not_found_message('model file', tmp_path / 'mine.onnx', 'models')
+    assert f'model file not found: {tmp_path}/mine.onnx (a path: check it' in message

@@ -139,13 +139,14 @@ def install_hint():
 def not_found_message(kind, requested, subdir):
     """Explain a missing artifact: what was asked for, where it was searched, how to fix it."""
     requested = Path(str(requested))
-    name = requested.name
-    searched = []
-    for label, root in artifact_roots():
-        state = '' if (root / subdir).is_dir() else ' (missing)'
-        searched.append(f'{root / subdir}{state} [{label}]')
-    return (f'{kind} not found: {requested}; searched {name!r} in: ' + ', '.join(searched)
-            + f'. Fix: {install_hint()}; or give an absolute path')
+    roots = artifact_roots()
+    searched = ', '.join(f"{root / subdir}{'' if (root / subdir).is_dir() else ' (missing)'} "
+                         f'[{label}]' for label, root in roots)
+    if requested.is_absolute() and requested.parent not in [root / subdir for _, root in roots]:
+        return (f'{kind} not found: {requested} (a path: check it; a bare file name is looked '
+                f'up in: {searched}; the shipped artifacts: {install_hint()})')
+    return (f'{kind} not found: {requested}; searched {requested.name!r} in: {searched}. '
+            f'Fix: {install_hint()}; or give an absolute path')
 
 
 def resolve_model(path_or_name):

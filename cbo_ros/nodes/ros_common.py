@@ -237,8 +237,8 @@ def load_bundle(logger, calibration_file, offload_resolutions=None):
         resolutions = list(offload_resolutions or DEFAULT_OFFLOAD_RESOLUTIONS)
         message = (f'calibration file {path} not usable ({error}); using the UNCALIBRATED '
                    f'identity fallback (confidence = max softmax, resolutions {resolutions}); '
-                   'fix: run `cbo_calibrate` (in a checkout `make calibrate`) or set the '
-                   f'calibration_file parameter; for an install: {install_hint()}')
+                   'fix: run `cbo_calibrate` (in a checkout `make calibrate`), set the '
+                   f'calibration_file parameter, or {install_hint()}')
         logger.warning(message)
         return CalibrationBundle.identity(resolutions), False, message
 
