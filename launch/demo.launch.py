@@ -1,6 +1,9 @@
 """Robot and server together on one machine (what `cbo_demo` runs, minus link shaping).
 
     ros2 launch cbo_ros demo.launch.py mode:=once
+
+camera_node plays the demo video of robot_params_file (``source``, default bikes.mp4 in
+config/robot.yaml). Both included files set the Fast DDS profile (``fastdds_profile``).
 """
 
 from launch import LaunchDescription
@@ -30,6 +33,8 @@ def generate_launch_description():
                               description="Camera source (empty: robot_params_file's)"),
         DeclareLaunchArgument('mode', default_value='',
                               description="Camera mode: loop|once (empty: robot_params_file's)"),
+        DeclareLaunchArgument('image_topic', default_value='image_raw',
+                              description='Frames topic between the camera and its readers'),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(PathJoinSubstitution([launch_dir, 'server.launch.py'])),
             launch_arguments={**shared,
@@ -37,6 +42,8 @@ def generate_launch_description():
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(PathJoinSubstitution([launch_dir, 'robot.launch.py'])),
             launch_arguments={**shared, 'params_file': LaunchConfiguration('robot_params_file'),
+                              'use_camera': 'true',
+                              'image_topic': LaunchConfiguration('image_topic'),
                               'source': LaunchConfiguration('source'),
                               'mode': LaunchConfiguration('mode')}.items()),
     ])

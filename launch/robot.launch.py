@@ -1,17 +1,28 @@
-"""Robot side of cbo_ros: camera, NPU classifier, network monitor and offload planner.
+"""Robot side of cbo_ros: NPU classifier, network monitor, offload planner, optional camera.
 
-    ros2 launch cbo_ros robot.launch.py namespace:=robot1 source:=bikes.mp4 mode:=once
+    ros2 launch cbo_ros robot.launch.py image_topic:=/camera/image_raw      # your camera driver
+    ros2 launch cbo_ros robot.launch.py use_camera:=true source:=/dev/video0 namespace:=robot1
 
-All nodes read ``params_file`` (default: cbo_ros/config/robot.yaml, sections keyed ``/**/<node>``
-so they apply under any namespace); the camera arguments ``source``, ``mode`` and
-``wait_for_subscribers`` override the file's values only when given. ``robot_bringup`` starts
-the same nodes from the same file, one process per node like this file (``--single-process``:
-one executor), where ``ros2 launch`` is not installed.
+The classifier and the planner read ``image_topic`` (a remap of their relative ``image_raw``;
+default ``image_raw``), published by your own camera driver: ``camera_node`` is started only with
+``use_camera:=true`` (then it publishes on ``image_topic`` too). The demo video is for
+demo.launch.py. All nodes read ``params_file`` (default: cbo_ros/config/robot.yaml, sections keyed
+``/**/<node>`` so they apply under any namespace); the camera arguments ``source``, ``mode`` and
+``wait_for_subscribers`` override the file's values only when given.
+
+The Fast DDS profile (32 MiB shared-memory segments: the default 512 KB is smaller than one
+640x480 frame) is set through the environment: ``FASTDDS_DEFAULT_PROFILES_FILE`` keeps its value
+when already set, else becomes the installed config/fastdds_profile.xml (argument
+``fastdds_profile``); ``RMW_FASTRTPS_PUBLICATION_MODE`` becomes ``AUTO`` unless set (a profile with
+a flow controller, like config/fastdds_shaped_link.xml, needs asynchronous publication).
+``robot_bringup`` starts the same nodes from the same file with the same options
+(``--image-topic``, ``--no-camera``) where ``ros2 launch`` is not installed.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.conditions import IfCondition
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
@@ -22,12 +33,14 @@ def generate_launch_description():
     params_file = LaunchConfiguration('params_file')
     use_sim_time = LaunchConfiguration('use_sim_time')
     log_level = LaunchConfiguration('log_level')
+    frames = [('image_raw', LaunchConfiguration('image_topic'))]
     common = {'use_sim_time': use_sim_time}
 
-    def robot_node(executable, extra=None):
+    def robot_node(executable, extra=None, remappings=()):
         return Node(package='cbo_ros', executable=executable, name=executable,
                     namespace=namespace, output='screen',
                     parameters=[params_file, common] + ([extra] if extra else []),
+                    remappings=list(remappings),
                     ros_arguments=['--log-level', log_level])
 
     def camera_node(context):
@@ -37,7 +50,7 @@ def generate_launch_description():
                  'wait_for_subscribers': (LaunchConfiguration('wait_for_subscribers'), int)}
         overrides = {name: ParameterValue(value, value_type=value_type)
                      for name, (value, value_type) in given.items() if value.perform(context)}
-        return [robot_node('camera_node', overrides)]
+        return [robot_node('camera_node', overrides, remappings=frames)]
 
     return LaunchDescription([
         DeclareLaunchArgument('namespace', default_value='',
@@ -50,17 +63,37 @@ def generate_launch_description():
         DeclareLaunchArgument('use_sim_time', default_value='false',
                               description='Use /clock (e.g. when playing a rosbag)'),
         DeclareLaunchArgument('log_level', default_value='info', description='Logging level'),
+        DeclareLaunchArgument('use_camera', default_value='false',
+                              description='Start camera_node (false: frames come from your own '
+                                          'camera driver on image_topic)'),
+        DeclareLaunchArgument('image_topic', default_value='image_raw',
+                              description='Frames topic the classifier and the planner read '
+                                          '(remap of image_raw; relative names are namespaced)'),
+        DeclareLaunchArgument(
+            'fastdds_profile',
+            default_value=EnvironmentVariable(
+                'FASTDDS_DEFAULT_PROFILES_FILE',
+                default_value=PathJoinSubstitution([FindPackageShare('cbo_ros'), 'config',
+                                                    'fastdds_profile.xml'])),
+            description='Fast DDS XML profile (default: $FASTDDS_DEFAULT_PROFILES_FILE if set, '
+                        'else the installed config/fastdds_profile.xml)'),
         DeclareLaunchArgument('source', default_value='',
-                              description='Camera source: video, device, image folder, rosbag2 '
+                              description='use_camera: video, device, image folder, rosbag2 '
                                           "(empty: params_file's)"),
         DeclareLaunchArgument('mode', default_value='',
-                              description="Camera mode: loop|once (empty: params_file's)"),
+                              description="use_camera: loop|once (empty: params_file's)"),
         DeclareLaunchArgument(
             'wait_for_subscribers', default_value='',
-            description='The camera waits for this many image_raw readers (0: publish at once; '
-                        "empty: params_file's)"),
-        OpaqueFunction(function=camera_node),
-        robot_node('npu_classifier_node'),
+            description='use_camera: the camera waits for this many image_raw readers (0: '
+                        "publish at once; empty: params_file's)"),
+        SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE',
+                               LaunchConfiguration('fastdds_profile')),
+        SetEnvironmentVariable('RMW_FASTRTPS_PUBLICATION_MODE',
+                               EnvironmentVariable('RMW_FASTRTPS_PUBLICATION_MODE',
+                                                   default_value='AUTO')),
+        OpaqueFunction(function=camera_node, condition=IfCondition(LaunchConfiguration(
+            'use_camera'))),
+        robot_node('npu_classifier_node', remappings=frames),
         robot_node('network_monitor_node'),
-        robot_node('offload_planner_node'),
+        robot_node('offload_planner_node', remappings=frames),
     ])

@@ -1,11 +1,14 @@
 """Workstation side of cbo_ros: the offload server.
 
     ros2 launch cbo_ros server.launch.py namespace:=robot1
+
+The Fast DDS profile is set through the environment as in robot.launch.py
+(``FASTDDS_DEFAULT_PROFILES_FILE`` unless already set; argument ``fastdds_profile``).
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
@@ -22,6 +25,19 @@ def generate_launch_description():
         DeclareLaunchArgument('use_sim_time', default_value='false',
                               description='Use /clock'),
         DeclareLaunchArgument('log_level', default_value='info', description='Logging level'),
+        DeclareLaunchArgument(
+            'fastdds_profile',
+            default_value=EnvironmentVariable(
+                'FASTDDS_DEFAULT_PROFILES_FILE',
+                default_value=PathJoinSubstitution([FindPackageShare('cbo_ros'), 'config',
+                                                    'fastdds_profile.xml'])),
+            description='Fast DDS XML profile (default: $FASTDDS_DEFAULT_PROFILES_FILE if set, '
+                        'else the installed config/fastdds_profile.xml)'),
+        SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE',
+                               LaunchConfiguration('fastdds_profile')),
+        SetEnvironmentVariable('RMW_FASTRTPS_PUBLICATION_MODE',
+                               EnvironmentVariable('RMW_FASTRTPS_PUBLICATION_MODE',
+                                                   default_value='AUTO')),
         Node(package='server_node', executable='server_node', name='offload_server',
              namespace=LaunchConfiguration('namespace'), output='screen',
              parameters=[LaunchConfiguration('params_file'),

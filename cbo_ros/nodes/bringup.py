@@ -16,11 +16,18 @@ MultiThreadedExecutor (``--executor events`` for rclpy's experimental EventsExec
 Plain ``node_name:`` sections of the file are rewritten to ``/**/node_name:`` so they also apply
 under ``--namespace``.
 
+Like launch/robot.launch.py: ``--image-topic`` remaps ``image_raw`` of the camera, the classifier
+and the planner (frames from your own camera driver: ``--no-camera --image-topic
+/my_cam/image``), and the Fast DDS profile is set through the environment:
+``FASTDDS_DEFAULT_PROFILES_FILE`` keeps its value when set, else becomes the shipped
+config/fastdds_profile.xml (``--fastdds-profile``); ``RMW_FASTRTPS_PUBLICATION_MODE`` becomes
+``AUTO`` unless set.
+
 Examples::
 
     robot_bringup --video bikes.mp4 --mode once
     robot_bringup --namespace robot1 --params-file my_robot.yaml --strategy local_only
-    robot_bringup --no-camera            # frames come from elsewhere (a real camera driver)
+    robot_bringup --no-camera --image-topic /camera/image_raw   # your own camera driver
     robot_bringup --single-process --executor events
 """
 
@@ -41,6 +48,7 @@ import yaml
 
 from cbo_ros.assets.paths import config_dir
 
+IMAGE_READERS = ('camera_node', 'npu_classifier_node', 'offload_planner_node')
 NODES = (  # (executable / module, class, option that disables it)
     ('camera_node', 'CameraNode', 'no_camera'),
     ('npu_classifier_node', 'NpuClassifierNode', None),
@@ -69,7 +77,14 @@ def parse_args(argv):
     parser.add_argument('--exit-when-done', action='store_true',
                         help='exit once the camera (mode once) is done and the last deadline '
                              'has passed')
-    parser.add_argument('--no-camera', action='store_true', help='do not start camera_node')
+    parser.add_argument('--no-camera', action='store_true',
+                        help='do not start camera_node (frames come from your own driver)')
+    parser.add_argument('--image-topic', default=None,
+                        help='frames topic of the classifier and the planner (remap of '
+                             'image_raw; the camera, when started, publishes there too)')
+    parser.add_argument('--fastdds-profile', default=None,
+                        help='Fast DDS XML profile (default: $FASTDDS_DEFAULT_PROFILES_FILE if '
+                             'set, else the shipped config/fastdds_profile.xml)')
     parser.add_argument('--no-monitor', action='store_true',
                         help='do not start network_monitor_node')
     parser.add_argument('--single-process', action='store_true',
@@ -155,11 +170,29 @@ def _child_setup():
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def node_command(name, params_files, namespace, ros_args, log_level):
+def image_remaps(name, image_topic):
+    """Return the ``-r`` remap arguments that move a node's image_raw to ``image_topic``."""
+    if not image_topic or name not in IMAGE_READERS:
+        return []
+    return ['-r', f'image_raw:={image_topic}']
+
+
+def set_dds_environment(profile=None, environ=os.environ):
+    """Set the Fast DDS profile (unless set, or ``profile`` given) and the publication mode."""
+    if profile:
+        environ['FASTDDS_DEFAULT_PROFILES_FILE'] = str(profile)
+    elif not environ.get('FASTDDS_DEFAULT_PROFILES_FILE'):
+        environ['FASTDDS_DEFAULT_PROFILES_FILE'] = str(config_dir() / 'fastdds_profile.xml')
+    environ.setdefault('RMW_FASTRTPS_PUBLICATION_MODE', 'AUTO')
+    return environ['FASTDDS_DEFAULT_PROFILES_FILE']
+
+
+def node_command(name, params_files, namespace, ros_args, log_level, image_topic=None):
     """Return the command line that starts one node, as launch_ros builds it."""
     command = [sys.executable, '-m', f'cbo_ros.nodes.{name}', '--ros-args']
     for path in params_files:
         command += ['--params-file', path]
+    command += image_remaps(name, image_topic)
     if namespace:
         command += ['-r', f"__ns:=/{namespace.strip('/')}"]
     if log_level:
@@ -204,7 +237,8 @@ def run_processes(options, params_file, ros_args):
                                     f'{name}_overrides_')
                 temp_files.append(path)
                 files.append(path)
-            command = node_command(name, files, options.namespace, ros_args, options.log_level)
+            command = node_command(name, files, options.namespace, ros_args, options.log_level,
+                                   options.image_topic)
             children[name] = subprocess.Popen(command, preexec_fn=_child_setup)
         started = ', '.join(f'{n} (pid {p.pid})' for n, p in children.items())
         print(f'[robot_bringup] started {started} (params {options.params_file}; one process '
@@ -301,7 +335,9 @@ def run_single_process(options, params_file, ros_args):
         for name, class_name in selected_nodes(options):
             cls = node_class(f'cbo_ros.nodes.{name}', class_name)
             params = [Parameter(k, value=v) for k, v in overrides.get(name, {}).items()]
-            node = cls(namespace=options.namespace, parameter_overrides=params)
+            remaps = image_remaps(name, options.image_topic)
+            node = cls(namespace=options.namespace, parameter_overrides=params,
+                       cli_args=['--ros-args'] + remaps if remaps else None)
             nodes.append(node)
             executor.add_node(node)
             camera = node if name == 'camera_node' else camera
@@ -352,6 +388,12 @@ def main(argv=None):
     if not os.path.isfile(options.params_file):
         print(f'robot_bringup: parameter file not found: {options.params_file}', file=sys.stderr)
         return 2
+    if options.fastdds_profile and not os.path.isfile(options.fastdds_profile):
+        print(f'robot_bringup: Fast DDS profile not found: {options.fastdds_profile}',
+              file=sys.stderr)
+        return 2
+    profile = set_dds_environment(options.fastdds_profile)
+    print(f'[robot_bringup] FASTDDS_DEFAULT_PROFILES_FILE={profile}', flush=True)
     params_file = namespaced_params_file(options.params_file)
     try:
         if options.single_process:

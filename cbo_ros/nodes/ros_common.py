@@ -336,9 +336,9 @@ def load_bundle(logger, calibration_file, offload_resolutions=None):
     Returns ``(bundle, calibrated, message)``; ``calibrated`` is False for the fallback (the
     message says why, and is logged as a warning).
     """
-    from cbo_ros.core.calibration import (CalibrationBundle, CalibrationError,
-                                          default_calibration_path, load_calibration)
-    path = calibration_file or str(default_calibration_path())
+    from cbo_ros.assets.paths import default_calibration_file, install_hint
+    from cbo_ros.core.calibration import CalibrationBundle, CalibrationError, load_calibration
+    path = calibration_file or str(default_calibration_file())
     try:
         bundle = load_calibration(path)
         return bundle, True, f'calibration {path}'
@@ -346,7 +346,8 @@ def load_bundle(logger, calibration_file, offload_resolutions=None):
         resolutions = list(offload_resolutions or DEFAULT_OFFLOAD_RESOLUTIONS)
         message = (f'calibration file {path} not usable ({error}); using the UNCALIBRATED '
                    f'identity fallback (confidence = max softmax, resolutions {resolutions}); '
-                   'run `make calibrate`')
+                   'fix: run `cbo_calibrate` (in a checkout `make calibrate`), set the '
+                   f'calibration_file parameter, or {install_hint()}')
         logger.warning(message)
         return CalibrationBundle.identity(resolutions), False, message
 

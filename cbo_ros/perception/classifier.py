@@ -6,6 +6,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
+from cbo_ros.assets import paths
 from cbo_ros.perception.image_ops import center_square
 
 # Short names users may write in a parameter file -> ONNX Runtime provider names.
@@ -56,7 +57,7 @@ class OnnxClassifier:
     def __init__(self, model_path, input_size, providers=('CPUExecutionProvider',),
                  intra_op_threads=0, name=None):
         if not os.path.isfile(model_path):
-            raise FileNotFoundError(f'model file not found: {model_path} (run scripts/setup.sh)')
+            raise FileNotFoundError(paths.not_found_message('model file', model_path, 'models'))
         self.model_path = model_path
         self.input_size = int(input_size)
         self.name = name or os.path.splitext(os.path.basename(model_path))[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cbo_ros.assets.paths import media_dir, resolve_media
+from cbo_ros.assets.paths import not_found_message, resolve_media
 from cbo_ros.perception.labels import (FrameLabels, labels_from_names, read_frame_labels,
                                        read_image_labels, sibling_labels_file)
 
@@ -248,8 +248,7 @@ def open_source(spec, max_frames=0, labels_file=None, topic=None, stride=1, with
             raise MediaError('a live camera cannot have a labels file')
         return VideoSource(text, max_frames=max_frames)
     if not path.exists():
-        raise MediaError(f'media not found: {spec!r} (embedded media are in '
-                         f'{media_dir()})')
+        raise MediaError(not_found_message('media', spec, 'media'))
     if labels_file and not Path(labels_file).is_file():
         raise MediaError(f'labels file {labels_file} not found')
     if path.suffix.lower() in IMAGE_SUFFIXES:
