@@ -104,6 +104,7 @@ def results_dir():
 
 
 def calibration_dir():
+    """Return the directory of the fitted calibration files."""
     return artifacts_dir() / 'calibration'
 
 
