@@ -96,7 +96,7 @@ def load_stamp(path):
 
 
 def _smooth_walk(rng, count, scale):
-    """A smooth random curve of ``count`` values (camera shake, drifts)."""
+    """Return a smooth random curve of ``count`` values (camera shake, drifts)."""
     knots = rng.normal(0.0, scale, size=max(2, count // 8 + 2))
     return np.interp(np.linspace(0, len(knots) - 1, count), np.arange(len(knots)), knots)
 
@@ -162,8 +162,9 @@ def _plan(spec, rng, stamp_shape):
         occluder = {
             'width': rng.uniform(0.12, 0.35), 'start': rng.uniform(-0.3, 0.4),
             'speed': rng.uniform(0.8, 1.8) * (1 if rng.random() < 0.5 else -1),
-            'shade': rng.uniform(0.1, 0.6), 'source': (rng.integers(0, bg_w - FRAME_WIDTH + 1),
-                                                        rng.integers(0, bg_h - FRAME_HEIGHT + 1)),
+            'shade': rng.uniform(0.1, 0.6),
+            'source': (rng.integers(0, bg_w - FRAME_WIDTH + 1),
+                       rng.integers(0, bg_h - FRAME_HEIGHT + 1)),
         }
     stamp_h, stamp_w = stamp_shape
     return {'size': size, 'angle': angle, 'cx': center_x, 'cy': center_y, 'pan_x': pan_x,

@@ -235,7 +235,7 @@ class StampObject:
 
 
 def object_id_of(stamp):
-    """A stable, file-name-safe id of a stamp ('animals/birds/hen.png' -> 'birds-hen')."""
+    """Return a stable, file-name-safe id of a stamp ('animals/birds/hen.png' -> 'birds-hen')."""
     parts = Path(stamp).with_suffix('').parts
     return re.sub(r'[^A-Za-z0-9]+', '-', '-'.join(parts[-2:])).strip('-').lower()
 

@@ -106,8 +106,8 @@ def fetch(artifacts=None, log=print):
     missing = [p for p in required if not (root / p).exists()]
     if missing:
         raise SourcesError(f'unpacked packages lack {", ".join(missing)}')
-    info = {'packages': versions, 'required': required,
-            'digest': hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]}
+    digest = hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]
+    info = {'packages': versions, 'required': required, 'digest': digest}
     info_file.write_text(json.dumps(info, indent=2) + '\n')
     return info
 

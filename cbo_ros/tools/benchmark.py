@@ -1,7 +1,7 @@
 """cbo_benchmark: build and inspect the true-label benchmark (labelled robot-camera videos).
 
-  cbo_benchmark build [--force] [--seed N] [--clips-per-object N] [--frames-per-clip N]
-  cbo_benchmark show [--json]
+Usage: ``cbo_benchmark build [--force] [--seed N] [--clips-per-object N] [--frames-per-clip N]``
+and ``cbo_benchmark show [--json]``.
 """
 
 import argparse
