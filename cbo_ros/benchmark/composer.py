@@ -140,10 +140,10 @@ def _plan(spec, rng, stamp_shape):
         pan_x = np.clip((bg_w - FRAME_WIDTH) * (0.5 - 0.5 * direction * (t - 0.5) * 2), 0,
                         bg_w - FRAME_WIDTH)
     degradations = {
-        'motion_blur': float(rng.choice([0.0, 0.5, 1.0, 2.0], p=[0.25, 0.3, 0.3, 0.15])),
-        'defocus': float(rng.choice([0.0, 1.0, 2.0, 3.5], p=[0.35, 0.3, 0.2, 0.15])),
+        'motion_blur': float(rng.choice([0.0, 0.5, 1.0, 1.5], p=[0.25, 0.3, 0.3, 0.15])),
+        'defocus': float(rng.choice([0.0, 0.7, 1.5, 2.5], p=[0.35, 0.3, 0.2, 0.15])),
         'focus_hunting': bool(rng.random() < 0.3),
-        'exposure_gain': float(rng.uniform(0.55, 1.5)),
+        'exposure_gain': float(rng.uniform(0.6, 1.4)),
         'exposure_drift': float(rng.uniform(0.0, 0.35)),
         'gamma': float(rng.uniform(0.8, 1.25)),
         'noise_sigma': float(rng.choice([0.0, 3.0, 6.0, 10.0], p=[0.3, 0.3, 0.25, 0.15])),
@@ -155,7 +155,7 @@ def _plan(spec, rng, stamp_shape):
                                                                 rng.random())))
     defocus = np.full(n, degradations['defocus'])
     if degradations['focus_hunting']:
-        defocus = defocus + 2.5 * np.abs(np.sin(np.pi * (t * rng.uniform(1, 3) + rng.random())))
+        defocus = defocus + 1.5 * np.abs(np.sin(np.pi * (t * rng.uniform(1, 3) + rng.random())))
     occluder = None
     if degradations['occlusion']:
         # A bar (post, passer-by, arm) sweeping across the view during part of the clip.
@@ -272,7 +272,7 @@ def compose_clip(spec, stamp_rgb, stamp_alpha, background_frames):
         if previous_center is not None and degr['motion_blur'] > 0:
             dx = center[0] - previous_center[0] + (plan['pan_x'][i] - plan['pan_x'][i - 1])
             dy = center[1] - previous_center[1] + (plan['pan_y'][i] - plan['pan_y'][i - 1])
-            blur_length = min(25.0, degr['motion_blur'] * (np.hypot(dx, dy) * 0.5 + 2.0))
+            blur_length = min(16.0, degr['motion_blur'] * (np.hypot(dx, dy) * 0.5 + 2.0))
             if blur_length >= 1.5:
                 frame = _motion_blur(frame, blur_length, np.arctan2(dy, dx))
         previous_center = center

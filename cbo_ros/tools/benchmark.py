@@ -1,6 +1,7 @@
 """cbo_benchmark: build and inspect the true-label benchmark (labelled robot-camera videos).
 
-Usage: ``cbo_benchmark build [--force] [--seed N] [--clips-per-object N] [--frames-per-clip N]``
+Usage: ``cbo_benchmark build [--force] [--seed N] [--clips-per-object N] [--frames-per-clip N]
+[--min-size F] [--max-size F]``
 and ``cbo_benchmark show [--json]``.
 """
 
@@ -58,6 +59,10 @@ def main(argv=None):
     build.add_argument('--seed', type=int, default=None)
     build.add_argument('--clips-per-object', type=int, default=None)
     build.add_argument('--frames-per-clip', type=int, default=None)
+    build.add_argument('--min-size', type=float, default=None,
+                       help='smallest object extent, share of the frame (default 0.15)')
+    build.add_argument('--max-size', type=float, default=None,
+                       help='largest object extent, share of the frame (default 0.9)')
     build.add_argument('--workers', type=int, default=None, help='processes (default: 2)')
     show = commands.add_parser('show', help='counts per split, label-set sizes, tiers')
     show.add_argument('--json', action='store_true')
@@ -67,6 +72,7 @@ def main(argv=None):
             manifest = benchmark_build.build(
                 force=args.force, workers=args.workers, seed=args.seed,
                 clips_per_object=args.clips_per_object, frames_per_clip=args.frames_per_clip,
+                min_size=args.min_size, max_size=args.max_size,
                 log=lambda text: print(f'[benchmark] {text}', flush=True))
             _show(manifest, False)
         else:
