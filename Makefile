@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 ENV := source $(ROOT)/cbo_env.sh
 
-.PHONY: setup demo test test-unit test-integration lint eval calibrate benchmark colcon clean distclean
+.PHONY: setup demo test test-unit test-integration lint eval calibrate benchmark results colcon clean distclean
 
 setup:
 	@bash $(ROOT)/scripts/setup.sh
@@ -31,6 +31,9 @@ eval: setup
 
 benchmark: setup
 	@$(ENV) && python $(ROOT)/scripts/benchmark_planner.py && python $(ROOT)/scripts/benchmark_pipeline.py
+
+results: setup
+	@$(ENV) && python $(ROOT)/scripts/benchmark_results.py $(ARGS)
 
 colcon: setup
 	@bash $(ROOT)/scripts/colcon_build.sh

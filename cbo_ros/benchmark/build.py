@@ -8,6 +8,8 @@ Output (under ``$CBO_ARTIFACTS/benchmark``), one labelled video per clip:
   mostly out of view or occluded).
 - ``<split>/<clip_id>.meta.json``: per-frame metadata (box, scale, visibility, degradations).
 - ``manifest.json``: every clip of every split with its object, category and tier.
+- ``demo/evaluation_demo.avi`` + ``.labels.csv``: the first clip of each of the first
+  ``DEMO_OBJECTS`` evaluation objects back to back (the live demo's default video; held out).
 
 The build is cached on (seed, counts, code + reviewed table, Debian package versions, media).
 """
@@ -35,6 +37,9 @@ VIDEO_BACKGROUNDS = ('bikes.mp4', 'vtest.avi', 'box.mp4', 'cup.mp4', 'bigbuckbun
 VIDEO_BACKGROUND_SHARE = 0.7
 DEFAULTS = {'seed': 0, 'clips_per_object': 2, 'frames_per_clip': 32, 'min_size': 0.15,
             'max_size': 0.9}
+
+DEMO_OBJECTS = 10
+DEMO_NAME = 'evaluation_demo'
 
 _BACKGROUNDS = {}      # name -> frames, per process (workers load their own)
 
@@ -196,6 +201,8 @@ def build(artifacts=None, force=False, workers=None, log=print, **overrides):
         manifest = cached_manifest(root, key)
         if manifest is not None:
             log(f'benchmark up to date ({root}, key {key})')
+            if not demo_clip(artifacts).is_file():
+                write_demo_clip(root, manifest)
             return manifest
     started = time.perf_counter()
     wordnet = label_sets.WordNet(sources.wordnet_dir(artifacts))
@@ -248,10 +255,51 @@ def build(artifacts=None, force=False, workers=None, log=print, **overrides):
                    'compose_ms_per_frame': round(compose_ms, 2)},
         'splits': manifest_splits,
     }
+    write_demo_clip(root, manifest)
     (root / 'manifest.json').write_text(json.dumps(manifest, indent=1) + '\n')
     log(f'benchmark written to {root}: {frames} frames in {elapsed:.0f} s '
         f'({compose_ms:.1f} ms/frame composing, {workers} workers)')
     return manifest
+
+
+def demo_clip(artifacts=None):
+    """Path of the demo's labelled video (evaluation objects back to back)."""
+    return benchmark_dir(artifacts) / 'demo' / f'{DEMO_NAME}.avi'
+
+
+def write_demo_clip(root, manifest, objects=DEMO_OBJECTS):
+    """Concatenate one evaluation clip per object into the demo video and its labels file.
+
+    Frames are decoded and re-encoded (MJPEG quality 90: a second JPEG generation).
+    """
+    seen, clips = set(), []
+    for entry in manifest['splits']['evaluation']:
+        if entry['object'] not in seen and len(clips) < objects:
+            seen.add(entry['object'])
+            clips.append(entry)
+    folder = root / 'demo'
+    folder.mkdir(parents=True, exist_ok=True)
+    video = folder / f'{DEMO_NAME}.avi'
+    writer = cv2.VideoWriter(str(video), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*'MJPG'),
+                             FPS, (composer.FRAME_WIDTH, composer.FRAME_HEIGHT))
+    writer.set(cv2.VIDEOWRITER_PROP_QUALITY, JPEG_QUALITY)
+    rows = ['frame,labels']
+    for entry in clips:
+        labels = (root / entry['labels']).read_text().splitlines()[1:]
+        capture = cv2.VideoCapture(str(root / entry['video']))
+        for line in labels:
+            ok, bgr = capture.read()
+            if not ok:
+                raise RuntimeError(f"{entry['video']}: fewer frames than labels")
+            writer.write(bgr)
+            rows.append(f'{len(rows) - 1},{line.split(",", 1)[1]}')
+        capture.release()
+    writer.release()
+    (folder / f'{DEMO_NAME}.labels.csv').write_text('\n'.join(rows) + '\n')
+    (folder / f'{DEMO_NAME}.json').write_text(json.dumps(
+        {'clips': [e['clip'] for e in clips], 'objects': sorted(seen), 'fps': FPS,
+         'frames': len(rows) - 1}, indent=1) + '\n')
+    return video
 
 
 def read_manifest(artifacts=None):

@@ -37,7 +37,7 @@ from cbo_ros.core.calibration_metrics import (  # noqa: F401 (API)
     brier_score, calibration_report, expected_calibration_error, maximum_calibration_error,
     multiclass_nll, negative_log_likelihood)
 from cbo_ros.perception.image_ops import softmax
-from cbo_ros.assets.paths import artifacts_dir
+from cbo_ros.assets.paths import artifacts_dir, ROBOT_INPUT_SIZE
 
 FORMAT = 'cbo_calibration/1'
 METHODS = ('temperature', 'histogram', 'isotonic', 'logistic')
@@ -562,7 +562,8 @@ class CalibrationBundle:
             r = min(self.calibrators, key=lambda known: abs(known - r))
         return self.calibrators[r]
 
-    def confidence(self, logits_1d: ArrayLike, resolution: int = 224) -> Tuple[float, float]:
+    def confidence(self, logits_1d: ArrayLike,
+                   resolution: int = ROBOT_INPUT_SIZE) -> Tuple[float, float]:
         """Return ``(calibrated, raw)`` top-1 confidence of one logits vector of the robot model."""
         logits = np.asarray(logits_1d, dtype=np.float64).reshape(1, -1)
         raw = float(max_softmax(logits)[0])
@@ -608,7 +609,8 @@ class CalibrationBundle:
         self._server_time_s = {int(r): float(seconds) for r in resolutions}
 
     @classmethod
-    def identity(cls, offload_resolutions, robot_resolution: int = 224) -> 'CalibrationBundle':
+    def identity(cls, offload_resolutions,
+                 robot_resolution: int = ROBOT_INPUT_SIZE) -> 'CalibrationBundle':
         """Build the explicitly labelled uncalibrated fallback (raw max-softmax, guesses)."""
         warnings.warn('using the UNCALIBRATED identity calibration (run cbo_calibrate)',
                       stacklevel=2)

@@ -17,6 +17,7 @@ confidence.
 
 import numpy as np
 
+from cbo_ros.assets.paths import OFFLOAD_RESOLUTIONS, ROBOT_INPUT_SIZE
 from cbo_ros.core.calibration import (METHODS, CalibrationBundle, CalibrationError,
                                       ServerProfile, calibration_report, make_calibrator,
                                       max_softmax, top1_correct)
@@ -234,8 +235,9 @@ def method_metrics(calibration, evaluation, tag, resolution, chosen=None, bootst
     return table, extras
 
 
-def fit_bundle(calibration, robot_tag='int8', robot_resolutions=(224,), robot_resolution=224,
-               offload_resolutions=(96, 128, 176, 224, 260), method='auto', server_time_s=None,
+def fit_bundle(calibration, robot_tag='int8', robot_resolutions=(ROBOT_INPUT_SIZE,),
+               robot_resolution=ROBOT_INPUT_SIZE, offload_resolutions=OFFLOAD_RESOLUTIONS,
+               method='auto', server_time_s=None,
                jpeg_quality=90, source_info=None, profile_bins=10):
     """Fit the calibration bundle on the ``VideoOutputs`` of the calibration videos.
 

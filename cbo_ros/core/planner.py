@@ -13,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from cbo_ros.assets.paths import OFFLOAD_RESOLUTIONS
+
 
 @dataclass
 class OffloadOption:
@@ -555,7 +557,7 @@ FIXED_STRATEGIES = ('local_only', 'raw_threshold', 'calibrated_threshold', 'band
                     'cbo_uncalibrated', 'cbo', 'cbo_adaptive', 'oracle')
 
 
-def strategy_names(offload_resolutions: Sequence[int] = (96, 128, 176, 224, 260)) -> List[str]:
+def strategy_names(offload_resolutions: Sequence[int] = OFFLOAD_RESOLUTIONS) -> List[str]:
     """All strategy names (server_only_<r> for each offload resolution)."""
     server = [f'server_only_{int(r)}' for r in offload_resolutions]
     return ['local_only'] + server + list(FIXED_STRATEGIES[1:])

@@ -39,7 +39,7 @@ from cbo_ros.perception.labels import LabelsError, label_matrix
 from cbo_ros.perception.media import MediaError, open_source
 
 ROBOT_MODELS = {'int8': paths.ROBOT_MODEL_INT8, 'fp32': paths.ROBOT_MODEL_FP32}
-DEFAULT_OFFLOAD_RESOLUTIONS = (96, 128, 176, 224, 260)
+DEFAULT_OFFLOAD_RESOLUTIONS = paths.OFFLOAD_RESOLUTIONS
 DEFAULT_ROBOT_RESOLUTIONS = (paths.ROBOT_INPUT_SIZE,)
 NUM_CLASSES = 1000
 VIEWS = ('center', 'left', 'right', 'zoom')

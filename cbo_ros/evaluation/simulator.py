@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cbo_ros.assets.paths import ROBOT_INPUT_SIZE
 from cbo_ros.core.calibration import max_softmax
 from cbo_ros.core.exact_solver import Job, JobOption, solve_exact
 from cbo_ros.core.planner import (FrameCandidate, LinkState, OffloadOption, make_planner,
@@ -35,7 +36,7 @@ class SimulationConfig:
     local_latency_s: float = 0.015
     fps: float = 0.0                 # 0: the media's frame rate
     robot_tag: str = 'int8'
-    robot_resolution: int = 224
+    robot_resolution: int = ROBOT_INPUT_SIZE
     offload_resolutions: tuple = ()  # empty: the bundle's
     safety_margin_s: float = 0.005
     seed: int = 0

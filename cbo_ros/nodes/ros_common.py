@@ -28,6 +28,8 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityP
                        qos_profile_sensor_data)
 from rclpy.qos_overriding_options import QoSOverridingOptions
 
+from cbo_ros.assets import paths
+
 RELIABILITY = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
                'reliable': ReliabilityPolicy.RELIABLE}
 
@@ -327,7 +329,7 @@ class RateMeter:
 
 
 # The calibration bundle's default offload resolutions (cbo_ros.core.calibration).
-DEFAULT_OFFLOAD_RESOLUTIONS = [96, 128, 176, 224, 260]
+DEFAULT_OFFLOAD_RESOLUTIONS = list(paths.OFFLOAD_RESOLUTIONS)
 
 
 def load_bundle(logger, calibration_file, offload_resolutions=None):

@@ -1,4 +1,4 @@
-"""cbo_demo: the whole live system on the embedded video, with the link rate changing mid-run.
+"""cbo_demo: the whole live system on a labelled benchmark clip, with the link rate changing.
 
 Starts the offload server (``server_node``, its own process; inside a network namespace behind a
 shaped veth when :class:`cbo_ros.testbed.link_shaping.ShapedLink` is available) and the robot
@@ -50,7 +50,9 @@ def parse_rate(text):
 def parse_args(argv):
     """Parse the cbo_demo command line."""
     parser = argparse.ArgumentParser(prog='cbo_demo', description=__doc__.split('\n')[0])
-    parser.add_argument('--video', default='bikes.mp4', help='video (default: bikes.mp4)')
+    parser.add_argument('--video', default=None,
+                        help='video (default: the true-label benchmark\'s demo clip, held-out '
+                             'evaluation objects back to back; bikes.mp4 when it is not built)')
     parser.add_argument('--max-frames', type=int, default=0, help='frames to use (0: all)')
     parser.add_argument('--labels', default=None,
                         help='true labels of the video (CSV "frame,labels"; default: its '
@@ -306,8 +308,17 @@ def print_summary(summary, path):
     out(f'summary written to {path}')
 
 
+def default_video():
+    """The benchmark's labelled demo clip when built, else the embedded bikes.mp4."""
+    from cbo_ros.benchmark.build import demo_clip
+    clip = demo_clip()
+    return str(clip) if clip.is_file() else 'bikes.mp4'
+
+
 def run(args):
     """Run the demo; return the exit code."""
+    if args.video is None:
+        args.video = default_video()
     from cbo_ros.perception.media import MediaError, read_frames
     try:
         frames_list, source = read_frames(args.video, max_frames=args.max_frames,
