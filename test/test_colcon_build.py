@@ -1,4 +1,4 @@
-"""The standard ROS path: colcon builds all three packages of a workspace containing this repo."""
+"""The standard ROS path: colcon builds all four packages of a workspace containing this repo."""
 
 import os
 import subprocess
@@ -15,7 +15,7 @@ def test_colcon_builds_all_packages(tmp_path):
     result = subprocess.run(['bash', str(ROOT / 'scripts' / 'colcon_build.sh'), str(workspace)],
                             capture_output=True, text=True, timeout=900, env=dict(os.environ))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert 'Summary: 3 packages finished' in result.stdout
+    assert 'Summary: 4 packages finished' in result.stdout
     install = workspace / 'install'
     assert (install / 'cbo_interfaces' / 'lib' / 'python3.11' / 'site-packages' /
             'cbo_interfaces' / 'msg' / '__init__.py').is_file()
@@ -29,7 +29,8 @@ def test_colcon_builds_all_packages(tmp_path):
     # The overlay is usable: the interfaces import from the workspace, not from elsewhere.
     probe = subprocess.run(
         ['bash', '-c', f'source {install}/setup.bash && cd / && python -c '
-         '"import cbo_interfaces.msg as m, server_node; print(m.__file__, server_node.__file__)"'],
+         '"import cbo_interfaces.msg as m, server_node, cbo_common.ros_helpers as c; '
+         'print(m.__file__, server_node.__file__, c.__file__)"'],
         capture_output=True, text=True, timeout=120, env=dict(os.environ))
     assert probe.returncode == 0, probe.stderr
-    assert str(install) in probe.stdout.split()[0] and str(install) in probe.stdout.split()[1]
+    assert all(str(install) in path for path in probe.stdout.split()), probe.stdout
