@@ -16,9 +16,9 @@ decoded before the file header's size passed ``max_image_pixels`` (see
 
 Executor: a MultiThreadedExecutor (``executor_threads``); the service callbacks are in one
 ReentrantCallbackGroup, so several run at once (``_lock`` guards the counters they share). Each
-callback validates and decodes its image in an executor thread (OpenCV releases the GIL; at most
-``max_concurrent_decodes`` at once), hands the preprocessed tensor to the
-:class:`~server_node.batcher.Batcher` and then *awaits* the result (``on_offload`` is a
+callback validates its request in an executor thread, *awaits* its decode in a pool of
+``max_concurrent_decodes`` threads (OpenCV releases the GIL), hands the preprocessed tensor to
+the :class:`~server_node.batcher.Batcher` and then *awaits* the result (``on_offload`` is a
 coroutine): the executor thread is free for other requests while one batching thread runs
 onnxruntime on up to ``max_batch_size`` requests at a time. A blocking wait tied up one of the
 ``executor_threads`` per request in progress, and requests beyond them waited unseen in the
@@ -26,7 +26,7 @@ service queue (not counted in ``server_ms``): with 4 threads and ~5 offloads in 
 trip minus ``server_ms`` was 133 ms (p50) instead of 6 ms. With rclpy 9 (Kilted) a coroutine
 awaiting a Future completed from another thread is resumed only at the executor's next wake-up;
 the batch thread therefore completes a future that has a done callback, which makes the
-executor's guard condition fire (see ``_batch_result``).
+executor's guard condition fire (see ``_result_of``).
 """
 
 import collections
@@ -61,6 +61,9 @@ from server_node.validation import (check_dimensions, check_payload, decode_chec
 
 # A request whose deadline passed this long before it arrived points at unsynchronised clocks.
 CLOCK_SKEW_HINT_S = 2.0
+# Longest wait for the decode of a request without a deadline (a safety net: never reached by
+# an image within max_image_pixels on a working machine).
+DECODE_TIMEOUT_S = 30.0
 # Per-image inference time assumed for a retry hint before any batch was measured.
 DEFAULT_ITEM_MS = 50.0
 
@@ -128,7 +131,10 @@ class OffloadServer(Node):
                                settings.batch_timeout_s, settings.max_queue_size,
                                name='offload_batcher',
                                max_queue_per_client=settings.max_queue_per_client)
-        self._decode_slots = threading.BoundedSemaphore(settings.max_concurrent_decodes)
+        # Decoding runs in its own small pool, awaited like the batch: executor threads stay
+        # free to take (and quickly refuse) requests while large frames decode.
+        self._decoder = concurrent.futures.ThreadPoolExecutor(
+            settings.max_concurrent_decodes, thread_name_prefix='decode')
         self._lock = threading.Lock()
         self._in_progress = collections.Counter()      # client -> requests admitted, not done
         self.served = 0
@@ -282,22 +288,13 @@ class OffloadServer(Node):
                                f'{hint}')
         return received + remaining_s
 
-    def _decode(self, data, kind, expires):
-        """Header check, then a bounded number of decodes at once; return the model tensor."""
-        header = read_image_header(data, kind)
-        check_dimensions(header, self.settings.max_image_pixels)
-        wait_s = 5.0 if expires is None else max(0.0, expires - time.monotonic())
-        if not self._decode_slots.acquire(timeout=wait_s):
-            raise RequestError(f'busy: {self.settings.max_concurrent_decodes} images decoding; '
-                               f'retry in {self._retry_hint_ms(1)} ms')
-        try:
-            bgr = decode_checked(data, header)
-            square = center_square(bgr, self.input_size)   # crop/resize before colour order
-            del bgr
-        finally:
-            self._decode_slots.release()
+    def _decode(self, data, header):
+        """Decode (in the decode pool) and preprocess; return the model tensor."""
+        bgr = decode_checked(data, header)
+        square = center_square(bgr, self.input_size)       # crop/resize before colour order
+        del bgr
         rgb = cv2.cvtColor(square, cv2.COLOR_BGR2RGB)
-        return header, self.classifier.preprocess([rgb])[0]
+        return self.classifier.preprocess([rgb])[0]
 
     async def _serve(self, client, request, response, received):
         expires = self._check_deadline(request, received)
@@ -305,9 +302,24 @@ class OffloadServer(Node):
         kind = check_payload(data, request.image.format, self.settings.max_payload_bytes)
         data = data if isinstance(data, (bytes, bytearray)) else bytes(data)
 
-        start = time.monotonic()
-        header, tensor = self._decode(data, kind, expires)
+        header = read_image_header(data, kind)
+        check_dimensions(header, self.settings.max_image_pixels)
         response.image_height, response.image_width = header.height, header.width
+
+        start = time.monotonic()
+        # request_timeout_s bounds the wait for inference; a decode (bounded by
+        # max_image_pixels) is waited for up to the deadline, or DECODE_TIMEOUT_S without one.
+        wait_s = DECODE_TIMEOUT_S if expires is None else max(0.0, expires - start) + 0.05
+        try:
+            decoding = self._decoder.submit(self._decode, data, header)
+        except RuntimeError:                                # the pool was shut down
+            raise RequestError('server shutting down') from None
+        try:
+            tensor = await self._result_of(decoding, wait_s)
+        except concurrent.futures.TimeoutError:
+            raise RequestError(f'not decoded within {1e3 * wait_s:.0f} ms') from None
+        except concurrent.futures.CancelledError:
+            raise RequestError('server shutting down') from None
         response.decode_ms = 1e3 * (time.monotonic() - start)
 
         now = time.monotonic()
@@ -325,7 +337,7 @@ class OffloadServer(Node):
         except BatcherClosedError:
             raise RequestError('server shutting down') from None
         try:
-            result = await self._batch_result(future, wait_s)
+            result = await self._result_of(future, wait_s)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise RequestError(f'no inference result within {1e3 * wait_s:.0f} ms') from None
@@ -349,8 +361,8 @@ class OffloadServer(Node):
         if request.return_scores:
             response.scores = probs.astype(np.float32).tolist()
 
-    async def _batch_result(self, future, timeout_s):
-        """Await a batcher future without holding an executor thread.
+    async def _result_of(self, future, timeout_s):
+        """Await a concurrent future (decode pool, batcher) without holding an executor thread.
 
         The coroutine yields its executor thread while the batch runs, so ``executor_threads``
         no longer bounds the requests in progress (measured with 4 threads and ~5 offloads in
@@ -381,6 +393,7 @@ class OffloadServer(Node):
             with self._lock:
                 self._waits.pop(finish, None)
         if done is None:
+            future.cancel()
             raise concurrent.futures.TimeoutError()
         return done.result()
 
@@ -510,7 +523,8 @@ class OffloadServer(Node):
                 f'{name} {getattr(old, name)} -> {getattr(new, name)}' for name in changed))
 
     def destroy_node(self):
-        """Stop the batching thread (waiting requests fail with 'server shutting down')."""
+        """Stop the decode pool and the batching thread (waiting requests are refused)."""
+        self._decoder.shutdown(wait=False, cancel_futures=True)
         self.batcher.close()
         return super().destroy_node()
 
