@@ -37,6 +37,7 @@ import math
 import socket
 import threading
 import time
+import weakref
 
 from cbo_common.ros_helpers import (class_name, Diagnostics, shutdown_executor, stamp_problem,
                                     stamp_to_ns)
@@ -372,16 +373,23 @@ class OffloadServer(Node):
         condition, so the waiting coroutine is resumed at once (without it, a coroutine awaiting
         a future completed from another thread resumes only at the executor's next unrelated
         wake-up).
+
+        ``finish`` holds the waiter weakly: the waiter's result is the future, whose done
+        callback is ``finish``, and a strong reference closed a cycle that kept every request's
+        tensor (0.8 MB) alive until Python's cyclic garbage collection (server RSS rose and fell
+        by 150 MB in a soak).
         """
         waiter = self.executor.create_future()
         waiter.add_done_callback(lambda _: None)       # set_result then wakes the executor
+        waiter_ref = weakref.ref(waiter)
         lock = threading.Lock()
 
         def finish(value):
             with lock:
-                if waiter.done():
+                waiting = waiter_ref()
+                if waiting is None or waiting.done():
                     return
-                waiter.set_result(value)
+                waiting.set_result(value)
         with self._lock:
             self._waits[finish] = time.monotonic() + timeout_s
             if self.wait_timer.is_canceled():
