@@ -17,16 +17,16 @@ decoded before the file header's size passed ``max_image_pixels`` (see
 Executor: a MultiThreadedExecutor (``executor_threads``); the service callbacks are in one
 ReentrantCallbackGroup, so several run at once (``_lock`` guards the counters they share). Each
 callback validates its request in an executor thread, *awaits* its decode in a pool of
-``max_concurrent_decodes`` threads (OpenCV releases the GIL), hands the preprocessed tensor to
-the :class:`~server_node.batcher.Batcher` and then *awaits* the result (``on_offload`` is a
-coroutine): the executor thread is free for other requests while one batching thread runs
-onnxruntime on up to ``max_batch_size`` requests at a time. A blocking wait tied up one of the
-``executor_threads`` per request in progress, and requests beyond them waited unseen in the
-service queue (not counted in ``server_ms``): with 4 threads and ~5 offloads in flight, round
-trip minus ``server_ms`` was 133 ms (p50) instead of 6 ms. With rclpy 9 (Kilted) a coroutine
-awaiting a Future completed from another thread is resumed only at the executor's next wake-up;
-the batch thread therefore completes a future that has a done callback, which makes the
-executor's guard condition fire (see ``_result_of``).
+``max_concurrent_decodes`` threads (Pillow and OpenCV release the GIL), hands the preprocessed
+tensor to the :class:`~server_node.batcher.Batcher` and then *awaits* the result
+(``on_offload`` is a coroutine): the executor thread is free for other requests while one
+batching thread runs onnxruntime on up to ``max_batch_size`` requests at a time. A blocking
+wait tied up one of the ``executor_threads`` per request in progress, and requests beyond them
+waited unseen in the service queue (not counted in ``server_ms``): with 4 threads and ~5
+offloads in flight, round trip minus ``server_ms`` was 133 ms (p50) instead of 6 ms. With
+rclpy 9 (Kilted) a coroutine awaiting a Future completed from another thread is resumed only at
+the executor's next wake-up; the batch thread therefore completes a future that has a done
+callback, which makes the executor's guard condition fire (see ``_result_of``).
 """
 
 import collections
@@ -46,7 +46,6 @@ from cbo_interfaces.srv import Offload, Probe
 from cbo_ros.assets import paths
 from cbo_ros.perception.classifier import OnnxClassifier
 from cbo_ros.perception.image_ops import center_square
-import cv2
 import numpy as np
 import rclpy
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -291,11 +290,8 @@ class OffloadServer(Node):
 
     def _decode(self, data, header):
         """Decode (in the decode pool) and preprocess; return the model tensor."""
-        bgr = decode_checked(data, header)
-        square = center_square(bgr, self.input_size)       # crop/resize before colour order
-        del bgr
-        rgb = cv2.cvtColor(square, cv2.COLOR_BGR2RGB)
-        return self.classifier.preprocess([rgb])[0]
+        square = center_square(decode_checked(data, header), self.input_size)
+        return self.classifier.preprocess([square])[0]
 
     async def _serve(self, client, request, response, received):
         expires = self._check_deadline(request, received)

@@ -6,15 +6,26 @@ Order of the checks (cheapest first, nothing is decoded before the header is kno
 2. ``read_image_header``: the width and height from the JPEG frame header (SOFn) or the PNG
    IHDR chunk, read without decoding any pixel; ``check_dimensions`` refuses images beyond a
    pixel budget (decompression bombs: a 631-byte JPEG can claim 16000x16000 and cost 768 MB).
-3. ``decode_checked``: decode with OpenCV, then for JPEG verify that the entropy-coded data was
-   complete (see :func:`jpeg_scan_complete`).
+3. ``decode_checked``: decode (JPEG with Pillow, PNG with OpenCV) and, for JPEG, verify that
+   the entropy-coded data was complete (see :func:`jpeg_scan_complete`).
+
+JPEG goes through Pillow because it keeps libjpeg's warnings to itself: OpenCV lets libjpeg
+print one ("Corrupt JPEG data: ...") on stderr for every damaged or filler-checked file, which
+floods the server log under attack. Both use libjpeg-turbo with the same settings: the decoded
+pixels of the sample images are identical.
 """
 
+import io
 import struct
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image
+
+# Pillow's own decompression-bomb limit would refuse with a different reason: the header check
+# (check_dimensions, max_image_pixels) runs before any decode here.
+Image.MAX_IMAGE_PIXELS = None
 
 JPEG_MAGIC = b'\xff\xd8\xff'
 JPEG_EOI = b'\xff\xd9'
@@ -164,7 +175,7 @@ def check_dimensions(header, max_pixels):
             f'({max_pixels}); not decoded')
 
 
-def _decode_bgr(data):
+def _decode_png_rgb(data):
     try:
         bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as error:               # e.g. a size OpenCV's own limits refuse
@@ -172,27 +183,37 @@ def _decode_bgr(data):
         raise RequestError('cannot decode the image: the decoder refused it'
                            f" ({lines[-1].strip() if lines else 'no reason given'})") from None
     if bgr is None:
-        raise RequestError('cannot decode the image: corrupt or unsupported image data')
-    return bgr
+        raise RequestError('cannot decode the image: corrupt or unsupported PNG data')
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def jpeg_scan_complete(data, bgr):
-    """Return whether JPEG ``data`` (decoded as ``bgr``) held all of its entropy-coded data.
+def _decode_jpeg_rgb(data):
+    """Decode JPEG bytes with Pillow to an RGB uint8 array (errors as the exception)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return np.asarray(image if image.mode == 'RGB' else image.convert('RGB'))
+
+
+def jpeg_scan_complete(data, rgb):
+    """Return whether JPEG ``data`` (decoded as ``rgb``) held all of its entropy-coded data.
 
     A decoder that meets the end marker before the last block fills the rest with zero bits
-    and returns an image with a grey or smeared end (libjpeg only prints a warning). The check
-    decodes again with filler bytes in place of the end marker: bytes after complete scan data
-    are skipped and change nothing, while a cut-short scan consumes them and its pixels change.
-    A cut that removes only padding bits, or bits that change no pixel, passes.
+    and returns an image with a grey or smeared end (libjpeg only warns). The check decodes
+    again with filler bytes in place of the end marker: bytes after complete scan data are
+    skipped and change nothing, while a cut-short scan consumes them and its pixels change (or
+    the decoder fails on them). A cut that removes only padding bits, or bits that change no
+    pixel, passes.
     """
     end = data.rfind(JPEG_EOI)
-    again = cv2.imdecode(np.frombuffer(data[:end] + _SCAN_FILLER + JPEG_EOI, dtype=np.uint8),
-                         cv2.IMREAD_COLOR)
-    return again is not None and np.array_equal(again, bgr)
+    try:
+        again = _decode_jpeg_rgb(data[:end] + _SCAN_FILLER + JPEG_EOI)
+    except Exception:  # noqa: BLE001 - the filler broke the decode: it was read as scan data
+        return False
+    return np.array_equal(again, rgb)
 
 
 def decode_checked(data, header):
-    """Decode JPEG/PNG bytes to a BGR uint8 image, refusing incomplete ones; raise RequestError.
+    """Decode JPEG/PNG bytes to an RGB uint8 image, refusing incomplete ones; raise RequestError.
 
     ``header`` comes from :func:`read_image_header` (and passed :func:`check_dimensions`).
     """
@@ -202,11 +223,16 @@ def decode_checked(data, header):
         if scans > MAX_JPEG_SCANS:
             raise RequestError(f'JPEG with {scans} scans (more than {MAX_JPEG_SCANS}): '
                                'not decoded')
-    bgr = _decode_bgr(data)
-    if bgr.shape[:2] != (header.height, header.width):
-        raise RequestError(f'decoded size {bgr.shape[1]}x{bgr.shape[0]} differs from the '
+        try:
+            rgb = _decode_jpeg_rgb(data)
+        except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ...
+            raise RequestError(f'cannot decode the image: corrupt JPEG data ({error})') from None
+    else:
+        rgb = _decode_png_rgb(data)
+    if rgb.shape[:2] != (header.height, header.width):
+        raise RequestError(f'decoded size {rgb.shape[1]}x{rgb.shape[0]} differs from the '
                            f'header\'s {header.width}x{header.height}')
-    if header.kind == 'jpeg' and not jpeg_scan_complete(data, bgr):
+    if header.kind == 'jpeg' and not jpeg_scan_complete(data, rgb):
         raise RequestError('truncated JPEG: the image data ends before the last block '
                            '(an end marker was appended to a cut-short file)')
-    return bgr
+    return rgb
