@@ -63,10 +63,11 @@ PARAMETERS = {
     'stats_window_s': (10.0, 'window of requests_per_s, mean batch size and mean inference '
                              'time', (1.0, 600.0)),
     'warmup': (True, 'run one inference at start so the first request is not slow', None),
-    'service_queue_depth': (1000, 'history depth of the offload/probe request and response '
-                                  'queues: requests beyond it that arrive faster than the '
-                                  'executor takes them are lost by DDS without an answer',
-                            (1, 100000)),
+    'service_queue_depth': (0, 'history of the offload/probe request and response queues: 0 '
+                               'keeps all (DDS flow control, every request answered); N keeps '
+                               'the last N, and requests of a burst beyond N that arrive '
+                               'faster than the executor takes them are lost without an answer',
+                            (0, 100000)),
     'robot_namespaces': ([''], 'serve these robots from one process, one batcher: `offload` '
                                'and `probe` under each namespace (e.g. [robot1, robot2] gives '
                                '/robot1/offload, /robot2/offload, ...); [\'\'] (default): '
