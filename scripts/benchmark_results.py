@@ -59,8 +59,8 @@ def paired_gap(report, better, worse, rounds=2000, seed=0):
     for _ in range(rounds):
         pick = np.concatenate([index[u] for u in rng.choice(units, len(units))])
         diffs.append((b[pick].sum() - w[pick].sum()) / n[pick].sum())
-    return float((b.sum() - w.sum()) / n.sum()), [float(np.percentile(diffs, 2.5)),
-                                                 float(np.percentile(diffs, 97.5))]
+    interval = [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
+    return float((b.sum() - w.sum()) / n.sum()), interval
 
 
 def pct(value):

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Build cbo_interfaces, cbo_ros and server_node with colcon in a workspace that contains this
+# Build cbo_interfaces, cbo_common, cbo_ros and server_node with colcon in a workspace that contains this
 # repository (the standard ROS 2 path). Usage:
 #   scripts/colcon_build.sh [WORKSPACE]     (default: build/colcon_ws)
 # With a regular ROS 2 install (Jazzy/Kilted) source /opt/ros/<distro>/setup.bash first; here the
 # pip ROS 2 of .venv is used (run scripts/setup.sh first).
 #
 # colcon stops looking for packages once it finds one, and this repository is itself the cbo_ros
-# package, so the two nested packages are passed explicitly with --paths.
+# package, so the nested packages are passed explicitly with --paths.
 #
 # After the build, the generated artifacts (models, calibration, media of $CBO_ARTIFACTS or the
 # checkout's artifacts/) are copied into install/cbo_ros/share/cbo_ros/artifacts, where the
@@ -32,7 +32,7 @@ if [ -z "${ROS_DISTRO:-}" ]; then
   cmake_args+=("-DPython3_EXECUTABLE=$VIRTUAL_ENV/bin/python")
 fi
 cd "$WS"
-colcon build --paths src/cbo_ros src/cbo_ros/cbo_interfaces src/cbo_ros/server_node \
+colcon build --paths src/cbo_ros src/cbo_ros/cbo_interfaces src/cbo_ros/cbo_common src/cbo_ros/server_node \
   --cmake-args "${cmake_args[@]}" "$@"
 artifacts="${CBO_ARTIFACTS:-$ROOT/artifacts}"
 share_artifacts="$WS/install/cbo_ros/share/cbo_ros/artifacts"

@@ -4,7 +4,7 @@
 #  1. system packages (apt) that are missing: cmake, a C/C++ compiler, iproute2, nftables, ...
 #  2. a virtualenv (.venv) with the ROS 2 Kilted wheels, rosidl build tools, onnxruntime, torch (CPU), ...
 #  3. the CMake path fix-up the ROS wheels need, then builds and installs cbo_interfaces into the venv
-#  4. installs the cbo_ros and server_node packages (editable)
+#  4. installs the cbo_common, cbo_ros and server_node packages (editable)
 #  5. exports the models to ONNX (+ int8 quantization) and gathers the media (artifacts/)
 #     and builds the true-label benchmark (artifacts/benchmark: labelled videos from Debian stamps)
 #  6. writes cbo_env.sh, which a user can `source`
@@ -87,11 +87,11 @@ if ! stamp_ok interfaces "$if_hash" || ! "$PY" -c 'import cbo_interfaces.msg' >/
   stamp_set interfaces "$if_hash"
 fi
 
-# ---------------------------------------------------------------- 4. cbo_ros + server_node
-pkg_hash="$(cd "$ROOT" && hash_of setup.py setup.cfg package.xml server_node/setup.py server_node/setup.cfg server_node/package.xml)"
+# ---------------------------------------------------------------- 4. cbo_common + cbo_ros + server_node
+pkg_hash="$(cd "$ROOT" && hash_of setup.py setup.cfg package.xml server_node/setup.py server_node/setup.cfg server_node/package.xml cbo_common/setup.py cbo_common/setup.cfg cbo_common/package.xml)"
 if ! stamp_ok packages "$pkg_hash"; then
-  log "installing cbo_ros and server_node (editable)"
-  "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT" -e "$ROOT/server_node" \
+  log "installing cbo_common, cbo_ros and server_node (editable)"
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT/cbo_common" -e "$ROOT" -e "$ROOT/server_node" \
     2> >(grep -v "is ignored: it is neither" >&2)
   stamp_set packages "$pkg_hash"
 fi
@@ -140,7 +140,7 @@ fi
 # 2 cores from an empty cache, whose model outputs cbo_eval --benchmark reuses. Re-runs
 # whenever its code, the models, the media or the benchmark change.
 calib_file="$ARTIFACTS/calibration/cbo_calibration.json"
-calib_hash="$(cd "$ROOT" && hash_of cbo_ros/assets/paths.py cbo_ros/core/calibration.py cbo_ros/core/calibration_fit.py cbo_ros/core/calibration_metrics.py cbo_ros/tools/calibrate.py cbo_ros/core/online_calibration.py cbo_ros/evaluation/online_study.py cbo_ros/evaluation/outputs_cache.py cbo_ros/perception/image_ops.py cbo_ros/perception/classifier.py "$ARTIFACTS/models/manifest.json" "$ARTIFACTS/media/manifest.json" "$ARTIFACTS/benchmark/manifest.json")"
+calib_hash="$(cd "$ROOT" && hash_of cbo_ros/assets/paths.py cbo_ros/core/calibration.py cbo_ros/core/calibration_fit.py cbo_ros/core/calibration_metrics.py cbo_ros/tools/calibrate.py cbo_ros/core/online_calibration.py cbo_ros/evaluation/online_study.py cbo_ros/evaluation/outputs_cache.py cbo_ros/perception/image_ops.py cbo_ros/perception/classifier.py "$ARTIFACTS/models/manifest.json" "$ARTIFACTS/media/manifest.json" "$ARTIFACTS/benchmark/content_hash.txt")"
 if ! stamp_ok calibration "$calib_hash" || [ ! -f "$calib_file" ]; then
   log "calibrating the robot model's confidence (cbo_calibrate)"
   "$PY" -m cbo_ros.tools.calibrate --no-progress --benchmark calibration --views \

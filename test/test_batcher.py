@@ -132,3 +132,44 @@ def test_reconfigure_and_close():
     batcher.close()
     with pytest.raises(BatcherClosedError):
         batcher.submit(1)
+
+
+def test_clients_are_taken_in_turn_so_a_flood_does_not_starve_another():
+    gate = threading.Event()
+    process = Recorder(gate=gate)
+    batcher = Batcher(process, max_batch_size=4, batch_timeout_s=0.0, max_queue_size=100)
+    try:
+        blocker = batcher.submit(-1, client='flood')        # holds the worker at the gate
+        time.sleep(0.05)
+        flood = [batcher.submit(i, client='flood') for i in range(40)]
+        steady = [batcher.submit(100 + i, client='steady') for i in range(3)]
+        assert batcher.client_depth('flood') == 40 and batcher.client_depth('steady') == 3
+        gate.set()
+        for future in flood + steady + [blocker]:
+            future.result(5)
+        # The first batch after the blocker takes flood and steady items in turn.
+        assert process.batches[1] == [0, 100, 1, 101]
+        assert process.batches[2] == [2, 102, 3, 4]
+        assert [x for b in process.batches[1:] for x in b if x < 100] == list(range(40))
+    finally:
+        batcher.close()
+
+
+def test_per_client_limit_refuses_only_the_client_over_it():
+    gate = threading.Event()
+    batcher = Batcher(Recorder(gate=gate), max_batch_size=1, batch_timeout_s=0.0,
+                      max_queue_size=10, max_queue_per_client=3)
+    try:
+        batcher.submit(0, client='a')
+        time.sleep(0.05)                                     # taken by the worker
+        futures = [batcher.submit(i, client='a') for i in range(3)]
+        with pytest.raises(QueueFullError, match='this client'):
+            batcher.submit(9, client='a')
+        futures.append(batcher.submit(7, client='b'))        # another client still gets in
+        assert batcher.depth == 4
+        gate.set()
+        assert [f.result(5).value for f in futures] == [0, 2, 4, 14]
+        assert batcher.alive
+    finally:
+        batcher.close()
+    assert not batcher.alive

@@ -1,4 +1,4 @@
-"""The standard ROS path: colcon builds all three packages, and the install starts on its own.
+"""The standard ROS path: colcon builds all four packages, and the install starts on its own.
 
 The workspace is built once (scripts/colcon_build.sh, into a temporary directory: the shared
 virtualenv is only read). The start test runs the installed executables in an environment made
@@ -26,7 +26,7 @@ def workspace(tmp_path_factory):
     result = subprocess.run(['bash', str(ROOT / 'scripts' / 'colcon_build.sh'), str(workspace)],
                             capture_output=True, text=True, timeout=900, env=dict(os.environ))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert 'Summary: 3 packages finished' in result.stdout
+    assert 'Summary: 4 packages finished' in result.stdout
     return workspace
 
 
@@ -49,10 +49,11 @@ def test_colcon_builds_all_packages(workspace):
     # The overlay is usable: the interfaces import from the workspace, not from elsewhere.
     probe = subprocess.run(
         ['bash', '-c', f'source {install}/setup.bash && cd / && python -c '
-         '"import cbo_interfaces.msg as m, server_node; print(m.__file__, server_node.__file__)"'],
+         '"import cbo_interfaces.msg as m, server_node, cbo_common.ros_helpers as c; '
+         'print(m.__file__, server_node.__file__, c.__file__)"'],
         capture_output=True, text=True, timeout=120, env=dict(os.environ))
     assert probe.returncode == 0, probe.stderr
-    assert str(install) in probe.stdout.split()[0] and str(install) in probe.stdout.split()[1]
+    assert all(str(install) in path for path in probe.stdout.split()), probe.stdout
 
 
 def install_env(domain_id, **extra):

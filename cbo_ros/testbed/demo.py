@@ -309,7 +309,7 @@ def print_summary(summary, path):
 
 
 def default_video():
-    """The benchmark's labelled demo clip when built, else the embedded bikes.mp4."""
+    """Return the benchmark's labelled demo clip when built, else the embedded bikes.mp4."""
     from cbo_ros.benchmark.build import demo_clip
     clip = demo_clip()
     return str(clip) if clip.is_file() else 'bikes.mp4'

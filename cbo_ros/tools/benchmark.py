@@ -52,6 +52,7 @@ def _show(manifest, as_json):
 
 
 def main(argv=None):
+    """Run cbo_benchmark (build or show); return the exit code."""
     parser = argparse.ArgumentParser(prog='cbo_benchmark', description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest='command', required=True)
     build = commands.add_parser('build', help='generate the benchmark (cached)')

