@@ -143,8 +143,7 @@ calib_file="$ARTIFACTS/calibration/cbo_calibration.json"
 calib_hash="$(cd "$ROOT" && hash_of cbo_ros/assets/paths.py cbo_ros/core/calibration.py cbo_ros/core/calibration_fit.py cbo_ros/core/calibration_metrics.py cbo_ros/tools/calibrate.py cbo_ros/core/online_calibration.py cbo_ros/evaluation/online_study.py cbo_ros/evaluation/outputs_cache.py cbo_ros/perception/image_ops.py cbo_ros/perception/classifier.py "$ARTIFACTS/models/manifest.json" "$ARTIFACTS/media/manifest.json" "$ARTIFACTS/benchmark/content_hash.txt")"
 if ! stamp_ok calibration "$calib_hash" || [ ! -f "$calib_file" ]; then
   log "calibrating the robot model's confidence (cbo_calibrate)"
-  "$PY" -m cbo_ros.tools.calibrate --no-progress --benchmark calibration --views \
-    --output "$calib_file"
+  "$PY" -m cbo_ros.tools.calibrate --no-progress --benchmark calibration --output "$calib_file"
   stamp_set calibration "$calib_hash"
 fi
 log "ready: source $ROOT/cbo_env.sh"

@@ -247,9 +247,8 @@ def build(artifacts=None, force=False, workers=None, log=print, **overrides):
     elapsed = time.perf_counter() - started
     compose_ms = 1000 * sum(r[1] for r in results) / max(1, frames)
     for split in splits.SPLITS:
-        shutil.rmtree(root / split, ignore_errors=True)
         (staging / split).mkdir(parents=True, exist_ok=True)
-        (staging / split).rename(root / split)
+        _replace_changed(staging / split, root / split)
     shutil.rmtree(staging, ignore_errors=True)
     manifest = {
         'version': MANIFEST_VERSION, 'seed': params['seed'], 'code_hash': code_hash(),
@@ -266,6 +265,24 @@ def build(artifacts=None, force=False, workers=None, log=print, **overrides):
     log(f'benchmark written to {root}: {frames} frames in {elapsed:.0f} s '
         f'({compose_ms:.1f} ms/frame composing, {workers} workers)')
     return manifest
+
+
+def _replace_changed(new, old):
+    """Move ``new``'s files into ``old``, keeping byte-identical ones (and their times).
+
+    A rebuild that produces the same clips then leaves every file untouched, so the model
+    outputs cached for them (keyed on size and modification time) stay valid.
+    """
+    old.mkdir(parents=True, exist_ok=True)
+    fresh = {p.name: p for p in new.iterdir() if p.is_file()}
+    for path in old.iterdir():
+        if path.is_file() and path.name not in fresh:
+            path.unlink()
+    for name, path in fresh.items():
+        target = old / name
+        if not (target.is_file() and target.stat().st_size == path.stat().st_size
+                and target.read_bytes() == path.read_bytes()):
+            path.replace(target)
 
 
 def write_content_hash(root):

@@ -1,8 +1,10 @@
 """cbo_calibrate: fit the robot model's confidence calibration and the server profile.
 
-With no arguments: calibration-role videos of artifacts/media (subsampled), held-out metrics on the
-evaluation-role videos, the default calibration file (artifacts/calibration/cbo_calibration.json),
-reliability diagrams and a before/after table for the int8 robot model and its fp32 twin.
+With no arguments: the true-label benchmark's calibration split (what set-up runs), held-out
+metrics on its evaluation split, the default calibration file
+(artifacts/calibration/cbo_calibration.json), reliability diagrams and a before/after table for the
+int8 robot model and its fp32 twin. Without a built benchmark: the calibration-role videos of
+artifacts/media (subsampled, reference labels) and the evaluation-role videos.
 
 True labels (a video's sibling ``<stem>.labels.csv``, ``--labels`` for one source, an image
 folder's labels) are used where a source has them; ``--benchmark`` fits on the benchmark's
@@ -83,17 +85,19 @@ def parse_args(argv):
     """Parse the cbo_calibrate command line."""
     parser = argparse.ArgumentParser(prog='cbo_calibrate', description=__doc__.splitlines()[0])
     parser.add_argument('--media', nargs='+', default=None,
-                        help='calibration media (default: the calibration-role videos)')
+                        help='calibration media (default: the benchmark\'s calibration split, '
+                             'else the calibration-role videos)')
     parser.add_argument('--held-out', nargs='*', default=None,
                         help='held-out media for before/after metrics (default: evaluation-role '
                              'videos; give none to skip)')
     parser.add_argument('--frames-per-video', type=int, default=100,
                         help='subsample each calibration video to about this many frames '
                              '(0: every frame)')
-    parser.add_argument('--views', nargs='*', default=['zoom'],
+    parser.add_argument('--views', nargs='*', default=None,
                         choices=[v for v in VIEWS if v != 'center'],
                         help='extra views of each calibration frame to fit the confidence on '
-                             '(the centre view is always used; give none for the centre only)')
+                             '(the centre view is always used; default: none on the benchmark, '
+                             'whose labels hold for the whole frame only, else zoom)')
     parser.add_argument('--held-out-frames', type=int, default=125,
                         help='subsample each held-out video to about this many frames (0: all)')
     parser.add_argument('--labels', default=None,
@@ -129,7 +133,14 @@ def parse_args(argv):
     parser.add_argument('--json', default=None, help='also write the metrics table as JSON')
     parser.add_argument('--cache-dir', default=None, help='model-output cache directory')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.media is None and args.benchmark is None and args.held_out is None:
+        from cbo_ros.evaluation.pooling import default_manifest_path
+        if (Path(args.manifest) if args.manifest else default_manifest_path()).is_file():
+            args.benchmark = 'calibration'
+    if args.views is None:
+        args.views = [] if args.benchmark else ['zoom']
+    return args
 
 
 def format_metrics(table):
