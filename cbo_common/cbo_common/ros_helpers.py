@@ -85,9 +85,11 @@ def shutdown_executor(executor, timeout_sec: float = 5.0, threads: int = 0) -> N
     retrieved). With ``threads`` (its ``num_threads``) the pool is drained first, through the
     public API: the nodes leave the executor (nothing new is queued), then ``threads`` tasks
     that wait for one another are spun; they all run at once only when every pool thread has
-    finished what was queued before them. Destroy the nodes only after this.
+    finished what was queued before them (only while the context is valid: after SIGINT has
+    shut it down nothing can be spun, and the executor is just shut down). Destroy the nodes
+    only after this.
     """
-    if threads > 1:
+    if threads > 1 and executor.context.ok():
         for node in executor.get_nodes():
             executor.remove_node(node)
         all_running = threading.Barrier(threads)
