@@ -17,7 +17,7 @@ def test_setup_rerun_skips_every_step_and_keeps_artifacts():
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
     for step in ('installing', 'creating virtualenv', 'building cbo_interfaces',
-                 'exporting models'):
+                 'exporting models', 'building the true-label benchmark', 'calibrating'):
         assert step not in output, f'setup re-ran "{step}":\n{output}'
     assert 'ready' in output
     assert {p: p.stat().st_mtime_ns for p in artifacts} == before
