@@ -215,3 +215,32 @@ def test_small_build_is_complete_and_cached(tmp_path):
     assert any('up to date' in m for m in messages)
     shutil.rmtree(root / 'evaluation')
     assert build.cached_manifest(root, manifest['cache_key']) is None
+
+
+def test_rebuild_keeps_identical_clips_and_their_times(tmp_path):
+    from cbo_ros.benchmark.build import _replace_changed
+    old, new = tmp_path / 'old', tmp_path / 'new'
+    old.mkdir()
+    new.mkdir()
+    (old / 'same.avi').write_bytes(b'frames')
+    (old / 'changed.avi').write_bytes(b'before')
+    (old / 'stale.avi').write_bytes(b'gone')
+    os.utime(old / 'same.avi', ns=(1, 1))
+    (new / 'same.avi').write_bytes(b'frames')
+    (new / 'changed.avi').write_bytes(b'after!')
+    (new / 'added.csv').write_text('frame,labels\n')
+    _replace_changed(new, old)
+    assert sorted(p.name for p in old.iterdir()) == ['added.csv', 'changed.avi', 'same.avi']
+    assert (old / 'same.avi').stat().st_mtime_ns == 1      # untouched: cached outputs stay valid
+    assert (old / 'changed.avi').read_bytes() == b'after!'
+
+
+def test_calibrate_defaults_to_the_benchmark_when_built(tmp_path):
+    from cbo_ros.tools.calibrate import parse_args
+    manifest = tmp_path / 'manifest.json'
+    args = parse_args(['--manifest', str(manifest)])
+    assert args.benchmark is None and args.views == ['zoom']      # no benchmark: the videos
+    manifest.write_text('{"splits": {}}')
+    args = parse_args(['--manifest', str(manifest)])
+    assert args.benchmark == 'calibration' and args.views == []   # labels hold for whole frames
+    assert parse_args(['--manifest', str(manifest), '--media', 'bikes']).benchmark is None
