@@ -116,6 +116,16 @@ def wait_all_answered(system, frames, timeout):
     return ok
 
 
+def unanswered_report(system):
+    """What a failed wait_all_answered saw: counts, the unanswered source frames, the robot log."""
+    recorder = system.recorder
+    answers = final_by_stamp(recorder)
+    missing = sorted(name for stamp, name in recorder.source_frame_names().items()
+                     if stamp not in answers)
+    return (f'{recorder.frames_published} captured, {len(answers)} answered; '
+            f'unanswered source frames: {missing[:20]}\n' + system.log('robot')[-4000:])
+
+
 def assert_few_load_induced_empty_answers(finals):
     """Robot answers carry a class; on a loaded 2-core machine a local inference can, rarely,
     miss the deadline (answered empty, "local result missing") or a frame can wait so long the
@@ -184,7 +194,7 @@ def test_adaptive_strategy_publishes_the_confidence_it_planned_with(system):
     system.start_robot('--video', 'bikes.mp4', '--mode', 'once', '--max-frames', '80',
                        '--start-delay', '2.0', '--strategy', 'cbo_adaptive', '--params-file',
                        system.robot_params(bandwidth_cap_bps=0.5e6))
-    assert wait_all_answered(system, 80, timeout=60), system.log('robot')[-3000:]
+    assert wait_all_answered(system, 80, timeout=60), unanswered_report(system)
     recorder = system.recorder
     static = {stamp_to_ns(m.header.stamp): m.calibrated_confidence
               for _, _, m in recorder.snapshot('local_results')}
@@ -299,7 +309,7 @@ def test_bandwidth_drop_changes_the_planners_choices(system):
     state['bandwidth'] = 0.4e6
     time.sleep(0.3)
     recorder.set_phase('low')
-    assert wait_all_answered(system, 100, timeout=30)
+    assert wait_all_answered(system, 100, timeout=60), unanswered_report(system)
     decisions = recorder.snapshot('decisions')
 
     def stats(phase):
