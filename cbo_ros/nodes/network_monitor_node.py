@@ -28,8 +28,8 @@ from cbo_interfaces.srv import Probe
 from rclpy.node import Node
 
 from cbo_ros.core.network_estimator import NetworkEstimator
-from cbo_ros.nodes.ros_common import (Diagnostics, load_settings, Param, RESULT_QOS, spin_node,
-                                      stamp_to_ns)
+from cbo_ros.nodes.ros_common import (Diagnostics, load_settings, Param, RESULT_QOS,
+                                      SimClockWatch, spin_node, stamp_to_ns)
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,7 @@ class NetworkMonitorNode(Node):
                                  RESULT_QOS)
         self.create_subscription(NetworkQuality, 'external_network_quality', self.on_external, 10)
         self.diagnostics = Diagnostics(self, hardware_id='robot_link')
+        self.clock_watch = SimClockWatch(self, self.diagnostics)
         self.probe_timer = self.create_timer(s.probe_period_s, self.on_probe_timer)
         self.publish_timer = self.create_timer(1.0 / s.publish_rate_hz, self.on_publish_timer)
         self.diagnostics_timer = self.create_timer(s.diagnostics_period_s, self.on_diagnostics)

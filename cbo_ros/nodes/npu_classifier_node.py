@@ -1,16 +1,19 @@
 """npu_classifier_node: classify every camera frame with the robot's (int8) model.
 
-Subscribes ``image_raw`` (reliable, depth 30 unless overridden) and publishes ``local_result``
-(cbo_interfaces/FrameClassification, ``is_final`` false) for every frame it receives, with the
-header copied from the image, the calibrated and raw confidence, the top-k classes and the latency.
+Subscribes ``image_raw`` (reliable, depth 30 unless overridden; with ``input_transport:
+compressed`` sensor_msgs/CompressedImage, JPEG or PNG, on ``image_raw/compressed``) and
+publishes ``local_result`` (cbo_interfaces/FrameClassification, ``is_final`` false) for every
+frame it receives, with the header copied from the image, the calibrated and raw confidence, the
+top-k classes and the latency.
 
 ``frame_seq`` is a counter of this node (0, 1, 2, ... in the order frames are received); nodes
 downstream join frames by ``header.stamp``, which is unique per frame.
 
-A malformed frame (unsupported encoding, truncated data, zero size) is answered with an empty
-``class_id``, score 0 and the note ``invalid frame: <reason>``, so it is not silently lost; so
-is a frame already older than ``max_frame_age_ms`` when its turn comes (note ``skipped: ...``):
-an overloaded classifier catches up instead of inferring frames whose deadline has passed.
+A malformed frame (unsupported encoding, truncated data, zero size, compressed bytes that do
+not decode) is answered with an empty ``class_id``, score 0 and the note ``invalid frame:
+<reason>``, so it is not silently lost; so is a frame already older than ``max_frame_age_ms``
+when its turn comes (note ``skipped: ...``): an overloaded classifier catches up instead of
+inferring frames whose deadline has passed.
 """
 
 import time
@@ -24,10 +27,11 @@ from rclpy.node import Node
 from cbo_ros.assets import paths
 from cbo_ros.nodes.ros_common import (class_name, Diagnostics, FrameSubscription, load_bundle,
                                       load_settings, LOCAL_RESULT_QOS, ms_to_ns, Param,
-                                      RateMeter, spin_node, stamp_to_ns)
+                                      RateMeter, SimClockWatch, spin_node, stamp_to_ns,
+                                      TRANSPORTS)
 from cbo_ros.perception.classifier import OnnxClassifier
 from cbo_ros.perception.image_ops import softmax
-from cbo_ros.perception.media import image_msg_to_rgb
+from cbo_ros.perception.media import frame_msg_to_rgb
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,13 @@ class ClassifierSettings:
     depth: int
     max_age_ns: int
     diagnostics_period_s: float
+    input_transport: str
+
+    def __post_init__(self) -> None:
+        """Refuse values no range of the descriptors catches."""
+        if self.input_transport not in TRANSPORTS:
+            raise ValueError(f"input_transport must be {' or '.join(TRANSPORTS)}, got "
+                             f"'{self.input_transport}'")
 
 
 PARAMS = (
@@ -70,6 +81,10 @@ PARAMS = (
           minimum=0.0, maximum=600000.0, field='max_age_ns', convert=ms_to_ns),
     Param('diagnostics_period_s', 1.0, 'Period of the /diagnostics status.', minimum=0.1,
           maximum=60.0),
+    Param('input_transport', 'raw',
+          "Frames read: 'raw' (sensor_msgs/Image on image_raw) or 'compressed' "
+          '(sensor_msgs/CompressedImage, JPEG/PNG, on image_raw/compressed: the image_transport '
+          'convention, following a remap of image_raw).'),
 )
 
 
@@ -98,8 +113,10 @@ class NpuClassifierNode(Node):
 
         self.result_pub = self.create_publisher(FrameClassification, 'local_result',
                                                 LOCAL_RESULT_QOS)
-        self.frames_in = FrameSubscription(self, self.on_image, s.reliability, s.depth)
+        self.frames_in = FrameSubscription(self, self.on_image, s.reliability, s.depth,
+                                           transport=s.input_transport)
         self.diagnostics = Diagnostics(self)
+        self.clock_watch = SimClockWatch(self, self.diagnostics)
         self.diag_timer = self.create_timer(s.diagnostics_period_s, self.on_diagnostics)
         self.seq = 0
         self.invalid = 0
@@ -128,8 +145,7 @@ class NpuClassifierNode(Node):
             self.publish(result, start)
             return
         try:
-            rgb = image_msg_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                                   bool(msg.is_bigendian))
+            rgb = frame_msg_to_rgb(msg)
         except ValueError as error:
             self.invalid += 1
             self.get_logger().error(f'invalid frame (stamp {msg.header.stamp.sec}.'
@@ -174,8 +190,9 @@ class NpuClassifierNode(Node):
         if self.classifier.provider_warnings:
             level = Diagnostics.WARN
             message = '; '.join(self.classifier.provider_warnings)
-        if self.frames_in.problem:
-            level, message = Diagnostics.ERROR, self.frames_in.problem
+        if self.frames_in.problem or self.clock_watch.problem:
+            level = Diagnostics.ERROR
+            message = '; '.join(p for p in (self.frames_in.problem, self.clock_watch.problem) if p)
         elif self.frames_in.note:
             message = f'{message}; {self.frames_in.note}'
         mean_ms = float(np.mean(self.inference_ms)) if self.inference_ms else 0.0

@@ -1,6 +1,7 @@
 """offload_planner_node: decide per frame whether to offload, and publish one final answer.
 
-Inputs: ``image_raw`` (frames), ``local_result`` (robot answers, joined to frames by
+Inputs: ``image_raw`` (frames; with ``input_transport: compressed`` sensor_msgs/CompressedImage
+on ``image_raw/compressed``), ``local_result`` (robot answers, joined to frames by
 ``header.stamp``) and ``network_quality`` (link estimate of network_monitor_node). Outputs, for
 every frame exactly once: ``result`` (FrameClassification, ``is_final`` true) by the frame's
 deadline (``deadline_ms`` after its stamp): the server's answer when it came back in time, else
@@ -34,8 +35,9 @@ from cbo_ros.nodes.planner_frames import final_result, FrameBook, FrameStage, Fr
 from cbo_ros.nodes.planner_settings import PARAMS, PlannerSettings
 from cbo_ros.nodes.ros_common import (Diagnostics, FrameSubscription, load_bundle,
                                       load_settings, LOCAL_RESULT_QOS, RateMeter, RESULT_QOS,
-                                      spin_node, updated_settings, validate_parameters)
-from cbo_ros.perception.media import image_msg_to_rgb
+                                      SimClockWatch, spin_node, updated_settings,
+                                      validate_parameters)
+from cbo_ros.perception.media import frame_msg_to_rgb
 
 NS = 1_000_000_000
 RUN_TIME_PARAMETERS = {p.name for p in PARAMS if not p.read_only}
@@ -81,13 +83,15 @@ class OffloadPlannerNode(Node):
         self.sender = OffloadClient(self, s.offload_service, s.service_queue_depth,
                                     s.max_timeouts, s.backoff_ns, s.late_grace_ns,
                                     self.on_response, callback_group=ReentrantCallbackGroup())
-        self.frames_in = FrameSubscription(self, self.on_image, s.reliability, s.depth)
+        self.frames_in = FrameSubscription(self, self.on_image, s.reliability, s.depth,
+                                           transport=s.input_transport)
         self.create_subscription(FrameClassification, 'local_result', self.on_local,
                                  LOCAL_RESULT_QOS)
         self.create_subscription(NetworkQuality, 'network_quality', self.on_quality, 10)
         self.result_pub = self.create_publisher(FrameClassification, 'result', RESULT_QOS)
         self.decision_pub = self.create_publisher(OffloadDecision, 'offload_decision', RESULT_QOS)
         self.diagnostics = Diagnostics(self)
+        self.clock_watch = SimClockWatch(self, self.diagnostics)
         # One timer, re-armed for the nearest due frame (not a fixed 5 ms poll: 200 wake-ups/s
         # cost ~16 % of a core per idle planner process on the 2-core machine).
         self.timer_due_ns: Optional[int] = None
@@ -140,8 +144,7 @@ class OffloadPlannerNode(Node):
             if state is None or state.rgb is not None:
                 return
             try:
-                state.rgb = image_msg_to_rgb(msg.encoding, msg.height, msg.width, msg.step,
-                                             msg.data, bool(msg.is_bigendian))
+                state.rgb = frame_msg_to_rgb(msg)
             except ValueError as error:
                 state.image_error = str(error)
             if state.local is not None:
@@ -328,6 +331,8 @@ class OffloadPlannerNode(Node):
                 message += f"; {self.stats['deadline_misses']} deadline misses"
             if not self.calibrated:
                 level, message = Diagnostics.WARN, message + '; uncalibrated fallback in use'
+            if self.clock_watch.problem:
+                level, message = Diagnostics.ERROR, f'{self.clock_watch.problem}; {message}'
             if self.frames_in.problem:
                 level, message = Diagnostics.ERROR, f'{self.frames_in.problem}; {message}'
             elif self.frames_in.note:

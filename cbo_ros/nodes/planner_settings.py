@@ -9,7 +9,7 @@ post-set callback by swapping in a new :class:`PlannerSettings`.
 from dataclasses import dataclass
 from typing import Tuple
 
-from cbo_ros.nodes.ros_common import ms_to_ns, ms_to_s, Param, s_to_ns
+from cbo_ros.nodes.ros_common import ms_to_ns, ms_to_s, Param, s_to_ns, TRANSPORTS
 
 RELIABILITIES = ('auto', 'reliable', 'best_effort')
 
@@ -44,6 +44,7 @@ class PlannerSettings:
     depth: int
     diagnostics_period_s: float
     service_queue_depth: int
+    input_transport: str
 
     def __post_init__(self) -> None:
         """Refuse values no range of the descriptors catches."""
@@ -53,6 +54,9 @@ class PlannerSettings:
         if self.reliability not in RELIABILITIES:
             raise ValueError(f"reliability must be one of {', '.join(RELIABILITIES)}, got "
                              f"'{self.reliability}'")
+        if self.input_transport not in TRANSPORTS:
+            raise ValueError(f"input_transport must be {' or '.join(TRANSPORTS)}, got "
+                             f"'{self.input_transport}'")
 
 
 def _resolutions(values) -> Tuple[int, ...]:
@@ -133,4 +137,8 @@ PARAMS = (
           maximum=60.0),
     Param('service_queue_depth', 100, 'History depth of the Offload client (responses).',
           minimum=1, maximum=10000),
+    Param('input_transport', 'raw',
+          "Frames read: 'raw' (sensor_msgs/Image on image_raw) or 'compressed' "
+          '(sensor_msgs/CompressedImage, JPEG/PNG, on image_raw/compressed: the image_transport '
+          'convention, following a remap of image_raw).'),
 )

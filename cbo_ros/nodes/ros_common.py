@@ -9,6 +9,7 @@ single-threaded EventsExecutor): only there can callbacks of one node run concur
 import copy
 import dataclasses
 import sys
+import time
 import traceback
 from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 
@@ -16,6 +17,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 from cbo_common.ros_helpers import (class_name, Diagnostics, ns_to_stamp,  # noqa: F401
                                     shutdown_executor, stamp_to_ns)
 import rclpy
+from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
@@ -30,6 +32,11 @@ from cbo_ros.assets import paths
 
 RELIABILITY = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
                'reliable': ReliabilityPolicy.RELIABLE}
+# Frame transports of the readers (image_transport names): sensor_msgs/Image on image_raw, or
+# sensor_msgs/CompressedImage (JPEG/PNG) on image_raw/compressed.
+TRANSPORTS = ('raw', 'compressed')
+# With use_sim_time, a node whose clock has not started this long after start-up says so.
+SIM_CLOCK_TIMEOUT_S = 5.0
 
 # Final results, decisions and transfer samples are small: keep them reliable so a recorder or
 # an evaluator sees every one.
@@ -173,6 +180,12 @@ def frame_qos(reliability='reliable', depth=30):
 class FrameSubscription:
     """The ``image_raw`` subscription of a robot node; copes with a best-effort camera writer.
 
+    ``transport``: ``'raw'`` subscribes ``image_raw`` (sensor_msgs/Image); ``'compressed'``
+    follows image_transport's ``compressed`` convention: sensor_msgs/CompressedImage on
+    ``<image_raw>/compressed``, where ``<image_raw>`` is the resolved (namespaced, remapped)
+    name, so ``-r image_raw:=/camera/image_raw`` reads ``/camera/image_raw/compressed``.
+    Convert either message with ``cbo_ros.perception.media.frame_msg_to_rgb``.
+
     ``reliability``: ``'auto'`` (default) starts reliable (``frame_qos``: a briefly stalled
     reader loses nothing from a reliable camera such as camera_node) and, when a best-effort
     writer appears (``SensorDataQoS``, common for real camera drivers; it cannot match a
@@ -190,11 +203,17 @@ class FrameSubscription:
     """
 
     def __init__(self, node: Node, callback: Callable[[Any], None], reliability: str = 'auto',
-                 depth: int = 30, callback_group=None) -> None:
+                 depth: int = 30, callback_group=None, transport: str = 'raw') -> None:
         if reliability not in ('auto',) + tuple(RELIABILITY):
             raise ValueError(f"reliability must be auto, {' or '.join(RELIABILITY)}, got "
                              f"'{reliability}'")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"input_transport must be {' or '.join(TRANSPORTS)}, got "
+                             f"'{transport}'")
         self.node = node
+        self.transport = transport
+        self.topic = ('image_raw' if transport == 'raw'
+                      else node.resolve_topic_name('image_raw') + '/compressed')
         self.callback = callback
         self.callback_group = callback_group
         self.auto = reliability == 'auto'
@@ -212,9 +231,10 @@ class FrameSubscription:
 
     def _subscribe(self, qos: QoSProfile, overriding: Optional[QoSOverridingOptions] = None):
         from rclpy.event_handler import SubscriptionEventCallbacks
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CompressedImage, Image
         return self.node.create_subscription(
-            Image, 'image_raw', self.callback, qos, callback_group=self.callback_group,
+            Image if self.transport == 'raw' else CompressedImage, self.topic, self.callback,
+            qos, callback_group=self.callback_group,
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self.on_incompatible_qos),
             qos_overriding_options=overriding)
 
@@ -227,7 +247,7 @@ class FrameSubscription:
             if self._switch_timer is None:     # not from inside the subscription's own event
                 self._switch_timer = self.node.create_timer(0.0, self._switch_to_best_effort)
             return
-        self.problem = (f'an image_raw publisher offers QoS incompatible with this reader '
+        self.problem = (f'an {self.topic} publisher offers QoS incompatible with this reader '
                         f'({policy}): no frames arrive from it')
         hint = (' A camera publishing best effort (SensorDataQoS) needs `reliability: '
                 'best_effort` (or auto) for npu_classifier_node and offload_planner_node '
@@ -240,11 +260,69 @@ class FrameSubscription:
         qos.reliability = ReliabilityPolicy.BEST_EFFORT
         self.node.destroy_subscription(self.subscription)
         self.subscription = self._subscribe(qos)
-        self.note = 'image_raw: best effort (a best-effort camera writer was seen)'
+        self.note = f'{self.topic}: best effort (a best-effort camera writer was seen)'
         self.node.get_logger().warning(
-            'an image_raw publisher is best effort (SensorDataQoS): this reader switched to '
+            f'an {self.topic} publisher is best effort (SensorDataQoS): this reader switched to '
             'best effort to receive its frames (reliability: auto); frames dropped under load '
             'can no longer be repaired')
+
+
+def steady_clock() -> Clock:
+    """Return a steady clock, for timers that must run whatever ``use_sim_time`` says."""
+    return Clock(clock_type=ClockType.STEADY_TIME)
+
+
+class SimClockWatch:
+    """With ``use_sim_time``, report loudly when no ``/clock`` arrives instead of hanging.
+
+    Under simulated time a node's clock reads 0 until the first ``/clock`` message, and its
+    ROS-time timers (deadlines, diagnostics) never fire: the node would wait silently. This
+    watch runs on a steady timer: once ``timeout_s`` has passed with the clock still at 0 it
+    logs an error with the fix (every 10 s while it lasts) and publishes an ERROR status on
+    ``/diagnostics`` itself; ``problem`` holds the text for the node's own diagnostics. When
+    the clock starts it says so once and stops watching. Without ``use_sim_time``: nothing.
+    """
+
+    def __init__(self, node: Node, diagnostics, timeout_s: float = SIM_CLOCK_TIMEOUT_S) -> None:
+        self.node = node
+        self.diagnostics = diagnostics
+        self.timeout_s = float(timeout_s)
+        self.problem = ''
+        self.enabled = bool(node.get_parameter('use_sim_time').value)
+        self.started_s = time.monotonic()
+        self.timer = (node.create_timer(min(1.0, self.timeout_s), self.check,
+                                        clock=steady_clock()) if self.enabled else None)
+
+    def clock_started(self) -> bool:
+        """Tell whether the node's clock runs (always true without use_sim_time)."""
+        return not self.enabled or self.node.get_clock().now().nanoseconds > 0
+
+    def check(self) -> None:
+        """Report a clock that has not started after the timeout; stop once it runs."""
+        if self.clock_started():
+            if self.problem:
+                self.node.get_logger().info('/clock arrived: simulated time runs')
+            self.problem = ''
+            self.node.destroy_timer(self.timer)
+            return
+        waited = time.monotonic() - self.started_s
+        if waited < self.timeout_s:
+            return
+        self.problem = (f'use_sim_time is true but no /clock message has arrived in '
+                        f'{waited:.0f} s: the node\'s time stands at 0, so frames cannot be '
+                        'stamped or answered by their deadline. Fix: start a /clock source '
+                        '(camera_node with publish_clock: true, or a bag player with --clock) '
+                        'or set use_sim_time: false')
+        self.node.get_logger().error(self.problem, throttle_duration_sec=10.0)
+        self.diagnostics.publish(Diagnostics.ERROR, self.problem,
+                                 {'use_sim_time': True, 'clock_started': False,
+                                  'waited_s': f'{waited:.0f}'},
+                                 stamp=steady_stamp())
+
+
+def steady_stamp():
+    """Return a stamp of the system clock (for messages sent while ROS time stands at 0)."""
+    return Clock(clock_type=ClockType.SYSTEM_TIME).now().to_msg()
 
 
 class RateMeter:

@@ -30,6 +30,14 @@ def encode_jpeg(rgb, quality=90):
     return buffer.tobytes()
 
 
+def encode_png(rgb):
+    """Encode an RGB image as PNG bytes (lossless)."""
+    ok, buffer = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError('PNG encoding failed')
+    return buffer.tobytes()
+
+
 def decode_image(data):
     """Decode JPEG/PNG bytes to an RGB image; raise ValueError when the bytes are not an image."""
     array = np.frombuffer(bytes(data) if not isinstance(data, (bytes, bytearray)) else data,

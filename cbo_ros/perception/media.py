@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from cbo_ros.assets.paths import not_found_message, resolve_media
+from cbo_ros.perception.image_ops import decode_image
 from cbo_ros.perception.labels import (FrameLabels, labels_from_names, read_frame_labels,
                                        read_image_labels, sibling_labels_file)
 
@@ -36,6 +37,8 @@ class Frame:
     label: int = None      # true class when known (a label set of one class)
     name: str = ''
     label_set: frozenset = None   # true label set (empty: unlabelled); None: no labels
+    stamp_ns: int = None   # recorded header stamp (rosbag2 sources; None: not recorded)
+    frame_id: str = None   # recorded header frame_id (rosbag2 sources)
 
 
 def _frame_label(labels, key):
@@ -177,8 +180,44 @@ def image_msg_to_rgb(encoding, height, width, step, data, is_bigendian=False):
     return cv2.cvtColor(np.ascontiguousarray(image), conversion)
 
 
+def compressed_msg_to_rgb(image_format, data):
+    """Decode a sensor_msgs/CompressedImage (JPEG or PNG) to RGB; raise ValueError on bad input.
+
+    ``image_format`` follows image_transport's ``compressed`` plugin (``jpeg``, ``png``,
+    ``rgb8; jpeg compressed bgr8``, ...); the bytes themselves say JPEG or PNG. Depth images
+    (``compressedDepth``) are refused.
+    """
+    text = str(image_format or '')
+    if 'compresseddepth' in text.lower().replace(' ', ''):
+        raise ValueError(f"compressed depth image (format '{text}') is not a colour frame")
+    try:
+        return decode_image(data)
+    except ValueError as error:
+        size = len(data) if hasattr(data, '__len__') else 0
+        raise ValueError(f"{error} (format '{text}', {size} bytes)") from None
+
+
+def frame_msg_to_rgb(msg):
+    """Convert a sensor_msgs/Image or CompressedImage message to RGB uint8 (ValueError: bad)."""
+    if hasattr(msg, 'encoding'):
+        return image_msg_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                                bool(msg.is_bigendian))
+    return compressed_msg_to_rgb(msg.format, msg.data)
+
+
+def _stamp_ns(header):
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
 class RosbagSource:
-    """sensor_msgs/Image or CompressedImage messages of a rosbag2 (sqlite3 or MCAP) via rosbags."""
+    """sensor_msgs/Image or CompressedImage messages of a rosbag2 (sqlite3 or MCAP) via rosbags.
+
+    ``topic`` chooses among several image topics (default: the first in name order;
+    ``image_topics`` lists them all). Frames keep their recorded header (``stamp_ns``,
+    ``frame_id``); their media time ``time_s`` follows the recorded header stamps when these
+    are set and never go backwards (``timing`` says ``header stamps``), else the bag's receipt
+    times. ``fps`` is the mean rate of those times (gaps, not count / duration).
+    """
 
     def __init__(self, path, topic=None, max_frames=0, labels=None):
         from rosbags.highlevel import AnyReader
@@ -193,32 +232,49 @@ class RosbagSource:
             if topic and topic not in topics:
                 raise MediaError(f'{self.path}: topic {topic!r} not found (image topics: '
                                  f'{", ".join(sorted(topics))})')
-            self.topic = topic or sorted(topics)[0]
-            count = sum(c.msgcount for c in reader.connections if c.topic == self.topic)
-            duration = max(reader.duration / 1e9, 1e-9)
-        self.fps = count / duration if count > 1 else 30.0
+            self.image_topics = sorted(topics)
+            self.topic = topic or self.image_topics[0]
+            received, stamps = [], []
+            for connection, stamp, raw in reader.messages(
+                    [c for c in reader.connections if c.topic == self.topic]):
+                received.append(int(stamp))
+                stamps.append(_stamp_ns(reader.deserialize(raw, connection.msgtype).header))
+        count = len(received)
+        header_timing = bool(stamps) and stamps[0] > 0 and all(
+            later >= earlier for earlier, later in zip(stamps, stamps[1:]))
+        self.timing = 'header stamps' if header_timing else 'receipt times'
+        times = stamps if header_timing else received
+        self._times_ns = [t - times[0] for t in times] if times else []
+        span_s = (times[-1] - times[0]) / 1e9 if count > 1 else 0.0
+        self.fps = (count - 1) / span_s if span_s > 0 else 30.0
         self.frame_count = count
         self.labels = labels
         if labels is not None:
             labels.check_frames(count)      # frame = index of the message on the topic
         self.has_labels = labels is not None
 
+    def describe(self):
+        """One line naming the image topic read (and the others of the bag)."""
+        others = [t for t in self.image_topics if t != self.topic]
+        return (f'{self.path}: image topic {self.topic} ({self.frame_count} frames, '
+                f'{self.fps:.2f} fps from {self.timing})'
+                + (f'; other image topics: {", ".join(others)} (choose with the topic option)'
+                   if others else ''))
+
     def __iter__(self):
-        from cbo_ros.perception.image_ops import decode_image
         with self._reader_class([self.path]) as reader:
             connections = [c for c in reader.connections if c.topic == self.topic]
-            start = None
-            for index, (connection, stamp, raw) in enumerate(reader.messages(connections)):
+            for index, (connection, _, raw) in enumerate(reader.messages(connections)):
                 msg = reader.deserialize(raw, connection.msgtype)
                 if connection.msgtype.endswith('CompressedImage'):
-                    rgb = decode_image(bytes(msg.data))
+                    rgb = compressed_msg_to_rgb(msg.format, bytes(msg.data))
                 else:
                     rgb = image_msg_to_rgb(msg.encoding, msg.height, msg.width, msg.step,
                                            bytes(msg.data), bool(msg.is_bigendian))
-                start = stamp if start is None else start
                 label, label_set = _frame_label(self.labels, index)
-                yield Frame(index, rgb, (stamp - start) / 1e9, label, f'{self.topic}#{index}',
-                            label_set)
+                time_ns = self._times_ns[index] if index < len(self._times_ns) else 0
+                yield Frame(index, rgb, time_ns / 1e9, label, f'{self.topic}#{index}',
+                            label_set, _stamp_ns(msg.header), msg.header.frame_id)
                 if self.max_frames and index + 1 >= self.max_frames:
                     break
 
