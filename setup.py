@@ -35,6 +35,7 @@ setup(
             'cbo_prepare_assets = cbo_ros.assets.prepare:main',
             'cbo_link = cbo_ros.testbed.link_shaping:main',
             'cbo_record = cbo_ros.tools.record:main',
+            'cbo_param = cbo_ros.tools.param:main',
             'bag_recorder_node = cbo_ros.nodes.bag_recorder_node:main',
         ],
     },

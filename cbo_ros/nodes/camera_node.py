@@ -189,8 +189,10 @@ class CameraNode(Node):
         qos = frame_qos(s.reliability, s.depth)
         self.image_pub = (self.create_publisher(Image, 'image_raw', qos) if s.publish_raw
                           else None)
-        self.compressed_pub = (self.create_publisher(CompressedImage, 'image_raw/compressed', qos)
-                               if s.publish_compressed else None)
+        # image_transport's convention: <resolved image_raw>/compressed (follows a remap).
+        self.compressed_pub = (self.create_publisher(
+            CompressedImage, self.resolve_topic_name('image_raw') + '/compressed', qos)
+            if s.publish_compressed else None)
         self.count_pub = self.create_publisher(UInt64, 'frames_published', LATCHED_QOS)
         self.source_frame_pub = self.create_publisher(TimeReference, 'image_raw/source_frame',
                                                       RESULT_QOS)
@@ -229,7 +231,7 @@ class CameraNode(Node):
         timing = (f'{fps:.2f} fps' if not (self.recorded_timing and self.is_bag) else
                   f'the recorded timing ({self.source.timing}, mean {fps:.2f} fps)')
         if self.is_bag:
-            self.get_logger().info(self.source.describe())
+            self.get_logger().info(self.source.describe('the rosbag_topic parameter'))
         topics = ', '.join(p.topic_name for p in (self.image_pub, self.compressed_pub) if p)
         self.get_logger().info(
             f"publishing '{s.source}' at {timing} ({s.mode}, {s.encoding}, QoS "

@@ -253,12 +253,12 @@ class RosbagSource:
             labels.check_frames(count)      # frame = index of the message on the topic
         self.has_labels = labels is not None
 
-    def describe(self):
-        """One line naming the image topic read (and the others of the bag)."""
+    def describe(self, option='topic'):
+        """Return one line naming the image topic read (and the bag's others, ``option``)."""
         others = [t for t in self.image_topics if t != self.topic]
         return (f'{self.path}: image topic {self.topic} ({self.frame_count} frames, '
                 f'{self.fps:.2f} fps from {self.timing})'
-                + (f'; other image topics: {", ".join(others)} (choose with the topic option)'
+                + (f'; other image topics: {", ".join(others)} (choose one with {option})'
                    if others else ''))
 
     def __iter__(self):
@@ -322,6 +322,14 @@ def open_source(spec, max_frames=0, labels_file=None, topic=None, stride=1, with
         source = VideoSource(path, max_frames=max_frames, stride=stride, labels=labels)
     source.labels_file = labels and labels.path
     return source
+
+
+def is_rosbag(spec):
+    """Tell whether a media name or path is a rosbag2 (directory, .mcap or .db3)."""
+    path = resolve_media(spec)
+    if not path.exists():
+        return False
+    return path.suffix in ('.mcap', '.db3') or (path.is_dir() and _is_bag(path))
 
 
 def _is_bag(path):

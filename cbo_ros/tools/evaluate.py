@@ -145,6 +145,22 @@ def labels_line(outputs):
             'server\'s reference labels, not accuracy)')
 
 
+def bag_image_topic(media, topic=None):
+    """Return the image topic read from a rosbag2 (printed with the others); else ``topic``.
+
+    A bag with several image topics (e.g. raw and compressed) is read on the one named with
+    ``--topic``, else on the first in name order; either way the line says which.
+    """
+    from cbo_ros.perception.media import is_rosbag, RosbagSource
+    if not is_rosbag(media):
+        return topic
+    path = paths.resolve_media(media)
+    bag = path.parent if path.suffix == '.db3' else path
+    source = RosbagSource(bag, topic=topic)
+    print(source.describe('--topic'))
+    return source.topic
+
+
 def score_recorded(args):
     """``--recorded-results``: score the final answers recorded in each bag; exit code."""
     import json
@@ -198,12 +214,13 @@ def main(argv=None):
         sources = _sources(args)
         loaded = []
         for source in sources:
+            topic = bag_image_topic(source.media, args.topic)
             outputs = load_outputs(source.media, robot_tags=(args.robot_model,),
                                    robot_resolutions=sorted(bundle.calibrators),
                                    offload_resolutions=bundle.offload_resolutions,
                                    jpeg_quality=bundle.jpeg_quality, stride=args.stride,
                                    max_frames=args.max_frames, labels_file=source.labels_file,
-                                   topic=args.topic, cache_dir=args.cache_dir,
+                                   topic=topic, cache_dir=args.cache_dir,
                                    progress=not args.no_progress)
             outputs.group = source.group or outputs.source
             print(labels_line(outputs))
