@@ -6,9 +6,15 @@
 The classifier and the planner read ``image_topic`` (a remap of their relative ``image_raw``;
 default ``image_raw``), published by your own camera driver: ``camera_node`` is started only with
 ``use_camera:=true`` (then it publishes on ``image_topic`` too). The demo video is for
-demo.launch.py. All nodes read ``params_file`` (default: cbo_ros/config/robot.yaml, sections keyed
-``/**/<node>`` so they apply under any namespace); the camera arguments ``source``, ``mode`` and
-``wait_for_subscribers`` override the file's values only when given.
+demo.launch.py. ``input_transport:=compressed`` makes the readers take
+sensor_msgs/CompressedImage on ``<image_topic>/compressed`` (image_transport's convention). Replay
+of a rosbag2 with its recorded stamps: ``use_camera:=true source:=run1 mode:=once
+keep_recorded_stamps:=true publish_clock:=true use_sim_time:=true``.
+
+All nodes read ``params_file`` (default: cbo_ros/config/robot.yaml, sections keyed ``/**/<node>``
+so they apply under any namespace); the camera arguments (``source``, ``mode``,
+``wait_for_subscribers``, ``keep_recorded_stamps``, ``publish_clock``, ``publish_compressed``)
+and ``input_transport`` override the file's values only when given.
 
 The Fast DDS profile (32 MiB shared-memory segments: the default 512 KB is smaller than one
 640x480 frame) is set through the environment: ``FASTDDS_DEFAULT_PROFILES_FILE`` keeps its value
@@ -43,14 +49,26 @@ def generate_launch_description():
                     remappings=list(remappings),
                     ros_arguments=['--log-level', log_level])
 
+    def given_overrides(context, given):
+        # Only the arguments that were given override the parameter file.
+        return {name: ParameterValue(value, value_type=value_type)
+                for name, (value, value_type) in given.items() if value.perform(context)}
+
     def camera_node(context):
         # A launch argument is parsed as YAML: `source:=0` (a V4L2 index) must stay a string.
         given = {'source': (LaunchConfiguration('source'), str),
                  'mode': (LaunchConfiguration('mode'), str),
-                 'wait_for_subscribers': (LaunchConfiguration('wait_for_subscribers'), int)}
-        overrides = {name: ParameterValue(value, value_type=value_type)
-                     for name, (value, value_type) in given.items() if value.perform(context)}
-        return [robot_node('camera_node', overrides, remappings=frames)]
+                 'wait_for_subscribers': (LaunchConfiguration('wait_for_subscribers'), int),
+                 'keep_recorded_stamps': (LaunchConfiguration('keep_recorded_stamps'), bool),
+                 'publish_clock': (LaunchConfiguration('publish_clock'), bool),
+                 'publish_compressed': (LaunchConfiguration('publish_compressed'), bool)}
+        return [robot_node('camera_node', given_overrides(context, given), remappings=frames)]
+
+    def frame_readers(context):
+        given = {'input_transport': (LaunchConfiguration('input_transport'), str)}
+        overrides = given_overrides(context, given)
+        return [robot_node('npu_classifier_node', overrides, remappings=frames),
+                robot_node('offload_planner_node', overrides, remappings=frames)]
 
     return LaunchDescription([
         DeclareLaunchArgument('namespace', default_value='',
@@ -86,6 +104,21 @@ def generate_launch_description():
             'wait_for_subscribers', default_value='',
             description='use_camera: the camera waits for this many image_raw readers (0: '
                         "publish at once; empty: params_file's)"),
+        DeclareLaunchArgument(
+            'keep_recorded_stamps', default_value='',
+            description='use_camera with a rosbag2: keep its recorded stamps and frame ids '
+                        "(with mode:=once; empty: params_file's)"),
+        DeclareLaunchArgument(
+            'publish_clock', default_value='',
+            description='use_camera: publish /clock from the recorded time (with '
+                        "use_sim_time:=true; empty: params_file's)"),
+        DeclareLaunchArgument(
+            'publish_compressed', default_value='',
+            description="use_camera: also publish image_raw/compressed (empty: params_file's)"),
+        DeclareLaunchArgument(
+            'input_transport', default_value='',
+            description='Frames the classifier and the planner read: raw (image_topic) or '
+                        "compressed (image_topic/compressed); empty: params_file's"),
         SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE',
                                LaunchConfiguration('fastdds_profile')),
         SetEnvironmentVariable('RMW_FASTRTPS_PUBLICATION_MODE',
@@ -93,7 +126,6 @@ def generate_launch_description():
                                                    default_value='AUTO')),
         OpaqueFunction(function=camera_node, condition=IfCondition(LaunchConfiguration(
             'use_camera'))),
-        robot_node('npu_classifier_node', remappings=frames),
+        OpaqueFunction(function=frame_readers),
         robot_node('network_monitor_node'),
-        robot_node('offload_planner_node', remappings=frames),
     ])

@@ -37,3 +37,18 @@ def test_fastdds_profile_defaults_to_the_shipped_one_unless_set():
 def test_missing_fastdds_profile_is_refused(capsys):
     assert bringup.main(['--fastdds-profile', '/nonexistent/profile.xml']) == 2
     assert 'Fast DDS profile not found' in capsys.readouterr().err
+
+
+def test_replay_and_transport_options_become_node_parameters():
+    options, _ = bringup.parse_args(['--video', 'run1', '--keep-recorded-stamps',
+                                     '--publish-clock', '--use-sim-time',
+                                     '--input-transport', 'compressed'])
+    overrides = bringup.node_overrides(options)
+    assert overrides['camera_node'] == {
+        'source': 'run1', 'mode': 'once', 'keep_recorded_stamps': True, 'publish_clock': True,
+        'publish_compressed': True, 'use_sim_time': True}
+    for name in ('npu_classifier_node', 'offload_planner_node'):
+        assert overrides[name] == {'input_transport': 'compressed', 'use_sim_time': True}
+    assert overrides['network_monitor_node'] == {'use_sim_time': True}
+    plain, _ = bringup.parse_args([])
+    assert not any(bringup.node_overrides(plain).values())

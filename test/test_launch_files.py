@@ -211,7 +211,9 @@ def test_robot_launch_camera_arguments_are_typed_and_optional():
                     and call_name(value.elts[0]) == 'LaunchConfiguration' \
                     and isinstance(value.elts[1], ast.Name):
                 typed[string(key)] = value.elts[1].id
-    assert typed == {'source': 'str', 'mode': 'str', 'wait_for_subscribers': 'int'}, typed
+    assert typed == {'source': 'str', 'mode': 'str', 'wait_for_subscribers': 'int',
+                     'keep_recorded_stamps': 'bool', 'publish_clock': 'bool',
+                     'publish_compressed': 'bool', 'input_transport': 'str'}, typed
     assert 'ParameterValue(value, value_type=value_type)' in text
     assert 'if value.perform(context)' in text
     for path in (LAUNCH_DIR / 'robot.launch.py', LAUNCH_DIR / 'demo.launch.py'):
@@ -323,7 +325,8 @@ def test_robot_launch_real_camera_options():
 
     # The camera is started only under IfCondition(LaunchConfiguration('use_camera')).
     camera = [c for c in ast.walk(tree) if isinstance(c, ast.Call)
-              and call_name(c) == 'OpaqueFunction']
+              and call_name(c) == 'OpaqueFunction'
+              and 'camera' in ast.dump({k.arg: k.value for k in c.keywords}['function'])]
     assert len(camera) == 1
     condition = {k.arg: k.value for k in camera[0].keywords}.get('condition')
     assert isinstance(condition, ast.Call) and call_name(condition) == 'IfCondition' and \

@@ -28,6 +28,8 @@ Examples::
     robot_bringup --video bikes.mp4 --mode once
     robot_bringup --namespace robot1 --params-file my_robot.yaml --strategy local_only
     robot_bringup --no-camera --image-topic /camera/image_raw   # your own camera driver
+    robot_bringup --video run1 --keep-recorded-stamps --publish-clock --use-sim-time
+    robot_bringup --no-camera --image-topic /cam/image_raw --input-transport compressed
     robot_bringup --single-process --executor events
 """
 
@@ -82,6 +84,17 @@ def parse_args(argv):
     parser.add_argument('--image-topic', default=None,
                         help='frames topic of the classifier and the planner (remap of '
                              'image_raw; the camera, when started, publishes there too)')
+    parser.add_argument('--input-transport', choices=('raw', 'compressed'), default=None,
+                        help='frames the classifier and the planner read: raw image_raw or '
+                             'image_raw/compressed (JPEG/PNG, image_transport convention)')
+    parser.add_argument('--keep-recorded-stamps', action='store_true',
+                        help='camera playing a rosbag2: keep the recorded header stamps and '
+                             'frame ids (implies --mode once unless --mode is given)')
+    parser.add_argument('--publish-clock', action='store_true',
+                        help='camera publishes /clock from the recorded time (use with '
+                             '--use-sim-time)')
+    parser.add_argument('--use-sim-time', action='store_true',
+                        help='every node runs on /clock (use_sim_time: true)')
     parser.add_argument('--fastdds-profile', default=None,
                         help='Fast DDS XML profile (default: $FASTDDS_DEFAULT_PROFILES_FILE if '
                              'set, else the shipped config/fastdds_profile.xml)')
@@ -133,9 +146,21 @@ def node_overrides(options):
               'max_frames': options.max_frames, 'start_delay_s': options.start_delay}
     if not options.single_process and options.exit_when_done:
         camera['exit_when_done'] = True
-    planner = {'strategy': options.strategy, 'deadline_ms': options.deadline_ms}
-    return {name: {k: v for k, v in values.items() if v is not None}
-            for name, values in (('camera_node', camera), ('offload_planner_node', planner))}
+    if options.keep_recorded_stamps:
+        camera['keep_recorded_stamps'] = True
+        camera['mode'] = options.mode or 'once'
+    if options.publish_clock:
+        camera['publish_clock'] = True
+    if options.input_transport == 'compressed':
+        camera['publish_compressed'] = True      # what the readers then take
+    planner = {'strategy': options.strategy, 'deadline_ms': options.deadline_ms,
+               'input_transport': options.input_transport}
+    classifier = {'input_transport': options.input_transport}
+    sim_time = {'use_sim_time': True} if options.use_sim_time else {}
+    return {name: {**sim_time, **{k: v for k, v in values.items() if v is not None}}
+            for name, values in (('camera_node', camera), ('offload_planner_node', planner),
+                                 ('npu_classifier_node', classifier),
+                                 ('network_monitor_node', {}))}
 
 
 def configured(params_file, node, name, default=None):
