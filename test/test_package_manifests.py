@@ -27,6 +27,7 @@ RUNTIME = {
     'std_msgs': ('std_msgs', 'ros-std-msgs'),
     'sensor_msgs': ('sensor_msgs', 'ros-sensor-msgs'),
     'diagnostic_msgs': ('diagnostic_msgs', 'ros-diagnostic-msgs'),
+    'rosgraph_msgs': ('rosgraph_msgs', 'ros-rosgraph-msgs'),
     'ament_index_python': ('ament_index_python', 'ros-ament-index-python'),
     'numpy': ('python3-numpy', 'numpy'),
     'scipy': ('python3-scipy', 'scipy'),
