@@ -2,8 +2,11 @@
 
 A friendlier front end to ``bag_recorder_node``: the options become the node's parameters.
 Stop it with Ctrl-C (the bag is closed and complete) or give ``--duration``. Replay the bag with
-``camera_node`` (``source:=<bag>``), score it with ``cbo_eval <bag>`` (re-running the models) or
-``cbo_eval <bag> --recorded-results`` (what the robot actually answered).
+``camera_node`` (``source:=<bag>``; ``keep_recorded_stamps``, ``publish_clock`` and
+``use_sim_time`` for the recorded stamps and clock: ``robot_bringup --video <bag>
+--keep-recorded-stamps --publish-clock --use-sim-time``), score it with ``cbo_eval <bag>``
+(re-running the models) or ``cbo_eval <bag> --recorded-results`` (what the robot actually
+answered).
 """
 
 import argparse
