@@ -132,3 +132,10 @@ def test_scipy_group_bootstrap_matches_the_hand_written_one():
     # Deterministic for a seed.
     again = group_bootstrap(statistic, groups, 4000, seed=1)
     np.testing.assert_array_equal(again[0], low)
+
+
+def test_group_bootstrap_of_one_group_is_the_statistic_itself():
+    low, high = group_bootstrap(lambda pick: float(np.mean(pick)), np.zeros(7), 100)
+    assert float(low) == float(high) == pytest.approx(3.0)
+    old_low, old_high = reference_group_bootstrap(lambda pick: float(np.mean(pick)), np.zeros(7))
+    assert (float(old_low), float(old_high)) == (float(low), float(high))

@@ -135,6 +135,10 @@ def group_bootstrap(statistic, groups, samples=1000, seed=0):
         return np.asarray(statistic(np.concatenate([members[int(i)] for i in drawn])),
                           dtype=np.float64)
 
+    if len(members) < 2:
+        # One group: every resample is the data itself (scipy refuses a single observation).
+        value = of_groups([0] * len(members))
+        return value, value.copy()
     with warnings.catch_warnings():
         # A statistic that is NaN on some resamples (an undefined ratio) gives NaN bounds,
         # which callers handle; scipy's warning about it adds nothing.
