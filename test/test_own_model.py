@@ -197,3 +197,85 @@ def test_tools_refuse_a_missing_model_or_labels_file(own_files, capsys, tmp_path
                           '--robot-labels-file', str(tmp_path / 'nope.txt'),
                           '--no-progress']) == 1
     assert 'labels file' in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_classifier_node_runs_an_own_model_from_its_parameters(own_files, tmp_path):
+    """npu_classifier_node over DDS with the own model's path, class names and preprocessing."""
+    import sys
+    import time
+
+    from cbo_interfaces.msg import FrameClassification
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    from cbo_ros.nodes.ros_common import RESULT_QOS
+    from ros_helpers import ros_env, start_process, stop_process, unique_domain_id
+    from ros_session import RosSession
+    from test_classifier_node import frame_msg
+    _, model, labels = own_files
+    domain, namespace = unique_domain_id(), '/own_model'
+    parameters = [f'model:={model}', f'labels_file:={labels}', 'layout:=NHWC',
+                  'color_order:=BGR', f'mean:={list(OWN["mean"])}', f'std:={list(OWN["std"])}']
+    log = tmp_path / 'classifier.log'
+    process = start_process(
+        [sys.executable, '-m', 'cbo_ros.nodes.npu_classifier_node', '--ros-args',
+         '--params-file', str(paths.SOURCE_ROOT / 'config' / 'robot.yaml'),
+         *[arg for p in parameters for arg in ('-p', p)], '-r', f'__ns:={namespace}'],
+        ros_env(domain), log)
+    session = RosSession(domain, namespace=namespace)
+    results = []
+    session.node.create_subscription(FrameClassification, 'local_result', results.append,
+                                     RESULT_QOS)
+    camera = session.node.create_publisher(Image, 'image_raw', qos_profile_sensor_data)
+    sent = frame_msg(time.time_ns(), seed=4)
+    try:
+        deadline = time.monotonic() + 40.0
+        while not results and time.monotonic() < deadline:
+            sent.header.stamp = frame_msg(time.time_ns(), seed=4).header.stamp
+            camera.publish(sent)
+            session.spin_for(0.2)
+    finally:
+        session.close()
+        code = stop_process(process)
+    text = log.read_text()
+    assert results and results[0].class_id, text
+    rgb = np.frombuffer(bytes(sent.data), np.uint8).reshape(120, 160, 3)
+    shipped = OnnxClassifier(str(paths.resolve_model(paths.ROBOT_MODEL_FP32)), 128)
+    top = int(shipped.logits([rgb])[0].argmax())
+    assert results[0].class_id == str(top), text
+    assert results[0].class_name == read_class_names(labels)[top], text
+    assert results[0].model == 'my_robot', text
+    assert code == 0, text
+
+
+def test_server_node_takes_an_own_model_from_its_parameters(own_files):
+    """server_node's model, class names and preprocessing come from its parameters."""
+    import rclpy
+
+    from cbo_ros.perception.image_ops import encode_jpeg
+    from ros_helpers import unique_domain_id
+    from server_node.offload_server import OffloadServer
+    from server_node.validation import read_image_header
+    _, model, labels = own_files
+    parameters = [f'model:={model}', f'labels_file:={labels}', 'layout:=NHWC',
+                  'color_order:=BGR', f'mean:={list(OWN["mean"])}', f'std:={list(OWN["std"])}',
+                  'input_size:=128', 'warmup:=false']
+    context = rclpy.Context()
+    rclpy.init(args=['test', '--ros-args', '--params-file',
+                     str(paths.SOURCE_ROOT / 'config' / 'server.yaml'),
+                     *[arg for p in parameters for arg in ('-p', p)]],
+               context=context, domain_id=unique_domain_id())
+    try:
+        node = OffloadServer(context=context)
+        try:
+            assert node.classifier.preprocessing == Preprocessing(128, **OWN)
+            assert node.classifier.class_name(1) == read_class_names(labels)[1]
+            frame = np.random.default_rng(3).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+            jpeg = encode_jpeg(frame)
+            tensor = node._decode(jpeg, read_image_header(jpeg, 'jpeg'))
+            assert tensor.shape == (128, 128, 3)          # NHWC, one image
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)

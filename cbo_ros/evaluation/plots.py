@@ -86,11 +86,10 @@ def accuracy_curves(x_values, accuracy, path, xlabel, title='', log_x=False,
     server = sorted((n for n in accuracy if n.startswith('server_only_')),
                     key=lambda n: int(n.rsplit('_', 1)[-1]) if n.rsplit('_', 1)[-1].isdigit()
                     else 0)
-    groups = merge_identical(accuracy)
-    # Draw the family members in a stable order (the oracle first, CBO on top at the end).
-    groups.sort(key=lambda g: (strategy_style(g[0][0], server)[4], g[0][0]))
     merged = False
-    for names, values in sorted(groups, key=lambda g: -strategy_style(g[0][0], server)[4]):
+    # Drawn family by family, the oracle and CBO last (on top); the legend lists them in order.
+    for names, values in sorted(merge_identical(accuracy),
+                                key=lambda g: -strategy_style(g[0][0], server)[4]):
         colour, line, marker, width, _ = strategy_style(names[0], server)
         merged = merged or len(names) > 1
         ax.plot(x_values, 100 * values, linestyle=line, marker=marker, color=colour,

@@ -189,6 +189,7 @@ class NpuClassifierNode(Node):
         self.inference_ms = (self.inference_ms + [inference_ms])[-100:]
         self.get_logger().info(
             f'frame {result.frame_seq}: class {result.class_id or "-"} '
+            f'{("(" + result.class_name + ") ") if result.class_name else ""}'
             f'conf {result.calibrated_confidence:.2f} ({inference_ms:.1f} ms)',
             throttle_duration_sec=5.0)
 

@@ -136,6 +136,23 @@ def _sources(args):
     return [LabelledSource(m, args.labels) for m in media]
 
 
+def calibration_mismatch(bundle, models):
+    """Say why the calibration file may not be for the robot model evaluated ('' if it is)."""
+    fitted = (bundle.source_info or {}).get('models')
+    robot = models['robot']
+    if fitted is None:
+        shipped = Path(robot['model']).name in ('robot_lite0_int8.onnx', 'robot_lite0_fp32.onnx')
+        return '' if shipped else (
+            'the calibration file records no model (it was fitted for the shipped robot model); '
+            f'calibrate {robot["model"]} with cbo_calibrate --robot-model')
+    if Path(fitted['robot']['model']).name != Path(robot['model']).name or \
+            fitted['robot']['preprocessing'] != robot['preprocessing']:
+        return (f'the calibration file was fitted for {fitted["robot"]["model"]} '
+                f'({fitted["robot"]["preprocessing"]}), not {robot["model"]} '
+                f'({robot["preprocessing"]}): its confidences do not apply')
+    return ''
+
+
 def labels_line(outputs):
     """One line saying which labels score a source."""
     if outputs.label_source == 'true':
@@ -198,6 +215,9 @@ def main(argv=None):
     try:
         tag, robot_models, server_model = model_specs(args, bundle.robot_resolution)
         args.robot_tag = tag
+        mismatch = calibration_mismatch(bundle, describe_models(tag, robot_models, server_model))
+        if mismatch:
+            print(f'cbo_eval: warning: {mismatch}', file=sys.stderr)
         sources = _sources(args)
         loaded = []
         for source in sources:
