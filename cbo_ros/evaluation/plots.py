@@ -87,13 +87,16 @@ def accuracy_curves(x_values, accuracy, path, xlabel, title='', log_x=False,
                     key=lambda n: int(n.rsplit('_', 1)[-1]) if n.rsplit('_', 1)[-1].isdigit()
                     else 0)
     merged = False
-    # Drawn family by family, the oracle and CBO last (on top); the legend lists them in order.
+    # The legend lists the families in order (oracle, CBO, thresholds, ..., server-only).
     for names, values in sorted(merge_identical(accuracy),
                                 key=lambda g: -strategy_style(g[0][0], server)[4]):
         colour, line, marker, width, _ = strategy_style(names[0], server)
         merged = merged or len(names) > 1
+        # Thick lines and big markers underneath, thin ones on top: a curve that (nearly)
+        # coincides with CBO's stays visible inside it.
         ax.plot(x_values, 100 * values, linestyle=line, marker=marker, color=colour,
-                linewidth=width, markersize=5.5, label=' = '.join(names), zorder=3 + width)
+                linewidth=width, markersize=3.0 + 2.0 * width, label=' = '.join(names),
+                zorder=10 - width)
     if log_x:
         ax.set_xscale('log')
         ax.xaxis.set_minor_locator(NullLocator())
@@ -149,7 +152,7 @@ def reliability_diagrams(panels, path, title='', bins=15, ylabel='accuracy'):
         ax.set_ylim(0, 1)
         ax_counts.bar(x, n, width=width, color='#8c8c8c', edgecolor='black', linewidth=0.5)
         ax_counts.set_yscale('log')
-        ax_counts.set_ylim(0.8, max(float(n.max()) if len(n) else 1.0, 1.0) * 6)
+        ax_counts.set_ylim(0.8, max(float(n.max()) if len(n) else 1.0, 1.0) * 30)
         ax_counts.yaxis.set_major_formatter(FuncFormatter(plain_number))
         for xi, ni in zip(x, n):
             ax_counts.text(xi, ni * 1.15, str(int(ni)), ha='center', va='bottom', fontsize=5.5)
