@@ -42,6 +42,7 @@ RUNTIME = {
 TOOLS = {
     'matplotlib': ('python3-matplotlib', 'matplotlib'),
     'tqdm': ('python3-tqdm', 'tqdm'),
+    'sklearn': ('python3-sklearn', 'scikit-learn'),
 }
 # Model export at set-up only: workstation requirements, no package.xml entry.
 SETUP_ONLY = {'torch': 'torch', 'efficientnet_lite_pytorch': 'efficientnet-lite-pytorch',

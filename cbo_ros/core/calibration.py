@@ -6,11 +6,17 @@ Calibrators map the robot model's logits to a calibrated P(local top-1 answer is
   softmax(logits / T); it keeps the ranking and the top-1 class.
 - ``HistogramBinning``: equal-width bins of the raw max-softmax, each mapped to its empirical
   accuracy (shrunk towards the overall accuracy when a bin holds few samples).
-- ``IsotonicCalibration``: a non-decreasing map of the raw max-softmax fitted by pool adjacent
-  violators, interpolated linearly between blocks.
+- ``IsotonicCalibration``: a non-decreasing map of the raw max-softmax (scikit-learn's
+  ``IsotonicRegression``), interpolated linearly between the centres of its blocks.
 - ``LogisticCalibration``: Platt scaling of P(top-1 correct) on several features of the softmax
   (log max-probability, top-1/top-2 margin, normalised entropy), L2-regularised logistic
   regression. It is a calibrated estimate of P(local correct), not of the class probabilities.
+  Its fit stays a scipy L-BFGS minimisation: the model has a fixed offset (the raw logit of the
+  max-probability, so that it shrinks toward the raw confidence) and a penalised intercept,
+  neither of which scikit-learn's ``LogisticRegression`` can express.
+
+scikit-learn (fitting only) is imported when a calibrator is fitted, never when one is loaded
+and applied: the robot nodes need no scikit-learn.
 
 Every calibrator has ``fit(logits, labels, weights=None)`` and ``predict(logits) -> confidences``
 (``weights``: optional per-sample weights, e.g. equal total weight per video);
@@ -216,21 +222,15 @@ class HistogramBinning(_ConfidenceCalibrator):
 
 
 def pool_adjacent_violators(y: ArrayLike, weights: Optional[ArrayLike] = None) -> np.ndarray:
-    """Non-decreasing least-squares fit of the sequence ``y`` (already ordered by x)."""
+    """Non-decreasing weighted least-squares fit of the sequence ``y`` (already ordered by x).
+
+    scikit-learn's ``isotonic_regression`` (pool adjacent violators).
+    """
+    from sklearn.isotonic import isotonic_regression
     y = np.asarray(y, dtype=np.float64)
-    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=np.float64)
-    means, masses, sizes = [], [], []
-    for value, weight in zip(y, w):
-        means.append(value)
-        masses.append(weight)
-        sizes.append(1)
-        while len(means) > 1 and means[-2] > means[-1]:
-            mass = masses[-2] + masses[-1]
-            mean = (means[-2] * masses[-2] + means[-1] * masses[-1]) / mass
-            size = sizes[-2] + sizes[-1]
-            del means[-1], masses[-1], sizes[-1]
-            means[-1], masses[-1], sizes[-1] = mean, mass, size
-    return np.repeat(means, sizes)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    return np.asarray(isotonic_regression(y, sample_weight=w, increasing=True),
+                      dtype=np.float64)
 
 
 class IsotonicCalibration(_ConfidenceCalibrator):
@@ -243,17 +243,23 @@ class IsotonicCalibration(_ConfidenceCalibrator):
         self.knots_y = None if knots_y is None else np.asarray(knots_y, dtype=np.float64)
 
     def fit_confidences(self, confidences, correct, weights=None):
-        """Fit the isotonic map; the knots are the centres of the pooled blocks."""
+        """Fit the isotonic map; the knots are the centres of the pooled blocks.
+
+        scikit-learn's ``IsotonicRegression`` fits the map (tied confidences pooled into one
+        point, so the map does not depend on the order of the samples); the knots are then
+        placed at each block's weighted mean confidence, so that a block's value is reached at
+        its centre and the map is linear between blocks (not a step at the block's edge).
+        """
+        from sklearn.isotonic import IsotonicRegression
         conf, hits = _confidence_outcomes(confidences, correct, 'isotonic regression')
         w = _weights(weights, conf.size)
-        # Tied confidences are one point (their weighted hit rate): otherwise the map at a tie
-        # would depend on the order of the samples.
+        keep = w > 0
+        conf, hits, w = conf[keep], hits[keep], w[keep]
         xs, inverse = np.unique(conf, return_inverse=True)
         mass = np.bincount(inverse, weights=w, minlength=xs.size)
-        keep = mass > 0
-        xs, mass = xs[keep], mass[keep]
-        rates = np.bincount(inverse, weights=w * hits, minlength=keep.size)[keep] / mass
-        ys = pool_adjacent_violators(rates, mass)
+        fitted = IsotonicRegression(increasing=True, out_of_bounds='clip').fit(
+            conf, hits, sample_weight=w)
+        ys = fitted.predict(xs)
         # One knot per block of equal fitted values: at the block's mean confidence.
         starts = np.flatnonzero(np.r_[True, np.diff(ys) != 0])
         ends = np.r_[starts[1:], len(ys)]
@@ -333,7 +339,9 @@ class LogisticCalibration:
     ``confidence_features``: all-zero parameters give back the raw max-softmax, and the L2
     penalty ``l2`` (on b and w, per sample: l2 / N) shrinks the fit toward it, so that a few
     scenes cannot pull the map far from the model's own confidence. Fitted by minimising the
-    weighted binary log loss of the top-1 correctness event.
+    weighted binary log loss of the top-1 correctness event with scipy's L-BFGS: scikit-learn's
+    ``LogisticRegression`` has neither a fixed per-sample offset nor a penalised intercept, so
+    it would fit another model (shrunk toward a constant, not toward the raw confidence).
     """
 
     method = 'logistic'

@@ -117,20 +117,37 @@ def group_bootstrap(statistic, groups, samples=1000, seed=0):
 
     Frames of one object or of 2 s of one video are strongly correlated, so resampling frames
     would understate the noise: whole groups (objects, sources or segments) are drawn with
-    replacement. ``statistic`` may return a scalar or a vector; returns (low, high) arrays
-    of its shape.
+    replacement. ``scipy.stats.bootstrap`` (percentile method) resamples the group ids, and the
+    statistic sees the frames of the drawn groups (a cluster bootstrap; scipy itself only
+    resamples observations, so the groups are expanded to their frames here). ``statistic``
+    may return a scalar or a vector; returns (low, high) arrays of its shape.
     """
+    import warnings
+
+    from scipy.stats import bootstrap
     groups = np.asarray(groups)
     _, inverse = np.unique(groups, return_inverse=True)
     order = np.argsort(inverse, kind='stable')
     bounds = np.r_[0, np.cumsum(np.bincount(inverse))]
     members = [order[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
-    rng = np.random.default_rng(seed)
-    count = len(members)
-    values = np.array([statistic(np.concatenate([members[i] for i in
-                                                 rng.integers(0, count, count)]))
-                       for _ in range(int(samples))], dtype=np.float64)
-    return np.percentile(values, 2.5, axis=0), np.percentile(values, 97.5, axis=0)
+
+    def of_groups(drawn):
+        return np.asarray(statistic(np.concatenate([members[int(i)] for i in drawn])),
+                          dtype=np.float64)
+
+    if len(members) < 2:
+        # One group: every resample is the data itself (scipy refuses a single observation).
+        value = of_groups([0] * len(members))
+        return value, value.copy()
+    with warnings.catch_warnings():
+        # A statistic that is NaN on some resamples (an undefined ratio) gives NaN bounds,
+        # which callers handle; scipy's warning about it adds nothing.
+        warnings.simplefilter('ignore', RuntimeWarning)
+        result = bootstrap((np.arange(len(members)),), of_groups, n_resamples=int(samples),
+                           vectorized=False, method='percentile', confidence_level=0.95,
+                           rng=np.random.default_rng(seed))
+    interval = result.confidence_interval
+    return np.asarray(interval.low, dtype=np.float64), np.asarray(interval.high, dtype=np.float64)
 
 
 def segment_bootstrap(statistic, segments, samples=1000, seed=0):

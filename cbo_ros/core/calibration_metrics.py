@@ -1,4 +1,7 @@
-"""Calibration metrics of a top-1 confidence: ECE, MCE, NLL, Brier, reliability bins (numpy only).
+"""Calibration metrics of a top-1 confidence: ECE, MCE, NLL, Brier, reliability bins.
+
+NLL and Brier are scikit-learn's ``log_loss`` and ``brier_score_loss`` (imported when first
+used, so that the robot, which only applies calibrators, needs no scikit-learn).
 
 All metrics score the binary event "the top-1 answer is correct" against the confidence given to
 it, so that every calibrator (temperature scaling, histogram binning, isotonic regression) is
@@ -58,15 +61,16 @@ def maximum_calibration_error(confidences: ArrayLike, correct: ArrayLike,
 
 def negative_log_likelihood(confidences: ArrayLike, correct: ArrayLike) -> float:
     """Mean binary log loss of the top-1 correctness event under the given confidence."""
+    from sklearn.metrics import log_loss
     conf, hits = _as_pair(confidences, correct)
-    conf = np.clip(conf, _EPS, 1.0 - _EPS)
-    return float(-np.mean(hits * np.log(conf) + (1.0 - hits) * np.log(1.0 - conf)))
+    return float(log_loss(hits, np.clip(conf, _EPS, 1.0 - _EPS), labels=[0.0, 1.0]))
 
 
 def brier_score(confidences: ArrayLike, correct: ArrayLike) -> float:
     """Mean squared error between the confidence and the top-1 correctness (0/1)."""
+    from sklearn.metrics import brier_score_loss
     conf, hits = _as_pair(confidences, correct)
-    return float(np.mean((conf - hits) ** 2))
+    return float(brier_score_loss(hits, conf, pos_label=1.0, labels=[0.0, 1.0]))
 
 
 def multiclass_nll(probabilities: ArrayLike, labels: ArrayLike) -> float:

@@ -10,12 +10,15 @@ Per frame of a source (video file, image folder with optional labels, rosbag2):
   the server's top-1 and its softmax probability (the score the server returns to the robot) on
   that JPEG after decoding (the server resizes it to its native size).
 
+Models: the shipped robot models (tags ``int8``, ``fp32``) and server model by default; your own
+(``ModelSpec``: ONNX path, preprocessing, class names) with ``robot_models``/``server_model``.
+
 Each component is cached in its own file under a directory keyed by the source (path, size, mtime,
-stride, frame limit, view) and the model files, so adding a resolution only computes what is
-missing. True labels are not cached: they are read from the source's labels (a ``frame,labels``
-CSV, see ``cbo_ros.perception.labels``) at every load, checked before any model runs, so that a
-corrected labels file needs no recomputation and an unusable one is an error, never replaced by
-reference labels.
+stride, frame limit, view) and the model files (plus your own models' files and preprocessing),
+so adding a resolution only computes what is missing. True labels are not cached: they are read
+from the source's labels (a ``frame,labels`` CSV, see ``cbo_ros.perception.labels``) at every
+load, checked before any model runs, so that a corrected labels file needs no recomputation and
+an unusable one is an error, never replaced by reference labels.
 
 A *view* (``VIEWS``) crops every frame before anything else: ``center`` (the default: the frame as
 the robot sees it in operation), ``left``/``right`` (the leftmost/rightmost square of a wide frame)
@@ -33,12 +36,29 @@ from pathlib import Path
 import numpy as np
 
 from cbo_ros.assets import paths
-from cbo_ros.perception.classifier import OnnxClassifier
+from cbo_ros.perception.classifier import OnnxClassifier, Preprocessing
 from cbo_ros.perception.image_ops import center_square, decode_image, encode_jpeg, softmax
 from cbo_ros.perception.labels import LabelsError, label_matrix
 from cbo_ros.perception.media import MediaError, open_source
 
-ROBOT_MODELS = {'int8': paths.ROBOT_MODEL_INT8, 'fp32': paths.ROBOT_MODEL_FP32}
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as the evaluation runs it: ONNX file, preprocessing, class names file."""
+
+    path: str                       # a path, or a file name in artifacts/models
+    preprocessing: Preprocessing
+    labels_file: str = ''           # one class name per line ('' : ImageNet-1k)
+
+    def key(self):
+        """Return what identifies the model's outputs (cache keys)."""
+        return [_signature(paths.resolve_model(self.path)), self.preprocessing.as_dict(),
+                _signature(self.labels_file) if self.labels_file else '']
+
+
+ROBOT_MODELS = {'int8': ModelSpec(paths.ROBOT_MODEL_INT8, Preprocessing(paths.ROBOT_INPUT_SIZE)),
+                'fp32': ModelSpec(paths.ROBOT_MODEL_FP32, Preprocessing(paths.ROBOT_INPUT_SIZE))}
+SERVER_MODEL = ModelSpec(paths.SERVER_MODEL_FP32, Preprocessing(paths.SERVER_INPUT_SIZE))
 DEFAULT_OFFLOAD_RESOLUTIONS = paths.OFFLOAD_RESOLUTIONS
 DEFAULT_ROBOT_RESOLUTIONS = (paths.ROBOT_INPUT_SIZE,)
 NUM_CLASSES = 1000
@@ -153,11 +173,14 @@ def _signature(path):
     return [str(path)]
 
 
-def _classifier(model_file, input_size):
-    path = str(paths.resolve_model(model_file))
-    if path not in _CLASSIFIERS:
-        _CLASSIFIERS[path] = OnnxClassifier(path, input_size)
-    return _CLASSIFIERS[path]
+def _classifier(model):
+    """Return the (shared) ``OnnxClassifier`` of a ``ModelSpec``."""
+    path = str(paths.resolve_model(model.path))
+    key = (path, model.preprocessing, model.labels_file)
+    if key not in _CLASSIFIERS:
+        _CLASSIFIERS[key] = OnnxClassifier(path, preprocessing=model.preprocessing,
+                                           labels_file=model.labels_file)
+    return _CLASSIFIERS[key]
 
 
 def crop_view(rgb, view='center'):
@@ -177,8 +200,9 @@ def crop_view(rgb, view='center'):
     raise ValueError(f'unknown view {view!r} (choose from {", ".join(VIEWS)})')
 
 
-def cache_key(spec, stride=1, max_frames=0, labels_file=None, topic=None, view='center'):
-    """Directory name of a source's cache."""
+def cache_key(spec, stride=1, max_frames=0, labels_file=None, topic=None, view='center',
+              own_models=None):
+    """Directory name of a source's cache (``own_models``: {tag: key} of non-shipped models)."""
     resolved = paths.resolve_media(spec)
     models = [_signature(paths.resolve_model(m)) for m in
               (paths.ROBOT_MODEL_INT8, paths.ROBOT_MODEL_FP32, paths.SERVER_MODEL_FP32)]
@@ -188,6 +212,8 @@ def cache_key(spec, stride=1, max_frames=0, labels_file=None, topic=None, view='
              int(max_frames), None, topic, models]
     if view != 'center':          # the centre view keeps the keys of existing caches
         parts.append(view)
+    if own_models:                # so do the shipped models
+        parts.append(own_models)
     key = json.dumps(parts, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     stem = Path(str(resolved).rstrip('/')).name.replace('.', '_') or 'source'
@@ -224,10 +250,13 @@ def _expected_total(source, stride, max_frames):
 def load_outputs(spec, robot_tags=('int8', 'fp32'), robot_resolutions=DEFAULT_ROBOT_RESOLUTIONS,
                  offload_resolutions=DEFAULT_OFFLOAD_RESOLUTIONS, jpeg_quality=90, stride=1,
                  max_frames=0, labels_file=None, topic=None, cache_dir=None, progress=True,
-                 batch_size=16, view='center'):
+                 batch_size=16, view='center', robot_models=None, server_model=None):
     """Return the ``VideoOutputs`` of ``spec``, computing (and caching) what is missing.
 
     ``view`` (one of ``VIEWS``) crops every frame first; its outputs are cached separately.
+    ``robot_models`` ({tag: ``ModelSpec``}) adds or replaces robot models (tags of
+    ``ROBOT_MODELS`` by default), ``server_model`` replaces the server model; the outputs of
+    your own models are cached apart from the shipped models'.
     Labels: ``labels_file``, else the source's own (a video's sibling ``<stem>.labels.csv``, an
     image folder's ``labels.csv`` or file names); true labels are checked before any model
     runs. Without labels the outputs hold reference labels (``label_source`` 'reference').
@@ -239,12 +268,18 @@ def load_outputs(spec, robot_tags=('int8', 'fp32'), robot_resolutions=DEFAULT_RO
     if view not in VIEWS:
         raise ValueError(f'unknown view {view!r} (choose from {", ".join(VIEWS)})')
     true_labels = source_labels(spec, labels_file, topic)   # fails before any model runs
-    key = cache_key(spec, stride, max_frames, labels_file, topic, view)
-    directory = Path(cache_dir or paths.cache_dir()) / key
+    robots = {**ROBOT_MODELS, **(robot_models or {})}
+    server = server_model or SERVER_MODEL
     robot_tags = tuple(robot_tags)
-    unknown = [t for t in robot_tags if t not in ROBOT_MODELS]
+    unknown = [t for t in robot_tags if t not in robots]
     if unknown:
-        raise ValueError(f'unknown robot model {unknown[0]!r} (choose from {list(ROBOT_MODELS)})')
+        raise ValueError(f'unknown robot model {unknown[0]!r} (choose from {list(robots)})')
+    own = {tag: model.key() for tag, model in robots.items()
+           if ROBOT_MODELS.get(tag) != model and tag in robot_tags}
+    if server != SERVER_MODEL:
+        own['server'] = server.key()
+    key = cache_key(spec, stride, max_frames, labels_file, topic, view, own)
+    directory = Path(cache_dir or paths.cache_dir()) / key
     wanted_robot = [(t, int(r)) for t in robot_tags for r in robot_resolutions]
     wanted_server = [int(r) for r in offload_resolutions]
     q = int(jpeg_quality)
@@ -260,8 +295,9 @@ def load_outputs(spec, robot_tags=('int8', 'fp32'), robot_resolutions=DEFAULT_RO
     need_robot = [k for k in wanted_robot if not robot_file(*k).is_file()]
     need_server = [r for r in wanted_server if not _has_scores(server_file(r))]
     if need_meta or need_robot or need_server:
+        models = {'server': server, **{tag: robots[tag] for tag, _ in need_robot}}
         _compute(spec, directory, stride, max_frames, labels_file, topic, need_meta, need_robot,
-                 need_server, q, progress, batch_size, robot_file, server_file, view)
+                 need_server, q, progress, batch_size, robot_file, server_file, view, models)
     meta = json.loads(meta_file.read_text())
     reference = np.load(directory / 'reference.npy')
     if true_labels is None:
@@ -331,11 +367,12 @@ def _has_scores(path):
 
 
 def _compute(spec, directory, stride, max_frames, labels_file, topic, need_meta, need_robot,
-             need_server, quality, progress, batch_size, robot_file, server_file, view='center'):
+             need_server, quality, progress, batch_size, robot_file, server_file, view='center',
+             models=None):
+    models = models or {'server': SERVER_MODEL, **ROBOT_MODELS}
     source = open_source(spec, labels_file=labels_file, topic=topic)   # labels checked before
-    server = _classifier(paths.SERVER_MODEL_FP32, paths.SERVER_INPUT_SIZE)
-    robots = {tag: _classifier(ROBOT_MODELS[tag], paths.ROBOT_INPUT_SIZE)
-              for tag in {t for t, _ in need_robot}}
+    server = _classifier(models['server'])
+    robots = {tag: _classifier(models[tag]) for tag in {t for t, _ in need_robot}}
     times, names, indices, reference = [], [], [], []
     robot_out = {key: [] for key in need_robot}
     server_pred = {r: [] for r in need_server}
@@ -350,13 +387,13 @@ def _compute(spec, directory, stride, max_frames, labels_file, topic, need_meta,
     def flush(batch):
         rgbs = [crop_view(f.rgb, view) for f in batch]
         if need_meta:
-            reference.extend(server.logits(rgbs, paths.SERVER_INPUT_SIZE).argmax(axis=1))
+            reference.extend(server.logits(rgbs).argmax(axis=1))
         for tag, res in need_robot:
             robot_out[(tag, res)].append(robots[tag].logits(rgbs, res).astype(np.float32))
         for res in need_server:
             jpegs = [encode_jpeg(center_square(rgb, res), quality) for rgb in rgbs]
             decoded = [decode_image(j) for j in jpegs]
-            logits = server.logits(decoded, paths.SERVER_INPUT_SIZE)
+            logits = server.logits(decoded)
             server_pred[res].extend(logits.argmax(axis=1))
             server_score[res].extend(softmax(logits).max(axis=1))
             server_bytes[res].extend(len(j) for j in jpegs)

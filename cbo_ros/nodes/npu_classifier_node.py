@@ -25,11 +25,11 @@ from cbo_interfaces.msg import ClassHypothesis, FrameClassification
 from rclpy.node import Node
 
 from cbo_ros.assets import paths
-from cbo_ros.nodes.ros_common import (class_name, Diagnostics, FrameSubscription, load_bundle,
+from cbo_ros.nodes.ros_common import (Diagnostics, FrameSubscription, load_bundle,
                                       load_settings, LOCAL_RESULT_QOS, ms_to_ns, Param,
                                       RateMeter, SimClockWatch, spin_node, stamp_to_ns,
                                       TRANSPORTS)
-from cbo_ros.perception.classifier import OnnxClassifier
+from cbo_ros.perception.classifier import describe, OnnxClassifier, Preprocessing
 from cbo_ros.perception.image_ops import softmax
 from cbo_ros.perception.media import frame_msg_to_rgb
 
@@ -39,7 +39,14 @@ class ClassifierSettings:
     """The classifier's parameters (all read-only: loaded once)."""
 
     model: str
+    labels_file: str
     input_size: int
+    resize_mode: str
+    crop_fraction: float
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    layout: str
+    color_order: str
     providers: Tuple[str, ...]
     intra_op_threads: int
     calibration_file: str
@@ -60,8 +67,21 @@ class ClassifierSettings:
 PARAMS = (
     Param('model', paths.ROBOT_MODEL_INT8,
           'Robot model: ONNX path or a file name in artifacts/models.'),
+    Param('labels_file', '',
+          'Class names of the model, one per line (line 1: class id 0); empty: ImageNet-1k.'),
     Param('input_size', paths.ROBOT_INPUT_SIZE, 'Model input side length in pixels.',
           minimum=32, maximum=1024),
+    Param('resize_mode', 'center_crop',
+          "How a frame becomes input_size x input_size: 'center_crop' (central square, "
+          "crop_fraction of the short side, resized) or 'stretch' (whole frame resized)."),
+    Param('crop_fraction', 1.0, 'center_crop: share of the short side kept (0.875: the '
+          'resize-256-crop-224 convention).', minimum=0.05, maximum=1.0),
+    Param('mean', [0.5, 0.5, 0.5], 'Per-channel mean on the 0..1 scale, in the model\'s colour '
+          'order: input = (pixel / 255 - mean) / std.', convert=tuple),
+    Param('std', [0.5, 0.5, 0.5], 'Per-channel standard deviation on the 0..1 scale.',
+          convert=tuple),
+    Param('layout', 'NCHW', "Input tensor layout: 'NCHW' or 'NHWC'."),
+    Param('color_order', 'RGB', "Channel order the model expects: 'RGB' or 'BGR'."),
     Param('providers', ['cpu'],
           'ONNX Runtime execution providers in order of preference (e.g. [qnn, openvino, '
           'cuda, cpu]); unavailable ones are reported, CPU is the fallback.', convert=tuple),
@@ -103,9 +123,13 @@ class NpuClassifierNode(Node):
         self.input_size = s.input_size
         self.top_k = s.top_k
         self.max_age_ns = s.max_age_ns
-        self.classifier = OnnxClassifier(str(paths.resolve_model(s.model)), s.input_size,
+        preprocessing = Preprocessing(s.input_size, s.resize_mode, s.crop_fraction, s.mean,
+                                      s.std, s.layout, s.color_order)
+        self.classifier = OnnxClassifier(str(paths.resolve_model(s.model)),
+                                         preprocessing=preprocessing,
                                          providers=list(s.providers),
-                                         intra_op_threads=s.intra_op_threads)
+                                         intra_op_threads=s.intra_op_threads,
+                                         labels_file=s.labels_file)
         for warning in self.classifier.provider_warnings:
             self.get_logger().warning(f'{warning}: falling back to the next provider')
         self.bundle, self.calibrated, self.calibration_message = load_bundle(
@@ -160,11 +184,12 @@ class NpuClassifierNode(Node):
         # Ties go to the lowest class id, as np.argmax does in the evaluator.
         order = np.argsort(-probabilities, kind='stable')[:self.top_k]
         result.class_id = str(int(order[0]))
-        result.class_name = class_name(order[0])
+        result.class_name = self.classifier.class_name(order[0])
         result.score = float(calibrated)
         result.calibrated_confidence = float(calibrated)
         result.raw_confidence = float(raw)
-        result.top_k = [ClassHypothesis(class_id=str(int(i)), class_name=class_name(i),
+        result.top_k = [ClassHypothesis(class_id=str(int(i)),
+                                        class_name=self.classifier.class_name(i),
                                         score=float(probabilities[i])) for i in order]
         result.note = 'local answer' if self.calibrated else 'local answer (uncalibrated)'
         self.publish(result, start)
@@ -180,6 +205,7 @@ class NpuClassifierNode(Node):
         self.inference_ms = (self.inference_ms + [inference_ms])[-100:]
         self.get_logger().info(
             f'frame {result.frame_seq}: class {result.class_id or "-"} '
+            f'{("(" + result.class_name + ") ") if result.class_name else ""}'
             f'conf {result.calibrated_confidence:.2f} ({inference_ms:.1f} ms)',
             throttle_duration_sec=5.0)
 
@@ -198,6 +224,8 @@ class NpuClassifierNode(Node):
         mean_ms = float(np.mean(self.inference_ms)) if self.inference_ms else 0.0
         self.diagnostics.publish(level, message, {
             'model': self.classifier.name,
+            'labels': self.classifier.labels_file or 'ImageNet-1k',
+            'preprocessing': describe(self.classifier.preprocessing),
             'providers': ','.join(self.classifier.active_providers),
             'inference_rate_hz': f'{self.rate_meter.rate(time.monotonic()):.2f}',
             'mean_inference_ms': f'{mean_ms:.2f}',

@@ -25,10 +25,12 @@ from cbo_ros.core.calibration import (CalibrationError, default_calibration_path
                                       max_softmax, top1_correct)
 from cbo_ros.core.calibration_fit import (fit_bundle, method_metrics, scored_outputs,
                                           stack_outputs, video_groups, video_weights)
-from cbo_ros.evaluation.outputs_cache import (DEFAULT_OFFLOAD_RESOLUTIONS, VIEWS, _classifier,
-                                              _expected_total, load_outputs)
+from cbo_ros.evaluation.outputs_cache import (_classifier, _expected_total,
+                                              DEFAULT_OFFLOAD_RESOLUTIONS, load_outputs,
+                                              ROBOT_MODELS, SERVER_MODEL, VIEWS)
 from cbo_ros.evaluation.pooling import LabelledSource, ManifestError, benchmark_sources
 from cbo_ros.perception.media import MediaError, open_source
+from cbo_ros.tools.model_args import add_model_arguments, describe_models, model_specs
 
 FALLBACK_ROLES = {'calibration': ['bigbuckbunny.mp4', 'vtest.avi', 'box.mp4',
                                   'carphone_pristine.mp4'],
@@ -58,7 +60,7 @@ def stride_for(spec, frames_per_video):
     return max(1, -(-int(total or 0) // int(frames_per_video)))
 
 
-def measure_server_time(resolutions, quality, repeats=15):
+def measure_server_time(resolutions, quality, repeats=15, server_model=None):
     """Server time per offload resolution on this machine: JPEG decode + inference.
 
     The minimum over repeats is the server's own cost without interference from other work on
@@ -66,7 +68,7 @@ def measure_server_time(resolutions, quality, repeats=15):
     a loaded server is what the live planner measures and adapts to (``adapt_server_time``).
     """
     from cbo_ros.perception.image_ops import center_square, decode_image, encode_jpeg
-    server = _classifier(paths.SERVER_MODEL_FP32, paths.SERVER_INPUT_SIZE)
+    server = _classifier(server_model or SERVER_MODEL)
     frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     times = {}
     for r in resolutions:
@@ -113,8 +115,6 @@ def parse_args(argv):
                         help='benchmark manifest (default: artifacts/benchmark/manifest.json)')
     parser.add_argument('--bootstrap', type=int, default=1000,
                         help='bootstrap samples of the held-out 95 %% intervals')
-    parser.add_argument('--robot-model', default='int8', choices=['int8', 'fp32'],
-                        help='robot model the calibration file is for')
     parser.add_argument('--robot-resolutions', type=int, nargs='+',
                         default=[paths.ROBOT_INPUT_SIZE],
                         help='robot input resolutions to fit a calibrator for')
@@ -133,6 +133,7 @@ def parse_args(argv):
     parser.add_argument('--json', default=None, help='also write the metrics table as JSON')
     parser.add_argument('--cache-dir', default=None, help='model-output cache directory')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
     if args.media is None and args.benchmark is None and args.held_out is None:
         from cbo_ros.evaluation.pooling import default_manifest_path
@@ -228,8 +229,16 @@ def main(argv=None):
               f'{sorted(overlap) or sorted(objects)}', file=sys.stderr)
         return 2
     resolutions = sorted(set(args.robot_resolutions) | {args.robot_resolution})
-    common = dict(robot_resolutions=resolutions, jpeg_quality=args.jpeg_quality,
-                  cache_dir=args.cache_dir, progress=not args.no_progress)
+    try:
+        tag, robot_models, server_model = model_specs(args, args.robot_resolution)
+    except (ValueError, FileNotFoundError) as error:
+        print(f'cbo_calibrate: {error}', file=sys.stderr)
+        return 2
+    # The shipped int8 model is compared with its fp32 twin; your own model stands alone.
+    tags = ('int8', 'fp32') if robot_models is None and tag in ROBOT_MODELS else (tag,)
+    common = dict(robot_tags=tags, robot_resolutions=resolutions, jpeg_quality=args.jpeg_quality,
+                  cache_dir=args.cache_dir, progress=not args.no_progress,
+                  robot_models=robot_models, server_model=server_model)
     try:
         calibration, used = [], []
         for source in sources:
@@ -256,15 +265,17 @@ def main(argv=None):
         return 1
 
     table = {}
-    for tag in ('int8', 'fp32'):
+    for compared in tags:
         chosen = None if args.method == 'auto' else args.method
-        metrics, extras = method_metrics(calibration, evaluation, tag, args.robot_resolution,
-                                         chosen, bootstrap=args.bootstrap)
-        table[tag] = {'metrics': metrics, **extras}
-    server_time = measure_server_time(args.offload_resolutions, args.jpeg_quality)
+        metrics, extras = method_metrics(calibration, evaluation, compared,
+                                         args.robot_resolution, chosen, bootstrap=args.bootstrap)
+        table[compared] = {'metrics': metrics, **extras}
+    server_time = measure_server_time(args.offload_resolutions, args.jpeg_quality,
+                                      server_model=server_model)
     labels = sorted({u['labels'] for u in used})
     info = {
         'robot_model': args.robot_model,
+        'models': describe_models(tag, robot_models, server_model),
         'calibration_media': used,
         'held_out_media': held_used,
         'labels': labels,
@@ -280,7 +291,7 @@ def main(argv=None):
         'created': time.strftime('%Y-%m-%dT%H:%M:%S'),
     }
     try:
-        bundle = fit_bundle(calibration, args.robot_model, resolutions, args.robot_resolution,
+        bundle = fit_bundle(calibration, tag, resolutions, args.robot_resolution,
                             args.offload_resolutions, args.method, server_time,
                             args.jpeg_quality, info)
     except CalibrationError as error:
@@ -295,19 +306,20 @@ def main(argv=None):
     fitted_on = scored_outputs(calibration)
     set_name = 'held-out' if scored_outputs(evaluation) else 'calibration (in-sample)'
     true = all(o.label_source == 'true' for o in scored)
-    for tag in ('int8', 'fp32'):
-        logits = np.concatenate([o.robot_logits[(tag, args.robot_resolution)] for o in scored])
+    for compared in tags:
+        logits = np.concatenate([o.robot_logits[(compared, args.robot_resolution)]
+                                 for o in scored])
         labels_all = np.concatenate([o.labels for o in scored])
         correct = top1_correct(logits, labels_all)
-        fit_logits, fit_labels = stack_outputs(fitted_on, tag, args.robot_resolution)
+        fit_logits, fit_labels = stack_outputs(fitted_on, compared, args.robot_resolution)
         fit_weights = video_weights(video_groups(fitted_on))
         panels = [('uncalibrated', max_softmax(logits), correct)]
         for method in ('temperature', 'isotonic', 'logistic'):
             calibrator = make_calibrator(method).fit(fit_logits, fit_labels, fit_weights)
             panels.append((method, calibrator.predict(logits), correct))
         figures.append(reliability_diagrams(
-            panels, plots_dir / f'reliability_{tag}.png',
-            f'robot {tag} at {args.robot_resolution} px, {set_name} frames, labels: '
+            panels, plots_dir / f'reliability_{compared}.png',
+            f'robot {compared} at {args.robot_resolution} px, {set_name} frames, labels: '
             f'{"true" if true else "reference"}',
             ylabel='accuracy' if true else 'agreement with reference labels'))
 
@@ -317,7 +329,7 @@ def main(argv=None):
           + '; held out: ' + (', '.join(f"{u['media']} ({u['frames']} frames)" for u in held_used)
                               or 'none'))
     print(format_metrics(table))
-    if evaluation and args.robot_model == 'int8':
+    if evaluation and robot_models is None and tag == 'int8':
         from cbo_ros.evaluation.online_study import format_online, online_calibration_metrics
         table['int8']['online'] = online_calibration_metrics(evaluation, bundle)
         table['int8']['online_note'] = (
@@ -325,9 +337,9 @@ def main(argv=None):
             'each link, confidences computed before each frame\'s own feedback, adapted only '
             'from server answers that had arrived; options chosen on the calibration videos')
         print(format_online(table['int8']['online']))
-    print(f"temperature int8 {table['int8']['temperature']:.3f}, "
-          f"fp32 {table['fp32']['temperature']:.3f}; chosen by leave-groups-out: int8 "
-          f"{table['int8']['chosen']}, fp32 {table['fp32']['chosen']}")
+    print('temperature ' + ', '.join(f"{t} {table[t]['temperature']:.3f}" for t in tags)
+          + '; chosen by leave-groups-out: '
+          + ', '.join(f"{t} {table[t]['chosen']}" for t in tags))
     print(f'wrote {output} (method {bundle.method} for {args.robot_model}; server accuracy '
           f'{bundle.source_info["server_accuracy"]})')
     print(f'reliability diagrams: {", ".join(str(f) for f in figures)}')

@@ -28,6 +28,7 @@ from cbo_ros.evaluation.report import build_report, format_table, score_name, wr
 from cbo_ros.evaluation.simulator import SimulationConfig, default_strategies, run_strategies
 from cbo_ros.evaluation.traces import NetworkTrace, TraceError, load_trace
 from cbo_ros.perception.media import MediaError
+from cbo_ros.tools.model_args import add_model_arguments, describe_models, model_specs
 
 DEFAULT_BANDWIDTH_BPS = 1e6
 SWEEP_BANDWIDTHS_MBPS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -74,7 +75,6 @@ def parse_args(argv):
                         help='robot inference time before the planner decides')
     parser.add_argument('--calibration', default=None, help='calibration file (default: '
                         'artifacts/calibration/cbo_calibration.json)')
-    parser.add_argument('--robot-model', default='int8', choices=['int8', 'fp32'])
     parser.add_argument('--strategies', nargs='+', default=None,
                         help='strategies to run (default: all, plus cbo_exact and oracle)')
     parser.add_argument('--p-tar', type=float, default=0.7, help='threshold of the p_tar rules')
@@ -93,6 +93,7 @@ def parse_args(argv):
     parser.add_argument('--no-plots', action='store_true', help='skip the figures')
     parser.add_argument('--cache-dir', default=None, help='model-output cache directory')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+    add_model_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -133,6 +134,23 @@ def _sources(args):
         raise ManifestError('--labels applies to one source; give each video its sibling '
                             '<stem>.labels.csv (or an image folder its labels.csv)')
     return [LabelledSource(m, args.labels) for m in media]
+
+
+def calibration_mismatch(bundle, models):
+    """Say why the calibration file may not be for the robot model evaluated ('' if it is)."""
+    fitted = (bundle.source_info or {}).get('models')
+    robot = models['robot']
+    if fitted is None:
+        shipped = Path(robot['model']).name in ('robot_lite0_int8.onnx', 'robot_lite0_fp32.onnx')
+        return '' if shipped else (
+            'the calibration file records no model (it was fitted for the shipped robot model); '
+            f'calibrate {robot["model"]} with cbo_calibrate --robot-model')
+    if Path(fitted['robot']['model']).name != Path(robot['model']).name or \
+            fitted['robot']['preprocessing'] != robot['preprocessing']:
+        return (f'the calibration file was fitted for {fitted["robot"]["model"]} '
+                f'({fitted["robot"]["preprocessing"]}), not {robot["model"]} '
+                f'({robot["preprocessing"]}): its confidences do not apply')
+    return ''
 
 
 def labels_line(outputs):
@@ -211,11 +229,17 @@ def main(argv=None):
         print(f'cbo_eval: {error}', file=sys.stderr)
         return 1
     try:
+        tag, robot_models, server_model = model_specs(args, bundle.robot_resolution)
+        args.robot_tag = tag
+        mismatch = calibration_mismatch(bundle, describe_models(tag, robot_models, server_model))
+        if mismatch:
+            print(f'cbo_eval: warning: {mismatch}', file=sys.stderr)
         sources = _sources(args)
         loaded = []
         for source in sources:
             topic = bag_image_topic(source.media, args.topic)
-            outputs = load_outputs(source.media, robot_tags=(args.robot_model,),
+            outputs = load_outputs(source.media, robot_tags=(tag,), robot_models=robot_models,
+                                   server_model=server_model,
                                    robot_resolutions=sorted(bundle.calibrators),
                                    offload_resolutions=bundle.offload_resolutions,
                                    jpeg_quality=bundle.jpeg_quality, stride=args.stride,
@@ -241,7 +265,7 @@ def main(argv=None):
                   'held-out', file=sys.stderr)
     config = SimulationConfig(deadline_s=args.deadline_ms / 1e3,
                               local_latency_s=args.local_latency_ms / 1e3, fps=args.fps,
-                              robot_tag=args.robot_model, robot_resolution=bundle.robot_resolution,
+                              robot_tag=tag, robot_resolution=bundle.robot_resolution,
                               seed=args.seed, p_tar=args.p_tar, window=args.window)
     strategies = args.strategies or default_strategies(bundle.offload_resolutions)
     try:
@@ -254,6 +278,7 @@ def main(argv=None):
     except ValueError as error:
         print(f'cbo_eval: {error}', file=sys.stderr)
         return 1
+    report['models'] = describe_models(tag, robot_models, server_model)
     plots_dir = Path(args.plots) if args.plots else paths.results_dir() / f'eval_{stem}'
     figures = [] if args.no_plots else _figures(args, loaded, bundle, report, trace, plots_dir)
     report['figures'] = [str(f) for f in figures]
@@ -360,7 +385,7 @@ def _figures(args, loaded, bundle, report, trace, plots_dir):
     from cbo_ros.evaluation.plots import accuracy_curves, reliability_diagrams
     scored = [o.labelled_only() for o in loaded]
     scored = [o for o in scored if len(o)]
-    logits = np.concatenate([o.robot_logits[(args.robot_model, bundle.robot_resolution)]
+    logits = np.concatenate([o.robot_logits[(args.robot_tag, bundle.robot_resolution)]
                              for o in scored])
     labels = np.concatenate([o.labels for o in scored])
     correct = top1_correct(logits, labels)
@@ -370,7 +395,7 @@ def _figures(args, loaded, bundle, report, trace, plots_dir):
         [('uncalibrated', max_softmax(logits), correct),
          (f'calibrated ({bundle.method})', bundle.calibrate_confidences(logits), correct)],
         plots_dir / 'reliability.png',
-        f'{name}: robot {args.robot_model}, labels: {loaded[0].label_source}',
+        f'{name}: robot {args.robot_tag}, labels: {loaded[0].label_source}',
         ylabel='accuracy' if true else 'agreement with reference labels')]
     if 'sweep' in report:
         s = report['sweep']

@@ -41,13 +41,12 @@ import threading
 import time
 import weakref
 
-from cbo_common.ros_helpers import (class_name, Diagnostics, shutdown_executor, stamp_problem,
+from cbo_common.ros_helpers import (Diagnostics, shutdown_executor, stamp_problem,
                                     stamp_to_ns)
 from cbo_interfaces.msg import ClassHypothesis, ServerLoad
 from cbo_interfaces.srv import Offload, Probe
 from cbo_ros.assets import paths
-from cbo_ros.perception.classifier import OnnxClassifier
-from cbo_ros.perception.image_ops import center_square
+from cbo_ros.perception.classifier import describe, OnnxClassifier
 import numpy as np
 import rclpy
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -125,9 +124,11 @@ class OffloadServer(Node):
         self.settings = settings = ServerSettings.from_node(self)
 
         model_path = paths.resolve_model(settings.model)
-        self.classifier = OnnxClassifier(str(model_path), settings.input_size,
+        self.classifier = OnnxClassifier(str(model_path),
+                                         preprocessing=settings.preprocessing(),
                                          providers=list(settings.providers),
-                                         intra_op_threads=settings.intra_op_threads)
+                                         intra_op_threads=settings.intra_op_threads,
+                                         labels_file=settings.labels_file)
         self.provider_level, self.provider_note = provider_health(
             settings.providers, self.classifier.active_providers,
             self.classifier.provider_warnings)
@@ -140,7 +141,9 @@ class OffloadServer(Node):
         if settings.warmup:
             self.classifier.latency_ms(repeats=1)
         self.get_logger().info(
-            f"model '{self.model_name}' ({model_path}), input {self.input_size}, providers "
+            f"model '{self.model_name}' ({model_path}), input "
+            f"{describe(self.classifier.preprocessing)}, classes "
+            f"{settings.labels_file or 'ImageNet-1k'}, providers "
             f"{', '.join(self.classifier.active_providers)} (requested "
             f"{', '.join(settings.providers)})")
 
@@ -310,8 +313,7 @@ class OffloadServer(Node):
 
     def _decode(self, data, header):
         """Decode (in the decode pool) and preprocess; return the model tensor."""
-        square = center_square(decode_checked(data, header), self.input_size)
-        return self.classifier.preprocess([square])[0]
+        return self.classifier.preprocess([decode_checked(data, header)])[0]
 
     async def _serve(self, client, request, response, received):
         expires = self._check_deadline(request, received)
@@ -370,7 +372,8 @@ class OffloadServer(Node):
         top_k = min(int(request.top_k) or self.settings.default_top_k, probs.shape[0])
         best = np.argsort(probs)[::-1][:top_k]
         response.top_k = [ClassHypothesis(class_id=str(int(i)),
-                                          class_name=class_name(i) or str(int(i)),
+                                          class_name=self.classifier.class_name(i)
+                                          or str(int(i)),
                                           score=float(probs[i])) for i in best]
         response.class_id = response.top_k[0].class_id
         response.class_name = response.top_k[0].class_name

@@ -24,7 +24,18 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
 PARAMETERS = {
     'model': (paths.SERVER_MODEL_FP32,
               'ONNX model: a path, or a file name in the artifacts models directory', None),
+    'labels_file': ('', 'class names of the model, one per line (line 1: class id 0); empty: '
+                        'ImageNet-1k names', None),
     'input_size': (paths.SERVER_INPUT_SIZE, 'model input side length in pixels', (32, 1024)),
+    'resize_mode': ('center_crop', "how an offloaded image becomes input_size x input_size: "
+                                   "'center_crop' (central square, crop_fraction of the short "
+                                   "side, resized) or 'stretch' (whole image resized)", None),
+    'crop_fraction': (1.0, "center_crop: share of the short side kept", (0.05, 1.0)),
+    'mean': ([0.5, 0.5, 0.5], 'per-channel mean on the 0..1 scale in the model\'s colour order: '
+                              'input = (pixel / 255 - mean) / std', None),
+    'std': ([0.5, 0.5, 0.5], 'per-channel standard deviation on the 0..1 scale', None),
+    'layout': ('NCHW', "input tensor layout: 'NCHW' or 'NHWC'", None),
+    'color_order': ('RGB', "channel order the model expects: 'RGB' or 'BGR'", None),
     'providers': (['tensorrt', 'cuda', 'cpu'],
                   'onnxruntime execution providers in order of preference (short names '
                   'cpu/cuda/tensorrt/openvino/... or full names); unavailable ones are skipped '
@@ -101,6 +112,8 @@ def _descriptor(name, default, description, bounds, read_only):
         if bounds:
             descriptor.floating_point_range = [FloatingPointRange(
                 from_value=float(bounds[0]), to_value=float(bounds[1]), step=0.0)]
+    elif isinstance(default, list) and default and isinstance(default[0], float):
+        descriptor.type = ParameterType.PARAMETER_DOUBLE_ARRAY
     elif isinstance(default, list):
         descriptor.type = ParameterType.PARAMETER_STRING_ARRAY
     else:
@@ -126,7 +139,14 @@ class ServerSettings:
     """The server's parameters, typed and in the units the code uses."""
 
     model: str
+    labels_file: str
     input_size: int
+    resize_mode: str
+    crop_fraction: float
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    layout: str
+    color_order: str
     providers: Tuple[str, ...]
     intra_op_threads: int
     max_batch_size: int
@@ -155,6 +175,8 @@ class ServerSettings:
         for name, value in values.items():
             if name == 'batch_timeout_ms':
                 fields['batch_timeout_s'] = float(value) / 1e3
+            elif name in ('mean', 'std'):
+                fields[name] = tuple(float(v) for v in value)
             elif isinstance(value, (list, tuple)):
                 fields[name] = tuple(str(v) for v in value)
             else:
@@ -183,6 +205,12 @@ class ServerSettings:
             return (f'max_queue_per_client ({changed.max_queue_per_client}) must not exceed '
                     f'max_queue_size ({changed.max_queue_size})')
         return ''
+
+    def preprocessing(self):
+        """Return the model's ``Preprocessing`` (raises ValueError with the reason when invalid)."""
+        from cbo_ros.perception.classifier import Preprocessing
+        return Preprocessing(self.input_size, self.resize_mode, self.crop_fraction, self.mean,
+                             self.std, self.layout, self.color_order)
 
 
 def changed_fields(old, new):
