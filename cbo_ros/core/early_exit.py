@@ -62,7 +62,7 @@ def offload_finish_s(partition: Partition, link: LinkState, start_s: float,
 
 def choose_partition(partitions: Sequence[Partition], link: LinkState, now_s: float,
                      deadline_s: float, safety_margin_s: float = 0.005) -> PartitionChoice:
-    """The partition with the smallest expected completion that meets the deadline.
+    """Return the partition with the smallest expected completion that meets the deadline.
 
     See the module doc; ``partitions`` must not be empty.
     """

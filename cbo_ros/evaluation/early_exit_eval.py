@@ -123,7 +123,7 @@ def branch_metrics(data, temperatures):
 
 def make_policy(name, calibration=None, model=None, p_tar=0.7, local_latency_s=0.015,
                 safety_margin_s=0.005):
-    """The ``EarlyExitPolicy`` of strategy ``name`` with the parts' measured times.
+    """Build the ``EarlyExitPolicy`` of strategy ``name`` with the parts' measured times.
 
     The head time is ``local_latency_s`` (the robot's full-model time) scaled by the measured
     head/full time ratio; the tail time is measured.

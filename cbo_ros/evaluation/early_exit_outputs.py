@@ -44,7 +44,10 @@ def shared_model():
 
 def _key(spec, model):
     from cbo_ros.evaluation.outputs_cache import cache_key
-    digest = hashlib.sha256(json.dumps(model.manifest, sort_keys=True).encode()).hexdigest()[:10]
+    files = [[f, (model.directory / f).stat().st_size, (model.directory / f).stat().st_mtime_ns]
+             for p in model.manifest['partitions'] for f in (p['head'], p['tail'])]
+    identity = [model.manifest.get('version'), model.manifest.get('input_size'), files]
+    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:10]
     return f'{cache_key(spec)}-ee{digest}'
 
 
@@ -74,7 +77,7 @@ def compute_outputs(frames, model, batch=64):
 
 
 def load_early_exit_outputs(spec, model=None):
-    """Cached (or freshly computed) ``EarlyExitOutputs`` of a video or image source."""
+    """Return the cached (or freshly computed) ``EarlyExitOutputs`` of a source."""
     model = model or shared_model()
     directory = paths.cache_dir() / 'early_exit'
     path = directory / f'{_key(spec, model)}.npz'

@@ -217,7 +217,7 @@ class OffloadServer(Node):
         return list(probs)
 
     def _load_early_exit(self, settings):
-        """The early-exit model's tails (None when its parts are not built here)."""
+        """Load the early-exit model's tails (None when its parts are not built here)."""
         try:
             from cbo_ros.perception.early_exit import EarlyExitModel
             model = EarlyExitModel(providers=list(settings.providers),
