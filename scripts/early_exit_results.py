@@ -41,6 +41,38 @@ def run_eval(split, bandwidth_mbps, deadline_ms):
         return json.loads(out.read_text())
 
 
+def p_tar_sweep(split, thresholds=(0.1, 0.2, 0.3, 0.5, 0.7, 0.9), bandwidth_mbps=1.0,
+                deadline_ms=200):
+    """Pooled accuracy and exit share of both early-exit strategies for several p_tar."""
+    import numpy as np
+
+    from cbo_ros.core.early_exit import EARLY_EXIT_STRATEGIES
+    from cbo_ros.evaluation.early_exit_eval import replay_early_exit
+    from cbo_ros.evaluation.outputs_cache import load_outputs
+    from cbo_ros.evaluation.pooling import benchmark_sources
+    from cbo_ros.evaluation.simulator import SimulationConfig
+    from cbo_ros.evaluation.traces import NetworkTrace
+    trace = NetworkTrace.constant(bandwidth_mbps * 1e6, 0.02)
+    loaded = [load_outputs(s.media, robot_tags=('int8',), progress=False)
+              for s in benchmark_sources(split)]
+    rows = []
+    for p_tar in thresholds:
+        config = SimulationConfig(deadline_s=deadline_ms / 1e3, p_tar=p_tar)
+        row = {'p_tar': p_tar}
+        for name, key in zip(EARLY_EXIT_STRATEGIES, ('calibrated', 'uncalibrated')):
+            correct = scored = exits = frames = 0
+            for outputs in loaded:
+                replay = replay_early_exit(name, outputs, trace, config)
+                keep = outputs.labelled
+                correct += float(replay.correct[keep].sum())
+                scored += int(keep.sum())
+                exits += int(np.sum(replay.resolution == 0))
+                frames += len(outputs)
+            row[key], row[f'{key}_exit'] = correct / scored, exits / frames
+        rows.append(row)
+    return rows
+
+
 def pct(value):
     """Format a share as a percentage."""
     return f'{100 * value:.1f}'
@@ -77,6 +109,16 @@ def main():
                  ', '.join(f'{r} px {float(v):.0f}' for r, v in jpeg.items()) +
                  f"; full Lite0 fp32 {manifest['full_ms']:.2f} ms per frame here.\n")
     results = {'split': args.split, 'manifest': manifest, 'calibration': calibration.to_dict()}
+    sweep = p_tar_sweep(args.split)
+    results['p_tar_sweep'] = sweep
+    lines.append('## Accuracy % vs p_tar at 1 Mbit/s, 200 ms (exit share % in brackets)\n')
+    lines.append('| p_tar | calibrated | uncalibrated |\n| --- | --- | --- |')
+    for row in sweep:
+        lines.append(f"| {row['p_tar']:.2f} | {pct(row['calibrated'])} "
+                     f"({pct(row['calibrated_exit'])}) | {pct(row['uncalibrated'])} "
+                     f"({pct(row['uncalibrated_exit'])}) |")
+    lines.append('')
+    print('\n'.join(lines), flush=True)
     points = [(1.0, 200)]
     if args.grid:
         points += [(m, d) for m in BANDWIDTHS_MBPS for d in DEADLINES_MS if (m, d) != (1.0, 200)]

@@ -12,6 +12,8 @@ at the deadline. The decisions are ``cbo_ros.core.early_exit.EarlyExitPolicy``, 
 
 import time
 
+from builtin_interfaces.msg import Time
+
 from cbo_common.tensor_codec import encode_tensor
 from cbo_interfaces.msg import ClassHypothesis, FrameClassification, NetworkQuality
 from cbo_interfaces.srv import OffloadFeatures
@@ -105,6 +107,16 @@ class EarlyExitNode(Node):
             self._publish(self._message(msg.header, seq, None, 0.0, 0.0, f'invalid frame: '
                                         f'{error}', deadline_ns), deadline_ns)
             return
+        try:
+            self._process(msg, seq, rgb, now_s, deadline_ns)
+        except Exception as error:  # noqa: BLE001 - a frame must never take the node down
+            self.get_logger().error(f'frame {seq}: {type(error).__name__}: {error}',
+                                    throttle_duration_sec=5.0)
+            self.pending.pop(seq, None)
+            self._publish(self._message(msg.header, seq, None, 0.0, 0.0,
+                                        f'internal error: {error}', deadline_ns), deadline_ns)
+
+    def _process(self, msg, seq, rgb, now_s, deadline_ns):
         link = self._link_state()
         choice = self.policy.choose_partition(link, now_s, deadline_ns / 1e9)
         part = choice.partition
@@ -136,7 +148,7 @@ class EarlyExitNode(Node):
         request.scale = float(payload.scale)
         request.zero_point = int(payload.zero_point)
         request.data = payload.data
-        request.deadline = ns_to_stamp(deadline_ns)
+        request.deadline = ns_to_stamp(deadline_ns, Time)
         request.top_k = int(self.top_k)
         self.counts['offloads'] += 1
         self.pending[seq] = (deadline_ns, local, time.perf_counter())
@@ -190,7 +202,7 @@ class EarlyExitNode(Node):
         msg.model = f'early-exit lite0 b{blocks}' if blocks else 'early-exit lite0'
         msg.resolution = int(blocks)
         msg.is_final = True
-        msg.deadline = ns_to_stamp(deadline_ns)
+        msg.deadline = ns_to_stamp(deadline_ns, Time)
         msg.note = note
         if logits is not None:
             probs = softmax(logits)
