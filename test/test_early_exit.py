@@ -147,3 +147,52 @@ def test_tensor_size_limit_checked_before_decompression():
     payload = encode_tensor(np.random.default_rng(1).normal(size=(1, 40, 16, 16)))
     with pytest.raises(TensorPayloadError, match='exceeds the limit'):
         decode_tensor(payload, max_bytes=100)
+
+
+def _replay_inputs(n=40, classes=10):
+    from types import SimpleNamespace
+
+    from cbo_ros.evaluation.early_exit_outputs import EarlyExitOutputs
+    from cbo_ros.evaluation.outputs_cache import VideoOutputs
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, classes, n)
+    labels = np.zeros((n, classes), bool)
+    labels[np.arange(n), truth] = True
+    outputs = VideoOutputs('clip', 'clip.avi', 10.0, np.arange(n) / 10.0, labels, 'true',
+                           truth, [str(i) for i in range(n)],
+                           robot_logits={('int8', 128): rng.normal(size=(n, classes))})
+    wrong = (truth + 1) % classes
+    exit_logits = np.full((n, classes), 0.0)
+    exit_logits[np.arange(n), wrong] = 4.0           # confident and always wrong
+    ee = EarlyExitOutputs({15: exit_logits}, {15: truth.copy()}, {15: np.full(n, 0.9)},
+                          {15: np.full(n, 2500)})
+    model = SimpleNamespace(manifest={'full_ms': 4.0},
+                            partitions={15: {'head_ms': 3.0, 'tail_ms': 0.5}})
+    grid = np.array(P_TAR_GRID)
+    calibration = EarlyExitCalibration({15: 20.0}, {'calibrated': {15: list(0 * grid)},
+                                                    'raw': {15: list(1.0 - grid)}},
+                                       {15: 2500.0})
+    return outputs, ee, model, calibration
+
+
+def test_offline_replay_calibrated_offloads_overconfident_branch_and_uncalibrated_exits():
+    from cbo_ros.evaluation.early_exit_eval import replay_early_exit
+    from cbo_ros.evaluation.simulator import SimulationConfig
+    from cbo_ros.evaluation.traces import NetworkTrace
+    outputs, ee, model, calibration = _replay_inputs()
+    config = SimulationConfig(deadline_s=0.2, p_tar=0.5)
+    trace = NetworkTrace.constant(1e6, 0.02)
+    cal = replay_early_exit('early_exit_partition', outputs, trace, config, calibration,
+                            model, ee)
+    raw = replay_early_exit('early_exit_partition_uncalibrated', outputs, trace, config,
+                            calibration, model, ee)
+    # raw softmax of the branch is ~0.82 >= p_tar: every frame exits, always wrong
+    assert (raw.resolution == 0).all() and raw.correct.sum() == 0
+    # temperature 20 makes it unsure: every frame offloaded, the tail answers (right) in time
+    assert (cal.resolution == 15).all() and cal.correct.mean() == 1.0
+    assert not cal.late.any() and (cal.payload_bytes == 2500).all()
+    assert (cal.latency_s < 0.2).all()
+    # a link too slow for the deadline: the branch answers every frame
+    slow = replay_early_exit('early_exit_partition', outputs, NetworkTrace.constant(1e4, 0.02),
+                             config, calibration, model, ee)
+    assert (slow.resolution == 0).all()
