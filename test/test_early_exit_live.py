@@ -11,7 +11,6 @@ from cbo_ros.assets import paths
 from ros_helpers import ros_env, start_process, stop_process, unique_domain_id
 from ros_session import RosSession
 
-pytestmark = pytest.mark.integration
 NS = f'/ee{os.getpid()}'
 FRAMES = 12
 
@@ -62,6 +61,7 @@ def _frames():
     return [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files]
 
 
+@pytest.mark.integration
 def test_every_frame_answered_by_the_server_tail_like_offline(system):
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
@@ -105,6 +105,7 @@ def test_every_frame_answered_by_the_server_tail_like_offline(system):
     assert served >= len(frames) - 2, [r.note for r in results]
 
 
+@pytest.mark.integration
 def test_server_refuses_a_malformed_tensor_with_a_reason(system):
     from cbo_interfaces.srv import OffloadFeatures
     request = OffloadFeatures.Request()
@@ -121,3 +122,38 @@ def test_server_refuses_a_malformed_tensor_with_a_reason(system):
     request.data = bytes(np.zeros(5, np.uint8))
     response = system['session'].call(system['client'], request)
     assert not response.success and 'bad tensor' in response.error, response.error
+
+
+def test_parameter_file_matches_the_declared_parameters():
+    """config/early_exit.yaml lists exactly what early_exit_node declares, with descriptions."""
+    import rclpy
+    import yaml
+
+    from cbo_ros.evaluation.early_exit_eval import calibration_path
+    from cbo_ros.nodes.early_exit_node import EarlyExitNode
+    from cbo_ros.perception.early_exit import find_early_exit_dir
+    if not (find_early_exit_dir() / 'manifest.json').is_file() or \
+            not calibration_path().is_file():
+        pytest.skip('early-exit parts or calibration not built (docs/early_exit.md)')
+    path = paths.SOURCE_ROOT / 'config' / 'early_exit.yaml'
+    values = yaml.safe_load(path.read_text())['early_exit_node']['ros__parameters']
+    context = rclpy.Context()
+    rclpy.init(args=['test', '--ros-args', '--params-file', str(path)], context=context,
+               domain_id=unique_domain_id())
+    try:
+        node = EarlyExitNode(context=context)
+        declared = {p for p in node._parameters if not p.startswith('qos_overrides.')}
+        declared -= {'use_sim_time', 'start_type_description_service'}
+        assert declared == set(values)
+        for key, value in values.items():
+            assert node.get_parameter(key).value == value
+            assert node.describe_parameter(key).description
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+def test_planner_node_strategy_points_to_early_exit_node():
+    from cbo_ros.core.planner import make_planner
+    with pytest.raises(ValueError, match='early_exit_node'):
+        make_planner('early_exit_partition')
