@@ -88,7 +88,10 @@ def main():
     args = parser.parse_args()
     started = time.monotonic()
     manifest = build_early_exit()
-    if not early_exit_eval.calibration_path().is_file():
+    calibration_file = early_exit_eval.calibration_path()
+    parts = early_exit_eval.shared_model().directory / 'manifest.json'
+    if not calibration_file.is_file() or \
+            calibration_file.stat().st_mtime < parts.stat().st_mtime:    # parts rebuilt
         early_exit_eval.main(['calibrate', '--evaluation-split', args.split])
     calibration = early_exit_eval.load_early_exit_calibration()
     branches = calibration.metrics['held_out']['branches']
