@@ -225,6 +225,9 @@ class OffloadServer(Node):
         except (FileNotFoundError, ValueError, KeyError) as error:
             self.get_logger().info(f'offload_features disabled: {error}')
             return None
+        if settings.warmup:               # open every tail now, not on its first request
+            for blocks in model.blocks:
+                model.tail(blocks, np.zeros(model.tensor_shape(blocks), np.float32))
         self.get_logger().info(f'offload_features: early-exit tails for partitions '
                                f'{model.blocks} ({model.directory})')
         return model
