@@ -27,6 +27,7 @@ setup(
             'npu_classifier_node = cbo_ros.nodes.npu_classifier_node:main',
             'network_monitor_node = cbo_ros.nodes.network_monitor_node:main',
             'offload_planner_node = cbo_ros.nodes.offload_planner_node:main',
+            'early_exit_node = cbo_ros.nodes.early_exit_node:main',
             'robot_bringup = cbo_ros.nodes.bringup:main',
             'cbo_demo = cbo_ros.testbed.demo:main',
             'cbo_calibrate = cbo_ros.tools.calibrate:main',

@@ -10,7 +10,7 @@ from ros_helpers import ros_env, unique_domain_id
 
 MESSAGES = ['ClassHypothesis', 'LatencyBreakdown', 'FrameClassification', 'NetworkQuality',
             'OffloadDecision', 'ServerLoad', 'TransferSample']
-SERVICES = ['Offload', 'Probe']
+SERVICES = ['Offload', 'OffloadFeatures', 'Probe']
 
 
 def test_all_interfaces_import_with_expected_fields():

@@ -112,3 +112,49 @@ def test_jpeg_with_too_many_scans_is_not_decoded(images):
     many = data[:-2] + (b'\xff\xda\x00\x02' * (MAX_JPEG_SCANS + 1)) + data[-2:]
     with pytest.raises(RequestError, match='scans'):
         decode_checked(many, read_image_header(many, 'jpeg'))
+
+
+# ---------------------------------------------------------------- early-exit tensors
+
+def _features(**change):
+    from cbo_common.tensor_codec import encode_tensor
+    good = encode_tensor(np.random.default_rng(0).normal(size=(1, 80, 8, 8)))
+    fields = dict(partition=8, shape=list(good.shape), dtype=good.dtype, scale=good.scale,
+                  zero_point=good.zero_point, data=good.data)
+    fields.update(change)
+    return fields
+
+
+SHAPES = {5: (1, 40, 16, 16), 8: (1, 80, 8, 8)}
+
+
+def test_features_accepted_and_decoded():
+    from server_node.validation import check_features
+    tensor = check_features(**_features(), partition_shapes=SHAPES, max_bytes=100_000)
+    assert tensor.shape == (1, 80, 8, 8) and tensor.dtype == np.float32
+
+
+@pytest.mark.parametrize('change, reason', [
+    ({'partition': 11}, 'unknown partition 11'),
+    ({'shape': [1, 40, 16, 16]}, 'does not match the partition'),
+    ({'shape': [1, 80, 8]}, 'does not match the partition'),
+    ({'dtype': 'float16'}, 'not supported'),
+    ({'scale': -1.0}, 'scale'),
+    ({'zero_point': -3}, 'zero_point'),
+    ({'data': b''}, 'empty tensor payload'),
+    ({'data': b'\x00' * 100}, 'not zlib'),
+    ({'data': __import__('zlib').compress(bytes(64))}, 'needs 5120'),
+    ({'data': __import__('zlib').compress(bytes(50_000_000))}, 'more than'),
+])
+def test_malformed_features_refused_with_a_reason(change, reason):
+    from server_node.validation import check_features, RequestError
+    with pytest.raises(RequestError, match=reason):
+        check_features(**_features(**change), partition_shapes=SHAPES, max_bytes=100_000)
+
+
+def test_features_size_limit_before_decompression_and_no_parts():
+    from server_node.validation import check_features, RequestError
+    with pytest.raises(RequestError, match='exceeds the limit'):
+        check_features(**_features(), partition_shapes=SHAPES, max_bytes=200)
+    with pytest.raises(RequestError, match='no early-exit partitions'):
+        check_features(**_features(), partition_shapes={}, max_bytes=100_000)

@@ -594,5 +594,8 @@ def make_planner(strategy: str = 'cbo', bundle=None, **options) -> BasePlanner:
         if 'schedule' not in options:
             raise ValueError(f"strategy '{name}' needs a precomputed schedule (evaluator only)")
         return SchedulePlanner(bundle=bundle, name=name, **options)
+    if name.startswith('early_exit_partition'):
+        raise ValueError(f"strategy '{name}' sends tensors, not frames: run early_exit_node "
+                         '(docs/early_exit.md); offline, cbo_eval --strategies runs it')
     raise ValueError(f"unknown planner strategy '{name}' (choose from "
                      f"{', '.join(strategy_names())})")

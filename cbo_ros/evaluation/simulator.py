@@ -21,6 +21,7 @@ import numpy as np
 
 from cbo_ros.assets.paths import ROBOT_INPUT_SIZE
 from cbo_ros.core.calibration import max_softmax
+from cbo_ros.core.early_exit import EARLY_EXIT_STRATEGIES
 from cbo_ros.core.exact_solver import Job, JobOption, solve_exact
 from cbo_ros.core.planner import (FrameCandidate, LinkState, OffloadOption, make_planner,
                                   strategy_names)
@@ -223,6 +224,10 @@ def run_strategies(outputs, bundle, trace, config, strategies=None):
     options = {'safety_margin_s': config.safety_margin_s, **config.planner_options}
     results = {}
     for name in names:
+        if name in EARLY_EXIT_STRATEGIES:     # partitioned inference: its own replay
+            from cbo_ros.evaluation.early_exit_eval import replay_early_exit
+            results[name] = replay_early_exit(name, outputs, trace, config)
+            continue
         if name == 'oracle':
             schedule = oracle_schedule(frames, trace, bundle, config.exact_quantum_s).schedule
             planner = make_planner('oracle', bundle, schedule=schedule, **options)

@@ -3,6 +3,9 @@
 Services (relative names, so namespaces and remaps apply):
   ``offload`` (cbo_interfaces/srv/Offload)  classify one compressed frame
   ``probe``   (cbo_interfaces/srv/Probe)    echo the payload size and the server time
+  ``offload_features`` (cbo_interfaces/srv/OffloadFeatures)  finish a partitioned inference:
+              the early-exit model's tail on the robot's intermediate tensor (when the parts
+              are built; else every request is refused with the reason)
 
 Topics:
   ``server_load`` (cbo_interfaces/msg/ServerLoad)        every ``load_period_s``
@@ -44,7 +47,7 @@ import weakref
 from cbo_common.ros_helpers import (Diagnostics, shutdown_executor, stamp_problem,
                                     stamp_to_ns)
 from cbo_interfaces.msg import ClassHypothesis, ServerLoad
-from cbo_interfaces.srv import Offload, Probe
+from cbo_interfaces.srv import Offload, OffloadFeatures, Probe
 from cbo_ros.assets import paths
 from cbo_ros.perception.classifier import describe, OnnxClassifier
 import numpy as np
@@ -57,8 +60,8 @@ from rcl_interfaces.msg import SetParametersResult
 
 from server_node.batcher import (Batcher, BatcherClosedError, ExpiredError, QueueFullError)
 from server_node.settings import changed_fields, declare_parameters, ServerSettings
-from server_node.validation import (check_dimensions, check_payload, decode_checked,
-                                    read_image_header, RequestError)
+from server_node.validation import (check_dimensions, check_features, check_payload,
+                                    decode_checked, read_image_header, RequestError)
 
 # A request whose deadline passed this long before it arrived points at unsynchronised clocks.
 CLOCK_SKEW_HINT_S = 2.0
@@ -151,6 +154,11 @@ class OffloadServer(Node):
                                settings.batch_timeout_s, settings.max_queue_size,
                                name='offload_batcher',
                                max_queue_per_client=settings.max_queue_per_client)
+        self.early_exit = self._load_early_exit(settings)
+        self.features_batcher = Batcher(self._infer_features, settings.max_batch_size,
+                                        settings.batch_timeout_s, settings.max_queue_size,
+                                        name='features_batcher',
+                                        max_queue_per_client=settings.max_queue_per_client)
         # Decoding runs in its own small pool, awaited like the batch: executor threads stay
         # free to take (and quickly refuse) requests while large frames decode.
         self._decoder = concurrent.futures.ThreadPoolExecutor(
@@ -180,6 +188,10 @@ class OffloadServer(Node):
             self.offload_services.append(self.create_service(
                 Offload, prefix + 'offload', functools.partial(self.on_offload, prefix or '.'),
                 qos_profile=service_qos, callback_group=group))
+            self.offload_services.append(self.create_service(
+                OffloadFeatures, prefix + 'offload_features',
+                functools.partial(self.on_offload_features, prefix or '.'),
+                qos_profile=service_qos, callback_group=group))
             self.probe_services.append(self.create_service(
                 Probe, prefix + 'probe', self.on_probe, qos_profile=service_qos,
                 callback_group=group))
@@ -207,6 +219,35 @@ class OffloadServer(Node):
         probs /= probs.sum(axis=1, keepdims=True)
         return list(probs)
 
+    def _load_early_exit(self, settings):
+        """Load the early-exit model's tails (None when its parts are not built here)."""
+        try:
+            from cbo_ros.perception.early_exit import EarlyExitModel
+            model = EarlyExitModel(providers=list(settings.providers),
+                                   intra_op_threads=settings.intra_op_threads)
+        except (FileNotFoundError, ValueError, KeyError) as error:
+            self.get_logger().info(f'offload_features disabled: {error}')
+            return None
+        if settings.warmup:               # open every tail now, not on its first request
+            for blocks in model.blocks:
+                model.tail(blocks, np.zeros(model.tensor_shape(blocks), np.float32))
+        self.get_logger().info(f'offload_features: early-exit tails for partitions '
+                               f'{model.blocks} ({model.directory})')
+        return model
+
+    def _infer_features(self, items):
+        """Batcher worker: each partition's tail over its stacked tensors; softmax rows."""
+        out = [None] * len(items)
+        for blocks in sorted({b for b, _ in items}):
+            index = [i for i, (b, _) in enumerate(items) if b == blocks]
+            logits = self.early_exit.tail(blocks, np.stack([items[i][1] for i in index]))
+            logits = logits - logits.max(axis=1, keepdims=True)
+            probs = np.exp(logits)
+            probs /= probs.sum(axis=1, keepdims=True)
+            for i, row in zip(index, probs):
+                out[i] = row
+        return out
+
     # ------------------------------------------------------------------ services
     async def on_offload(self, client, request, response):
         """Validate, decode, queue for batched inference and fill ``response``.
@@ -214,14 +255,28 @@ class OffloadServer(Node):
         ``client`` identifies the service the request arrived on (its robot namespace): the
         unit of the per-client queue limit and of the batches' round robin.
         """
-        received = time.monotonic()
         response.model = self.model_name
         response.resolution = self.input_size
+        return await self._handle(client, request, response, self._serve)
+
+    async def on_offload_features(self, client, request, response):
+        """Finish a partitioned inference: validate the tensor, run the tail, answer.
+
+        Same admission, deadline, limits and response fields as ``on_offload``.
+        """
+        if self.early_exit is not None:
+            response.model = 'early-exit lite0 tail'
+            response.resolution = self.early_exit.input_size
+        return await self._handle(client, request, response, self._serve_features)
+
+    async def _handle(self, client, request, response, serve):
+        """Admit, serve and count one request; every failure becomes a reason."""
+        received = time.monotonic()
         admitted = False
         try:
             self._admit(client)
             admitted = True
-            await self._serve(client, request, response, received)
+            await serve(client, request, response, received)
             response.success = True
             response.error = ''
         except RequestError as error:
@@ -340,7 +395,10 @@ class OffloadServer(Node):
         except concurrent.futures.CancelledError:
             raise RequestError('server shutting down') from None
         response.decode_ms = 1e3 * (time.monotonic() - start)
+        await self._finish(client, request, response, tensor, expires, self.batcher)
 
+    async def _finish(self, client, request, response, item, expires, batcher):
+        """Queue ``item`` for batched inference and fill the response's answer fields."""
         now = time.monotonic()
         if expires is not None:
             if now >= expires:
@@ -349,10 +407,10 @@ class OffloadServer(Node):
         else:
             wait_s = self.settings.request_timeout_s
         try:
-            future = self.batcher.submit(tensor, expires=expires, client=client)
+            future = batcher.submit(item, expires=expires, client=client)
         except QueueFullError as error:
             raise RequestError(f'busy: {error}; retry in '
-                               f'{self._retry_hint_ms(self.batcher.depth)} ms') from None
+                               f'{self._retry_hint_ms(batcher.depth)} ms') from None
         except BatcherClosedError:
             raise RequestError('server shutting down') from None
         try:
@@ -380,6 +438,18 @@ class OffloadServer(Node):
         response.score = response.top_k[0].score
         if request.return_scores:
             response.scores = probs.astype(np.float32).tolist()
+
+    async def _serve_features(self, client, request, response, received):
+        expires = self._check_deadline(request, received)
+        shapes = {} if self.early_exit is None else {
+            b: self.early_exit.tensor_shape(b) for b in self.early_exit.blocks}
+        start = time.monotonic()
+        tensor = check_features(request.partition, request.shape, request.dtype, request.scale,
+                                request.zero_point, request.data, shapes,
+                                self.settings.max_payload_bytes)
+        response.decode_ms = 1e3 * (time.monotonic() - start)
+        await self._finish(client, request, response, (int(request.partition), tensor[0]),
+                           expires, self.features_batcher)
 
     async def _result_of(self, future, timeout_s):
         """Await a concurrent future (decode pool, batcher) without holding an executor thread.
@@ -543,10 +613,11 @@ class OffloadServer(Node):
         """Apply validated run-time changes: a new settings object, then the batcher."""
         old, self.settings = self.settings, self.settings.with_changes(params)
         new = self.settings
-        self.batcher.configure(max_batch_size=new.max_batch_size,
-                               batch_timeout_s=new.batch_timeout_s)
-        self.batcher.max_queue_size = new.max_queue_size
-        self.batcher.max_queue_per_client = new.max_queue_per_client
+        for batcher in (self.batcher, self.features_batcher):
+            batcher.configure(max_batch_size=new.max_batch_size,
+                              batch_timeout_s=new.batch_timeout_s)
+            batcher.max_queue_size = new.max_queue_size
+            batcher.max_queue_per_client = new.max_queue_per_client
         changed = changed_fields(old, new)
         if changed:
             self.get_logger().info('parameters changed: ' + ', '.join(
@@ -556,6 +627,7 @@ class OffloadServer(Node):
         """Stop the decode pool and the batching thread (waiting requests are refused)."""
         self._decoder.shutdown(wait=False, cancel_futures=True)
         self.batcher.close()
+        self.features_batcher.close()
         return super().destroy_node()
 
 

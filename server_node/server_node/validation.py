@@ -236,3 +236,33 @@ def decode_checked(data, header):
         raise RequestError('truncated JPEG: the image data ends before the last block '
                            '(an end marker was appended to a cut-short file)')
     return rgb
+
+
+def check_features(partition, shape, dtype, scale, zero_point, data, partition_shapes,
+                   max_bytes):
+    """Validate and decode the tensor of an ``OffloadFeatures`` request; RequestError.
+
+    ``partition_shapes`` maps each partition this server can finish (blocks run on the robot)
+    to its tensor shape. The byte limit is checked before anything is decompressed, and the
+    decompressed size is bounded by the partition's shape (see ``cbo_common.tensor_codec``).
+    Returns the float32 tensor.
+    """
+    from cbo_common.tensor_codec import decode_tensor, TensorPayload, TensorPayloadError
+    if not partition_shapes:
+        raise RequestError('this server has no early-exit partitions (build them with `python '
+                           '-m cbo_ros.assets.early_exit_export` on the workstation)')
+    if int(partition) not in partition_shapes:
+        raise RequestError(f'unknown partition {int(partition)} (this server finishes '
+                           f'partitions {sorted(partition_shapes)})')
+    if len(data) == 0:
+        raise RequestError('empty tensor payload')
+    if len(data) > max_bytes:
+        raise RequestError(f'payload of {len(data)} bytes exceeds the limit of {max_bytes} '
+                           'bytes')
+    payload = TensorPayload(tuple(int(s) for s in shape), str(dtype), float(scale),
+                            int(zero_point), data if isinstance(data, bytes) else bytes(data))
+    try:
+        return decode_tensor(payload, expected_shape=partition_shapes[int(partition)],
+                             max_bytes=max_bytes)
+    except TensorPayloadError as error:
+        raise RequestError(f'bad tensor for partition {int(partition)}: {error}') from None

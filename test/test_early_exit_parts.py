@@ -1,0 +1,56 @@
+"""Early-exit parts (ONNX, built at set-up): head + tail reproduce the full Lite0."""
+
+import numpy as np
+import pytest
+
+from cbo_ros.assets import paths
+
+pytest.importorskip('onnxruntime')
+
+
+@pytest.fixture(scope='module')
+def model():
+    from cbo_ros.perception.early_exit import EarlyExitModel, find_early_exit_dir
+    if not (find_early_exit_dir() / 'manifest.json').is_file():
+        pytest.skip('early-exit parts not built (python -m cbo_ros.assets.early_exit_export)')
+    return EarlyExitModel()
+
+
+@pytest.fixture(scope='module')
+def frames():
+    import cv2
+    files = sorted((paths.media_dir() / 'imagenet_samples').glob('*.jpg'))[:12]
+    if not files:
+        pytest.skip('media not prepared')
+    return [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files]
+
+
+def test_head_plus_tail_equals_the_full_model(model, frames):
+    from cbo_ros.perception.classifier import OnnxClassifier
+    full = OnnxClassifier(str(paths.resolve_model(paths.ROBOT_MODEL_FP32)), model.input_size)
+    batch = model.preprocess(frames)
+    reference = full.infer(batch)
+    for blocks in model.blocks:
+        exit_logits, features = model.head(blocks, batch)
+        assert exit_logits.shape == reference.shape
+        assert features.shape[1:] == model.tensor_shape(blocks)[1:]
+        np.testing.assert_allclose(model.tail(blocks, features), reference, atol=2e-3)
+
+
+def test_quantised_tensor_keeps_the_answer(model, frames):
+    from cbo_common.tensor_codec import decode_tensor, encode_tensor
+    from cbo_ros.perception.image_ops import encode_jpeg, center_square
+    batch = model.preprocess(frames)
+    for blocks in model.blocks:
+        _, features = model.head(blocks, batch)
+        exact = model.tail(blocks, features).argmax(axis=1)
+        payloads = [encode_tensor(row[None]) for row in features]
+        decoded = np.concatenate([decode_tensor(p, model.tensor_shape(blocks))
+                                  for p in payloads])
+        agree = np.mean(model.tail(blocks, decoded).argmax(axis=1) == exact)
+        assert agree >= 0.8, (blocks, agree)
+        # the tensor is smaller than its uint8 values; compare with a JPEG at 224 px
+        sizes = [len(p.data) for p in payloads]
+        assert max(sizes) < np.prod(model.tensor_shape(blocks))
+    jpeg = np.mean([len(encode_jpeg(center_square(f, 224))) for f in frames])
+    assert jpeg > 0
