@@ -146,4 +146,19 @@ if ! stamp_ok calibration "$calib_hash" || [ ! -f "$calib_file" ]; then
   "$PY" -m cbo_ros.tools.calibrate --no-progress --benchmark calibration --output "$calib_file"
   stamp_set calibration "$calib_hash"
 fi
+
+# ---------------------------------------------------------------- 8. early-exit parts
+# Lite0 with exit branches after 5, 8 and 15 blocks, distilled from its own final softmax on
+# unlabelled benchmark frames, exported as head/tail ONNX parts, then per-branch temperatures
+# fitted on the calibration split's true labels (docs/early_exit.md; a few minutes on 2 cores).
+# Both steps are cached by their own keys (manifest version and benchmark hash).
+if [ -f "$ARTIFACTS/benchmark/manifest.json" ]; then
+  ee_hash="$(cd "$ROOT" && hash_of cbo_ros/assets/early_exit_export.py cbo_ros/evaluation/early_exit_eval.py cbo_ros/evaluation/early_exit_outputs.py cbo_ros/perception/early_exit.py "$ARTIFACTS/models/manifest.json" "$ARTIFACTS/benchmark/content_hash.txt")"
+  if ! stamp_ok early_exit "$ee_hash" || [ ! -f "$ARTIFACTS/calibration/early_exit.json" ]; then
+    log "building and calibrating the early-exit parts (early_exit_export, early_exit_eval)"
+    "$PY" -m cbo_ros.assets.early_exit_export
+    "$PY" -m cbo_ros.evaluation.early_exit_eval calibrate >/dev/null
+    stamp_set early_exit "$ee_hash"
+  fi
+fi
 log "ready: source $ROOT/cbo_env.sh"
