@@ -44,6 +44,7 @@ class PlannerSettings:
     depth: int
     diagnostics_period_s: float
     service_queue_depth: int
+    trusted_quality_publishers: Tuple[str, ...]
 
     def __post_init__(self) -> None:
         """Refuse values no range of the descriptors catches."""
@@ -133,4 +134,8 @@ PARAMS = (
           maximum=60.0),
     Param('service_queue_depth', 100, 'History depth of the Offload client (responses).',
           minimum=1, maximum=10000),
+    Param('trusted_quality_publishers', ['network_monitor_node'],
+          'Nodes whose network_quality is used (relative names: this namespace; '
+          "'*': any); messages of other publishers are ignored and reported.",
+          convert=tuple),
 )
