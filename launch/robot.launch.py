@@ -15,7 +15,9 @@ The Fast DDS profile (32 MiB shared-memory segments: the default 512 KB is small
 when already set, else becomes the installed config/fastdds_profile.xml (argument
 ``fastdds_profile``); ``RMW_FASTRTPS_PUBLICATION_MODE`` becomes ``AUTO`` unless set (a profile with
 a flow controller, like config/fastdds_shaped_link.xml, needs asynchronous publication).
-``robot_bringup`` starts the same nodes from the same file with the same options
+With ``security:=true`` (SROS2, on a ROS 2 install with DDS-Security) every node runs in its
+enclave ``<enclave_root>/<node>`` of ``keystore`` with ``ROS_SECURITY_STRATEGY=Enforce``:
+docs/security.md has the keystore steps. ``robot_bringup`` starts the same nodes from the same file with the same options
 (``--image-topic``, ``--no-camera``) where ``ros2 launch`` is not installed.
 """
 
@@ -41,7 +43,9 @@ def generate_launch_description():
                     namespace=namespace, output='screen',
                     parameters=[params_file, common] + ([extra] if extra else []),
                     remappings=list(remappings),
-                    ros_arguments=['--log-level', log_level])
+                    ros_arguments=['--log-level', log_level,
+                                   '--enclave', [LaunchConfiguration('enclave_root'), '/',
+                                                 executable]])
 
     def camera_node(context):
         # A launch argument is parsed as YAML: `source:=0` (a V4L2 index) must stay a string.
@@ -86,6 +90,24 @@ def generate_launch_description():
             'wait_for_subscribers', default_value='',
             description='use_camera: the camera waits for this many image_raw readers (0: '
                         "publish at once; empty: params_file's)"),
+        DeclareLaunchArgument(
+            'security', default_value='false',
+            description='SROS2: run the nodes with DDS-Security (enclaves under enclave_root in '
+                        'keystore; needs a ROS 2 install whose Fast DDS has the security '
+                        'plugins; docs/security.md)'),
+        DeclareLaunchArgument(
+            'keystore', default_value=EnvironmentVariable('ROS_SECURITY_KEYSTORE',
+                                                          default_value=''),
+            description='SROS2 keystore (default: $ROS_SECURITY_KEYSTORE)'),
+        DeclareLaunchArgument('enclave_root', default_value='/cbo_ros',
+                              description='SROS2: each node uses the enclave '
+                                          '<enclave_root>/<node name>'),
+        SetEnvironmentVariable('ROS_SECURITY_ENABLE', 'true',
+                               condition=IfCondition(LaunchConfiguration('security'))),
+        SetEnvironmentVariable('ROS_SECURITY_STRATEGY', 'Enforce',
+                               condition=IfCondition(LaunchConfiguration('security'))),
+        SetEnvironmentVariable('ROS_SECURITY_KEYSTORE', LaunchConfiguration('keystore'),
+                               condition=IfCondition(LaunchConfiguration('security'))),
         SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE',
                                LaunchConfiguration('fastdds_profile')),
         SetEnvironmentVariable('RMW_FASTRTPS_PUBLICATION_MODE',
