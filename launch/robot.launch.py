@@ -17,8 +17,9 @@ when already set, else becomes the installed config/fastdds_profile.xml (argumen
 a flow controller, like config/fastdds_shaped_link.xml, needs asynchronous publication).
 With ``security:=true`` (SROS2, on a ROS 2 install with DDS-Security) every node runs in its
 enclave ``<enclave_root>/<node>`` of ``keystore`` with ``ROS_SECURITY_STRATEGY=Enforce``:
-docs/security.md has the keystore steps. ``robot_bringup`` starts the same nodes from the same file with the same options
-(``--image-topic``, ``--no-camera``) where ``ros2 launch`` is not installed.
+docs/security.md has the keystore steps. ``robot_bringup`` starts the same nodes from the same
+file with the same options (``--image-topic``, ``--no-camera``, ``--enclave-root``) where
+``ros2 launch`` is not installed.
 """
 
 from launch import LaunchDescription

@@ -61,6 +61,7 @@ _PR_SET_PDEATHSIG = 1
 # SROS2 enclaves of the nodes (as launch/*.launch.py name them).
 ENCLAVE_ROOT = '/cbo_ros'
 
+
 def parse_args(argv):
     """Parse the bring-up options; return (options, unknown arguments)."""
     parser = argparse.ArgumentParser(prog='robot_bringup', description=__doc__.split('\n')[0])
