@@ -120,12 +120,19 @@ class OffloadClient:
                               timed_out=now_ns > call.deadline_ns)
         if answered:
             self.consecutive_timeouts = 0
+            if response.success:
+                self.backoff_until_ns = 0       # it answers again: no need to wait
             self.round_trips_ms.append(round_trip_ms)
             if not response.success and self.busy.observe(response.error, now_ns / 1e9):
                 self.node.get_logger().warning(
                     f'server refused an offload: {response.error}; local answers until then',
                     throttle_duration_sec=2.0)
         return response, error_text, round_trip_ms
+
+    def server_seen_again(self) -> None:
+        """End a back-off early: the server answered someone (e.g. the monitor's probe)."""
+        self.backoff_until_ns = 0
+        self.consecutive_timeouts = 0
 
     def give_up_late(self, now_ns: int) -> List[PendingCall]:
         """Give up the calls unanswered ``late_grace_ns`` after their deadline; return them."""

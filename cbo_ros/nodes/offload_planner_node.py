@@ -181,6 +181,11 @@ class OffloadPlannerNode(Node):
         with self.lock:
             if not self.quality_source.accepts(info):
                 return
+            if (msg.server_reachable and self.quality is not None
+                    and not self.quality.server_reachable):
+                # The monitor's probe got through again: calls given up during the outage
+                # need not hold offloading back any longer.
+                self.sender.server_seen_again()
             self.quality = msg
             self.quality_ns = self.now_ns()
 
