@@ -92,6 +92,8 @@ class Processes:
         self.peak_kb = {}
         self.samples = {}            # name -> [(monotonic s, RSS kB)]
         self.server_starts = 0
+        self.robot_args = []
+        self.server_args = []
 
     def env(self, side):
         extra = {}
@@ -103,7 +105,7 @@ class Processes:
     def start_server(self):
         cmd = [sys.executable, '-m', 'server_node.offload_server', '--ros-args',
                '--params-file', os.path.join(CONFIG, 'server.yaml'),
-               '-r', f'__ns:={self.namespace}']
+               '-r', f'__ns:={self.namespace}'] + self.server_args
         if self.link is not None:
             cmd = self.link.wrap_command(cmd)
         self.server_starts += 1
@@ -128,6 +130,8 @@ class Processes:
         cmd = [sys.executable, '-m', 'cbo_ros.nodes.bringup', '--no-camera',
                '--params-file', os.path.join(CONFIG, 'robot.yaml'),
                '--namespace', self.namespace]
+        if self.robot_args:
+            cmd += ['--ros-args'] + self.robot_args
         self.robot = start_process(cmd, self.env('robot'),
                                    os.path.join(self.log_dir, 'robot.log'))
 
@@ -539,10 +543,12 @@ def phase_link_faults(c, procs, link, args, rows):
     from cbo_ros.testbed.link_shaping import format_rate
     rate = link.rate_bps
     for name, apply, clear, seconds in (
-            ('link_cut', lambda: link.set_loss(100.0), lambda: link.set_loss(0.0), 5.0),
+            ('link_cut', lambda: link.set_loss(99.99), lambda: link.set_loss(0.0), 5.0),
             ('loss_10', lambda: link.set_loss(10.0), lambda: link.set_loss(0.0), 10.0),
             ('bw_drop_10x', lambda: link.set_rate(rate / 10), lambda: link.set_rate(rate),
              10.0)):
+        if 'link' not in args.phases.split(',') and name not in args.phases.split(','):
+            continue
         state = {}
 
         def fault(elapsed, apply=apply, clear=clear, seconds=seconds, state=state):
@@ -552,12 +558,17 @@ def phase_link_faults(c, procs, link, args, rows):
             if elapsed >= 2.0 + seconds and 'cleared' not in state:
                 clear()
                 state['cleared'] = time.monotonic()
-        stamps = c.stream(2.0 + seconds + 8.0, 15.0, during=fault)
+        stamps = c.stream(2.0 + seconds + args.after_s, 15.0, during=fault)
         resume = resume_time(c, state['cleared'], 1.0)
+        if args.verbose:
+            print(f'  {name}: link counters {link.stats()}', flush=True)
         c.wait_answered(stamps)
         procs.sample()
-        rows.append(frames_row(name, c.measure(stamps), resume,
-                               note=f'{seconds:.0f} s fault on a {format_rate(rate)} link'))
+        status = c.recorder.status('offload_planner_node')
+        rows.append(frames_row(name, c.measure(stamps), resume, note=(
+            f'{seconds:.0f} s fault on a {format_rate(rate)} link; after it: '
+            f"{c.resume_steps(state['cleared'])}; planner: "
+            f"{status.get('frames_dropped_in_transport', '?')} frames dropped in transport")))
 
 
 def phase_soak(c, procs, args, rows):
@@ -626,7 +637,16 @@ def parse_args(argv):
                         help='server behind the shaped link (root; adds the link faults)')
     parser.add_argument('--link-rate', type=float, default=20e6, help='link rate (bit/s)')
     parser.add_argument('--phases', default='malformed,flood,bombs,spoof,server_restart,link,'
-                        'soak', help='comma-separated subset')
+                        'soak', help='comma-separated subset (link: link_cut, loss_10, '
+                        'bw_drop_10x; or name those)')
+    parser.add_argument('--robot-args', default='',
+                        help="extra ROS arguments of the robot nodes, e.g. "
+                             "'-p service_queue_depth:=4'")
+    parser.add_argument('--server-args', default='',
+                        help="extra ROS arguments of server_node, e.g. '-p service_queue_depth:=8'")
+    parser.add_argument('--after-s', type=float, default=8.0,
+                        help='frames streamed after a link fault clears')
+    parser.add_argument('--verbose', action='store_true')
     parser.add_argument('--json', help='also write the table to this file')
     args = parser.parse_args(argv)
     quick = args.quick
@@ -658,6 +678,8 @@ def main(argv=None):
                 os.environ.update(link.env_for_robot())     # this process is robot side
         os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
         procs = Processes(namespace, domain, link, log_dir)
+        procs.robot_args = args.robot_args.split()
+        procs.server_args = args.server_args.split()
         print(f'reliability campaign: domain {domain}, namespace {namespace}, '
               f"{'shaped link ' + link.describe() if link else 'loopback'}; logs in {log_dir}",
               flush=True)
@@ -684,7 +706,7 @@ def main(argv=None):
             if name in phases:
                 print(f'phase {name} ...', flush=True)
                 phase(campaign, procs, args, rows)
-        if 'link' in phases and link is not None:
+        if link is not None and phases & {'link', 'link_cut', 'loss_10', 'bw_drop_10x'}:
             print('phase link faults ...', flush=True)
             phase_link_faults(campaign, procs, link, args, rows)
         if 'soak' in phases and args.soak_s > 0:
