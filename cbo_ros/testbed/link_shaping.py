@@ -68,6 +68,7 @@ class ShapingError(RuntimeError):
 # tunnels); larger samples are fragmented by DDS, not by IP (config/fastdds_shaped_link.xml).
 DDS_MESSAGE_BYTES = 1400
 
+
 def _run(args, check=True, input_text=None, timeout=10.0):
     """Run one command, return CompletedProcess; raise ShapingError on failure when check."""
     try:
