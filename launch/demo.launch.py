@@ -9,7 +9,7 @@ config/robot.yaml). Both included files set the Fast DDS profile (``fastdds_prof
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.substitutions import FindPackageShare
 
 
@@ -18,7 +18,10 @@ def generate_launch_description():
     config_dir = PathJoinSubstitution([FindPackageShare('cbo_ros'), 'config'])
     shared = {'namespace': LaunchConfiguration('namespace'),
               'use_sim_time': LaunchConfiguration('use_sim_time'),
-              'log_level': LaunchConfiguration('log_level')}
+              'log_level': LaunchConfiguration('log_level'),
+              'security': LaunchConfiguration('security'),
+              'keystore': LaunchConfiguration('keystore'),
+              'enclave_root': LaunchConfiguration('enclave_root')}
     return LaunchDescription([
         DeclareLaunchArgument('namespace', default_value='', description='Namespace of all nodes'),
         DeclareLaunchArgument('robot_params_file',
@@ -29,6 +32,12 @@ def generate_launch_description():
                               description='Parameter file of the offload server'),
         DeclareLaunchArgument('use_sim_time', default_value='false', description='Use /clock'),
         DeclareLaunchArgument('log_level', default_value='info', description='Logging level'),
+        DeclareLaunchArgument('security', default_value='false',
+                              description='SROS2 enclaves for every node (docs/security.md)'),
+        DeclareLaunchArgument('keystore', default_value=EnvironmentVariable(
+            'ROS_SECURITY_KEYSTORE', default_value=''), description='SROS2 keystore'),
+        DeclareLaunchArgument('enclave_root', default_value='/cbo_ros',
+                              description='SROS2 enclave prefix'),
         DeclareLaunchArgument('source', default_value='',
                               description="Camera source (empty: robot_params_file's)"),
         DeclareLaunchArgument('mode', default_value='',

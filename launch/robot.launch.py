@@ -21,8 +21,11 @@ The Fast DDS profile (32 MiB shared-memory segments: the default 512 KB is small
 when already set, else becomes the installed config/fastdds_profile.xml (argument
 ``fastdds_profile``); ``RMW_FASTRTPS_PUBLICATION_MODE`` becomes ``AUTO`` unless set (a profile with
 a flow controller, like config/fastdds_shaped_link.xml, needs asynchronous publication).
-``robot_bringup`` starts the same nodes from the same file with the same options
-(``--image-topic``, ``--no-camera``) where ``ros2 launch`` is not installed.
+With ``security:=true`` (SROS2, on a ROS 2 install with DDS-Security) every node runs in its
+enclave ``<enclave_root>/<node>`` of ``keystore`` with ``ROS_SECURITY_STRATEGY=Enforce``:
+docs/security.md has the keystore steps. ``robot_bringup`` starts the same nodes from the same
+file with the same options (``--image-topic``, ``--no-camera``, ``--enclave-root``) where
+``ros2 launch`` is not installed.
 """
 
 from launch import LaunchDescription
@@ -47,7 +50,9 @@ def generate_launch_description():
                     namespace=namespace, output='screen',
                     parameters=[params_file, common] + ([extra] if extra else []),
                     remappings=list(remappings),
-                    ros_arguments=['--log-level', log_level])
+                    ros_arguments=['--log-level', log_level,
+                                   '--enclave', [LaunchConfiguration('enclave_root'), '/',
+                                                 executable]])
 
     def given_overrides(context, given):
         # Only the arguments that were given override the parameter file.
@@ -119,6 +124,23 @@ def generate_launch_description():
             'input_transport', default_value='',
             description='Frames the classifier and the planner read: raw (image_topic) or '
                         "compressed (image_topic/compressed); empty: params_file's"),
+            'security', default_value='false',
+            description='SROS2: run the nodes with DDS-Security (enclaves under enclave_root in '
+                        'keystore; needs a ROS 2 install whose Fast DDS has the security '
+                        'plugins; docs/security.md)'),
+        DeclareLaunchArgument(
+            'keystore', default_value=EnvironmentVariable('ROS_SECURITY_KEYSTORE',
+                                                          default_value=''),
+            description='SROS2 keystore (default: $ROS_SECURITY_KEYSTORE)'),
+        DeclareLaunchArgument('enclave_root', default_value='/cbo_ros',
+                              description='SROS2: each node uses the enclave '
+                                          '<enclave_root>/<node name>'),
+        SetEnvironmentVariable('ROS_SECURITY_ENABLE', 'true',
+                               condition=IfCondition(LaunchConfiguration('security'))),
+        SetEnvironmentVariable('ROS_SECURITY_STRATEGY', 'Enforce',
+                               condition=IfCondition(LaunchConfiguration('security'))),
+        SetEnvironmentVariable('ROS_SECURITY_KEYSTORE', LaunchConfiguration('keystore'),
+                               condition=IfCondition(LaunchConfiguration('security'))),
         SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE',
                                LaunchConfiguration('fastdds_profile')),
         SetEnvironmentVariable('RMW_FASTRTPS_PUBLICATION_MODE',

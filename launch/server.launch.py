@@ -3,11 +3,13 @@
     ros2 launch cbo_ros server.launch.py namespace:=robot1
 
 The Fast DDS profile is set through the environment as in robot.launch.py
-(``FASTDDS_DEFAULT_PROFILES_FILE`` unless already set; argument ``fastdds_profile``).
+(``FASTDDS_DEFAULT_PROFILES_FILE`` unless already set; argument ``fastdds_profile``), and so is
+SROS2 (``security:=true``: enclave ``<enclave_root>/offload_server``; docs/security.md).
 """
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.conditions import IfCondition
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
@@ -33,6 +35,24 @@ def generate_launch_description():
                                                     'fastdds_profile.xml'])),
             description='Fast DDS XML profile (default: $FASTDDS_DEFAULT_PROFILES_FILE if set, '
                         'else the installed config/fastdds_profile.xml)'),
+        DeclareLaunchArgument(
+            'security', default_value='false',
+            description='SROS2: run the nodes with DDS-Security (enclaves under enclave_root in '
+                        'keystore; needs a ROS 2 install whose Fast DDS has the security '
+                        'plugins; docs/security.md)'),
+        DeclareLaunchArgument(
+            'keystore', default_value=EnvironmentVariable('ROS_SECURITY_KEYSTORE',
+                                                          default_value=''),
+            description='SROS2 keystore (default: $ROS_SECURITY_KEYSTORE)'),
+        DeclareLaunchArgument('enclave_root', default_value='/cbo_ros',
+                              description='SROS2: each node uses the enclave '
+                                          '<enclave_root>/<node name>'),
+        SetEnvironmentVariable('ROS_SECURITY_ENABLE', 'true',
+                               condition=IfCondition(LaunchConfiguration('security'))),
+        SetEnvironmentVariable('ROS_SECURITY_STRATEGY', 'Enforce',
+                               condition=IfCondition(LaunchConfiguration('security'))),
+        SetEnvironmentVariable('ROS_SECURITY_KEYSTORE', LaunchConfiguration('keystore'),
+                               condition=IfCondition(LaunchConfiguration('security'))),
         SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE',
                                LaunchConfiguration('fastdds_profile')),
         SetEnvironmentVariable('RMW_FASTRTPS_PUBLICATION_MODE',
@@ -42,5 +62,7 @@ def generate_launch_description():
              namespace=LaunchConfiguration('namespace'), output='screen',
              parameters=[LaunchConfiguration('params_file'),
                          {'use_sim_time': LaunchConfiguration('use_sim_time')}],
-             ros_arguments=['--log-level', LaunchConfiguration('log_level')]),
+             ros_arguments=['--log-level', LaunchConfiguration('log_level'),
+                            '--enclave', [LaunchConfiguration('enclave_root'),
+                                          '/offload_server']]),
     ])

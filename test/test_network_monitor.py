@@ -36,6 +36,9 @@ def link(tmp_path_factory):
          '--params-file', str(CONFIG / 'robot.yaml'), '-p', 'probe_period_s:=0.25',
          '-p', 'probe_timeout_s:=0.5', '-p', 'bandwidth_probe_period_s:=1.0',
          '-p', 'bandwidth_probe_idle_s:=0.5', '-p', 'publish_rate_hz:=10.0',
+         # This session stands in for the planner and an external link monitor.
+         '-p', 'trusted_transfer_publishers:=[test_client]',
+         '-p', 'trusted_external_publishers:=[test_client]',
          '-r', f'__ns:={NS}'],
         ros_env(domain), logs / 'monitor.log')
     session = RosSession(domain, namespace=NS)

@@ -60,6 +60,10 @@ NODES = (  # (executable / module, class, option that disables it)
 _PR_SET_PDEATHSIG = 1
 
 
+# SROS2 enclaves of the nodes (as launch/*.launch.py name them).
+ENCLAVE_ROOT = '/cbo_ros'
+
+
 def parse_args(argv):
     """Parse the bring-up options; return (options, unknown arguments)."""
     parser = argparse.ArgumentParser(prog='robot_bringup', description=__doc__.split('\n')[0])
@@ -111,6 +115,9 @@ def parse_args(argv):
     parser.add_argument('--stop-timeout', type=float, default=5.0,
                         help='seconds a child gets to exit after SIGINT')
     parser.add_argument('--log-level', default=None, help='debug, info, warn, error')
+    parser.add_argument('--enclave-root', default=ENCLAVE_ROOT,
+                        help='SROS2: node N runs in enclave ENCLAVE_ROOT/N (used only with '
+                             'ROS_SECURITY_ENABLE=true; docs/security.md)')
     return parser.parse_known_args(argv)
 
 
@@ -212,11 +219,18 @@ def set_dds_environment(profile=None, environ=os.environ):
     return environ['FASTDDS_DEFAULT_PROFILES_FILE']
 
 
-def node_command(name, params_files, namespace, ros_args, log_level, image_topic=None):
-    """Return the command line that starts one node, as launch_ros builds it."""
+def node_command(name, params_files, namespace, ros_args, log_level, image_topic=None,
+                 enclave_root=ENCLAVE_ROOT):
+    """Return the command line that starts one node, as launch_ros builds it.
+
+    ``--enclave <enclave_root>/<node>``: the node's SROS2 enclave, used only when
+    ``ROS_SECURITY_ENABLE=true`` (docs/security.md); '' leaves it out.
+    """
     command = [sys.executable, '-m', f'cbo_ros.nodes.{name}', '--ros-args']
     for path in params_files:
         command += ['--params-file', path]
+    if enclave_root:
+        command += ['--enclave', f"{enclave_root.rstrip('/')}/{name}"]
     command += image_remaps(name, image_topic)
     if namespace:
         command += ['-r', f"__ns:=/{namespace.strip('/')}"]
@@ -263,7 +277,7 @@ def run_processes(options, params_file, ros_args):
                 temp_files.append(path)
                 files.append(path)
             command = node_command(name, files, options.namespace, ros_args, options.log_level,
-                                   options.image_topic)
+                                   options.image_topic, options.enclave_root)
             children[name] = subprocess.Popen(command, preexec_fn=_child_setup)
         started = ', '.join(f'{n} (pid {p.pid})' for n, p in children.items())
         print(f'[robot_bringup] started {started} (params {options.params_file}; one process '

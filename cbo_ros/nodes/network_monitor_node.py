@@ -4,6 +4,8 @@ Inputs:
   ``offload_transfers`` (cbo_interfaces/msg/TransferSample)        every offload call of the planner
   ``external_network_quality`` (cbo_interfaces/msg/NetworkQuality)  an external link monitor;
       takes precedence for goodput/RTT/loss while fresh (``external_timeout_s``)
+  Both are taken only from the nodes named in ``trusted_transfer_publishers`` /
+  ``trusted_external_publishers`` (others are ignored, logged and counted on /diagnostics).
   light active probes of the server's ``probe`` service (cbo_interfaces/srv/Probe): a small
       payload every ``probe_period_s`` for the RTT, and a ``bandwidth_probe_bytes`` payload at most
       every ``bandwidth_probe_period_s`` while no offload transfer large enough to be a goodput
@@ -29,7 +31,7 @@ from rclpy.node import Node
 
 from cbo_ros.core.network_estimator import NetworkEstimator
 from cbo_ros.nodes.ros_common import (Diagnostics, load_settings, Param, RESULT_QOS,
-                                      SimClockWatch, spin_node, stamp_to_ns)
+                                      SimClockWatch, spin_node, stamp_to_ns, TrustedPublishers)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class MonitorSettings:
     bandwidth_probe_idle_s: float
     publish_rate_hz: float
     diagnostics_period_s: float
+    trusted_transfer_publishers: tuple
+    trusted_external_publishers: tuple
 
 
 PARAMS = (
@@ -84,6 +88,12 @@ PARAMS = (
           maximum=100.0),
     Param('diagnostics_period_s', 1.0, 'Period of /diagnostics (seconds).', minimum=0.1,
           maximum=60.0),
+    Param('trusted_transfer_publishers', ['offload_planner_node'],
+          "Nodes whose offload_transfers are used (relative names: this namespace; '*': any); "
+          'samples of other publishers are ignored and reported.', convert=tuple),
+    Param('trusted_external_publishers', [''],
+          "Nodes whose external_network_quality is used (relative names: this namespace; '*': "
+          "any; [''] (default): external estimates are ignored and reported).", convert=tuple),
 )
 ESTIMATOR_PARAMS = (
     Param('window_s', 3.0, 'Sliding window of the goodput, loss and sample count (seconds).',
@@ -142,6 +152,10 @@ class NetworkMonitorNode(Node):
         self.create_subscription(TransferSample, 'offload_transfers', self.on_transfer,
                                  RESULT_QOS)
         self.create_subscription(NetworkQuality, 'external_network_quality', self.on_external, 10)
+        self.transfer_source = TrustedPublishers(self, 'offload_transfers',
+                                                 s.trusted_transfer_publishers)
+        self.external_source = TrustedPublishers(self, 'external_network_quality',
+                                                 s.trusted_external_publishers)
         self.diagnostics = Diagnostics(self, hardware_id='robot_link')
         self.clock_watch = SimClockWatch(self, self.diagnostics)
         self.probe_timer = self.create_timer(s.probe_period_s, self.on_probe_timer)
@@ -167,8 +181,10 @@ class NetworkMonitorNode(Node):
             f"when idle), publishing '{self.quality_pub.topic_name}' at {s.publish_rate_hz:g} Hz")
 
     # ------------------------------------------------------------------ inputs
-    def on_transfer(self, msg):
-        """Feed one offload transfer measured by the planner."""
+    def on_transfer(self, msg, info):
+        """Feed one offload transfer measured by the planner (a trusted one)."""
+        if not self.transfer_source.accepts(info):
+            return
         now = time.monotonic()
         if msg.payload_bytes >= self.estimator.min_bandwidth_payload_bytes:
             self._last_goodput_transfer = now
@@ -182,8 +198,10 @@ class NetworkMonitorNode(Node):
             self.estimator.add_transfer(now, msg.payload_bytes, msg.round_trip_ms, msg.server_ms,
                                         msg.success, msg.timed_out, sent=sent)
 
-    def on_external(self, msg):
-        """Take an external link estimate."""
+    def on_external(self, msg, info):
+        """Take an external link estimate of a trusted publisher."""
+        if not self.external_source.accepts(info):
+            return
         self.externals_seen += 1
         with self._lock:
             self.estimator.set_external(time.monotonic(), msg.bandwidth_bps, msg.rtt_ms,
@@ -307,6 +325,10 @@ class NetworkMonitorNode(Node):
         else:
             level, message = Diagnostics.OK, (f'{est.bandwidth_bps / 1e6:.1f} Mbit/s, '
                                               f'RTT {est.rtt_ms:.1f} ms')
+        untrusted = '; '.join(filter(None, (self.transfer_source.report(),
+                                            self.external_source.report())))
+        if untrusted:
+            level, message = max(level, Diagnostics.WARN), f'{message}; {untrusted}'
         self.diagnostics.publish(level, message, {
             'bandwidth_mbps': f'{est.bandwidth_bps / 1e6:.3f}',
             'rtt_ms': f'{est.rtt_ms:.2f}',
@@ -321,6 +343,8 @@ class NetworkMonitorNode(Node):
             'probes_lost': self.probes_lost,
             'transfers_seen': self.transfers_seen,
             'external_estimates_seen': self.externals_seen,
+            'untrusted_transfers_ignored': self.transfer_source.rejected,
+            'untrusted_externals_ignored': self.external_source.rejected,
         })
 
 

@@ -2,7 +2,9 @@
 
 :class:`OffloadClient` sends a planned payload with ``call_async``, keeps the calls in flight,
 publishes one ``TransferSample`` per call (answered, failed or given up ``late_grace_ns`` after
-its deadline) and backs off from a server that left ``max_timeouts`` calls in a row unanswered.
+its deadline), backs off from a server that left ``max_timeouts`` calls in a row unanswered,
+and honours a server's ``busy: … retry in N ms`` refusal (no offload until then, at most
+``backoff_ns``).
 It holds no lock of its own: the node calls it under its lock.
 """
 
@@ -19,6 +21,7 @@ from rclpy.qos import qos_profile_services_default
 from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage
 
+from cbo_ros.core.server_busy import BusyBackoff
 from cbo_ros.nodes.ros_common import ns_to_stamp, RESULT_QOS
 
 
@@ -61,6 +64,7 @@ class OffloadClient:
         self.round_trips_ms: Deque[float] = collections.deque(maxlen=50)
         self.consecutive_timeouts = 0
         self.backoff_until_ns = 0
+        self.busy = BusyBackoff(max_wait_s=max(backoff_ns / 1e9, 0.1))
 
     def unreachable_why(self, now_ns: int) -> str:
         """Return why the server is unreachable as far as this client knows ('': it is not)."""
@@ -68,7 +72,12 @@ class OffloadClient:
             return 'server unavailable'
         if now_ns < self.backoff_until_ns:
             return 'server unresponsive (backing off)'
-        return ''
+        return self.busy.why(now_ns / 1e9)
+
+    @property
+    def busy_refusals(self) -> int:
+        """How many ``busy:`` refusals the server sent."""
+        return self.busy.refusals
 
     def send(self, header, seq: int, key: int, deadline_ns: int, payload: bytes,
              resolution: int, top_k: int, bandwidth_bps: float, rtt_s: float,
@@ -111,8 +120,19 @@ class OffloadClient:
                               timed_out=now_ns > call.deadline_ns)
         if answered:
             self.consecutive_timeouts = 0
+            if response.success:
+                self.backoff_until_ns = 0       # it answers again: no need to wait
             self.round_trips_ms.append(round_trip_ms)
+            if not response.success and self.busy.observe(response.error, now_ns / 1e9):
+                self.node.get_logger().warning(
+                    f'server refused an offload: {response.error}; local answers until then',
+                    throttle_duration_sec=2.0)
         return response, error_text, round_trip_ms
+
+    def server_seen_again(self) -> None:
+        """End a back-off early: the server answered someone (e.g. the monitor's probe)."""
+        self.backoff_until_ns = 0
+        self.consecutive_timeouts = 0
 
     def give_up_late(self, now_ns: int) -> List[PendingCall]:
         """Give up the calls unanswered ``late_grace_ns`` after their deadline; return them."""

@@ -26,17 +26,19 @@ from cbo_interfaces.msg import FrameClassification, NetworkQuality, OffloadDecis
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.task import Future
+from std_msgs.msg import UInt64
 
 from cbo_ros.core.offload_planning import FramePlanner, link_view
 from cbo_ros.core.payload_sizing import PayloadSizer
 from cbo_ros.core.server_time import ServerOccupancy, ServerTimeModel, ServerTimeProbe
 from cbo_ros.nodes.offload_client import OffloadClient, PendingCall
-from cbo_ros.nodes.planner_frames import final_result, FrameBook, FrameStage, FrameState
+from cbo_ros.nodes.planner_frames import (final_result, FrameBook, FrameStage, FrameState,
+                                          LATE_NOTE)
 from cbo_ros.nodes.planner_settings import PARAMS, PlannerSettings
-from cbo_ros.nodes.ros_common import (Diagnostics, FrameSubscription, load_bundle,
-                                      load_settings, LOCAL_RESULT_QOS, RateMeter, RESULT_QOS,
-                                      SimClockWatch, spin_node, updated_settings,
-                                      validate_parameters)
+from cbo_ros.nodes.ros_common import (Diagnostics, FrameSubscription, LATCHED_QOS,
+                                      load_bundle, load_settings, LOCAL_RESULT_QOS, RateMeter,
+                                      RESULT_QOS, SequenceGaps, SimClockWatch, spin_node,
+                                      TrustedPublishers, updated_settings, validate_parameters)
 from cbo_ros.perception.media import frame_msg_to_rgb
 
 NS = 1_000_000_000
@@ -88,6 +90,11 @@ class OffloadPlannerNode(Node):
         self.create_subscription(FrameClassification, 'local_result', self.on_local,
                                  LOCAL_RESULT_QOS)
         self.create_subscription(NetworkQuality, 'network_quality', self.on_quality, 10)
+        self.quality_source = TrustedPublishers(self, 'network_quality',
+                                                s.trusted_quality_publishers)
+        self.frame_gaps = SequenceGaps()
+        self.camera_published = 0
+        self.create_subscription(UInt64, 'frames_published', self.on_camera_count, LATCHED_QOS)
         self.result_pub = self.create_publisher(FrameClassification, 'result', RESULT_QOS)
         self.decision_pub = self.create_publisher(OffloadDecision, 'offload_decision', RESULT_QOS)
         self.diagnostics = Diagnostics(self)
@@ -123,24 +130,34 @@ class OffloadPlannerNode(Node):
         """Log a failed JPEG size measurement (throttled)."""
         self.get_logger().warning(text, throttle_duration_sec=10.0)
 
-    def frame_for(self, header) -> Optional[FrameState]:
+    def frame_for(self, header, info=None) -> Optional[FrameState]:
         """Return the FrameState of a header's stamp (made on first sight); None once answered."""
-        state, why = self.frames.frame_for(header, self.settings.deadline_ns)
+        s, now_ns = self.settings, self.now_ns()
+        published_ns = (info or {}).get('source_timestamp') or None
+        state, why = self.frames.frame_for(header, s.deadline_ns, now_ns,
+                                           s.deadline_ns - s.margin_ns, published_ns)
         if why == 'due_before_start':
             self.stats[why] += 1
-        if why != 'new':
+        if why == 'late':
+            self.stats['late_on_arrival'] += 1
+            self.get_logger().warning(
+                f'frame {state.seq} (stamp {state.key / NS:.3f} s) arrived '
+                f'{(now_ns - state.deadline_ns) / 1e6:.0f} ms after its deadline: answered '
+                'late', throttle_duration_sec=5.0)
+        if why not in ('new', 'late'):
             return state
-        due_ns = state.deadline_ns - self.settings.margin_ns
+        due_ns = self.frames.due_ns(state, s.margin_ns)
         if self.timer_due_ns is None or due_ns < self.timer_due_ns:
-            self.arm_deadline_timer(self.now_ns())
+            self.arm_deadline_timer(now_ns)
         while len(self.frames) > self.settings.max_pending:
             self.finalize(self.frames.oldest(), 'too many frames in flight')
         return state
 
-    def on_image(self, msg) -> None:
+    def on_image(self, msg, info) -> None:
         """Keep a frame's pixels; decide it once its local answer is known too."""
         with self.lock:
-            state = self.frame_for(msg.header)
+            self.frame_gaps.observe(info)
+            state = self.frame_for(msg.header, info)
             if state is None or state.rgb is not None:
                 return
             try:
@@ -150,20 +167,27 @@ class OffloadPlannerNode(Node):
             if state.local is not None:
                 self.decide(state)
 
-    def on_local(self, msg: FrameClassification) -> None:
+    def on_local(self, msg: FrameClassification, info) -> None:
         """Keep a frame's local answer; decide it once its image is known too."""
         with self.lock:
             self.local_rate.tick(time.monotonic())
-            state = self.frame_for(msg.header)
+            state = self.frame_for(msg.header, info)
             if state is None or state.local is not None:
                 return
             state.local = msg
             if state.rgb is not None or state.image_error or not msg.class_id:
                 self.decide(state)
 
-    def on_quality(self, msg: NetworkQuality) -> None:
-        """Keep the latest link estimate."""
+    def on_quality(self, msg: NetworkQuality, info) -> None:
+        """Keep the latest link estimate of a trusted network monitor (others: ignored)."""
         with self.lock:
+            if not self.quality_source.accepts(info):
+                return
+            if (msg.server_reachable and self.quality is not None
+                    and not self.quality.server_reachable):
+                # The monitor's probe got through again: calls given up during the outage
+                # need not hold offloading back any longer.
+                self.sender.server_seen_again()
             self.quality = msg
             self.quality_ns = self.now_ns()
 
@@ -193,6 +217,11 @@ class OffloadPlannerNode(Node):
         # A frame the overloaded classifier skipped has no local answer but may still be
         # offloaded in time (confidence 0: anything the server gets right is a gain).
         skipped = not local.class_id and local.note.startswith('skipped:')
+        if state.late:
+            msg.reason = LATE_NOTE
+            self.publish_decision(msg)
+            self.finalize(state, 'local answer' if local.class_id else local.note or 'no answer')
+            return
         if (not local.class_id and not skipped) or state.image_error or state.rgb is None:
             msg.reason = f'not offloadable ({local.note or f"invalid frame: {state.image_error}"})'
             self.publish_decision(msg)
@@ -317,6 +346,11 @@ class OffloadPlannerNode(Node):
             self.stats['timeouts'] += len(self.sender.give_up_late(now_ns))
             self.arm_deadline_timer(self.now_ns())
 
+    def on_camera_count(self, msg) -> None:
+        """Keep camera_node's count of published frames (latched)."""
+        with self.lock:
+            self.camera_published = max(self.camera_published, int(msg.data))
+
     def on_diagnostics(self) -> None:
         """Publish the planner's state on /diagnostics."""
         with self.lock:
@@ -333,6 +367,14 @@ class OffloadPlannerNode(Node):
                 level, message = Diagnostics.WARN, message + '; uncalibrated fallback in use'
             if self.clock_watch.problem:
                 level, message = Diagnostics.ERROR, f'{self.clock_watch.problem}; {message}'
+            dropped = self.frame_gaps.missing
+            if dropped:
+                message += f'; {dropped} frames dropped before the planner saw them'
+                if self.frame_gaps.recent(time.monotonic(), 10.0):
+                    level = max(level, Diagnostics.WARN)
+            untrusted = self.quality_source.report()
+            if untrusted:
+                level, message = max(level, Diagnostics.WARN), f'{message}; {untrusted}'
             if self.frames_in.problem:
                 level, message = Diagnostics.ERROR, f'{self.frames_in.problem}; {message}'
             elif self.frames_in.note:
@@ -352,6 +394,12 @@ class OffloadPlannerNode(Node):
                 'server_answers': self.stats['server_answers'],
                 'server_late': self.stats['server_late'],
                 'deadline_misses': self.stats['deadline_misses'],
+                'late_on_arrival': self.stats['late_on_arrival'],
+                'frames_received': self.frame_gaps.received,
+                'frames_dropped_in_transport': dropped,
+                'camera_frames_published': self.camera_published,
+                'untrusted_quality_ignored': self.quality_source.rejected,
+                'server_busy_refusals': self.sender.busy_refusals,
                 'calibration': self.calibration_message})
 
     def destroy_node(self) -> None:

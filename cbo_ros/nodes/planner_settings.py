@@ -45,6 +45,7 @@ class PlannerSettings:
     diagnostics_period_s: float
     service_queue_depth: int
     input_transport: str
+    trusted_quality_publishers: Tuple[str, ...]
 
     def __post_init__(self) -> None:
         """Refuse values no range of the descriptors catches."""
@@ -141,4 +142,8 @@ PARAMS = (
           "Frames read: 'raw' (sensor_msgs/Image on image_raw) or 'compressed' "
           '(sensor_msgs/CompressedImage, JPEG/PNG, on image_raw/compressed: the image_transport '
           'convention, following a remap of image_raw).'),
+    Param('trusted_quality_publishers', ['network_monitor_node'],
+          'Nodes whose network_quality is used (relative names: this namespace; '
+          "'*': any); messages of other publishers are ignored and reported.",
+          convert=tuple),
 )

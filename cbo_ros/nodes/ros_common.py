@@ -426,3 +426,110 @@ def _spin(node: Node, name: str, logger) -> int:
     finally:
         node.destroy_node()
     return 0
+
+
+class TrustedPublishers:
+    """Accept a topic's messages only from publishers of named nodes (the graph's identity).
+
+    ``trusted`` holds node names: relative (``network_monitor_node``: in this node's namespace)
+    or fully qualified (``/robot1/network_monitor_node``); ``'*'`` accepts every publisher.
+    A message is accepted when its publisher GID (rclpy message info) belongs to an endpoint
+    of a trusted node in the ROS graph (``get_publishers_info_by_topic``). Without SROS2, node
+    names are not authenticated: this stops a stray or foreign node with another name (the
+    common case: a tool, a second robot, a test publisher), not one that impersonates the
+    trusted node's name; a second publisher under the trusted name is reported as such.
+    """
+
+    def __init__(self, node: Node, topic: str, trusted: Sequence[str],
+                 refresh_s: float = 0.5) -> None:
+        self.node = node
+        self.topic = node.resolve_topic_name(topic)
+        namespace = node.get_namespace().rstrip('/')
+        self.any = '*' in trusted
+        self.trusted = {name if name.startswith('/') else f'{namespace}/{name}'
+                        for name in trusted if name and name != '*'}
+        self.refresh_ns = int(refresh_s * 1e9)
+        self._gids = {}                  # GID bytes -> fully qualified node name
+        self._refreshed_ns = None
+        self.accepted = 0
+        self.rejected = 0
+        self.last_rejected = ''          # fully qualified name of the last refused publisher
+        self.impersonated = ''           # a trusted name with more than one publisher
+
+    def _refresh(self, now_ns: int) -> None:
+        self._refreshed_ns = now_ns
+        gids, by_name = {}, {}
+        for info in self.node.get_publishers_info_by_topic(self.topic):
+            name = f"{info.node_namespace.rstrip('/')}/{info.node_name}"
+            gids[bytes(info.endpoint_gid)] = name
+            by_name[name] = by_name.get(name, 0) + 1
+        self._gids = gids
+        doubled = [n for n in self.trusted if by_name.get(n, 0) > 1]
+        self.impersonated = ', '.join(sorted(doubled))
+
+    def accepts(self, info) -> bool:
+        """Return whether the message with rclpy message info ``info`` comes from a trusted node."""
+        if self.any:
+            self.accepted += 1
+            return True
+        gid = bytes((info or {}).get('publisher_gid', {}).get('data', b'') or b'')
+        now_ns = time.monotonic_ns()
+        stale = (self._refreshed_ns is None
+                 or now_ns - self._refreshed_ns >= self.refresh_ns)
+        if gid not in self._gids and stale:
+            self._refresh(now_ns)          # a publisher not seen yet (rate limited)
+        name = self._gids.get(gid, '')
+        if name in self.trusted:
+            self.accepted += 1
+            return True
+        self.rejected += 1
+        self.last_rejected = name or f'unknown publisher (GID {gid.hex()[:16]})'
+        self.node.get_logger().warning(
+            f'{self.topic}: message from {self.last_rejected} ignored: not a trusted publisher '
+            f'({", ".join(sorted(self.trusted)) or "none trusted"})', throttle_duration_sec=5.0)
+        return False
+
+    def report(self) -> str:
+        """Return a diagnostic line ('' when nothing was refused and no name is doubled)."""
+        parts = []
+        if self.rejected:
+            parts.append(f'{self.rejected} {self.topic} messages from untrusted publishers '
+                         f'ignored (last: {self.last_rejected})')
+        if self.impersonated:
+            parts.append(f'{self.topic}: more than one publisher named {self.impersonated}')
+        return '; '.join(parts)
+
+
+class SequenceGaps:
+    """Messages a reader never received, from gaps in each writer's publication sequence numbers.
+
+    ``observe`` takes the rclpy message info of every message received (subscription callback
+    with two arguments). A writer numbers its samples 1, 2, 3, ...; a sample it published that
+    did not reach this reader (best-effort loss, or a history that overflowed) leaves a gap.
+    """
+
+    def __init__(self) -> None:
+        self.last = {}                 # writer GID -> last sequence number received
+        self.received = 0
+        self.missing = 0
+        self.last_gap_s = None
+
+    def observe(self, info) -> int:
+        """Account for one received message; return how many before it were missed."""
+        self.received += 1
+        info = info or {}
+        number = info.get('publication_sequence_number')
+        if not number:
+            return 0
+        gid = bytes((info.get('publisher_gid') or {}).get('data', b'') or b'')
+        previous = self.last.get(gid)
+        self.last[gid] = max(number, previous or 0)
+        gap = number - previous - 1 if previous is not None and number > previous else 0
+        if gap:
+            self.missing += gap
+            self.last_gap_s = time.monotonic()
+        return gap
+
+    def recent(self, now_s: float, window_s: float) -> bool:
+        """Whether a gap was seen in the last ``window_s`` seconds."""
+        return self.last_gap_s is not None and now_s - self.last_gap_s <= window_s

@@ -196,6 +196,12 @@ def summarize(recorder, frames_captured, labels, phases, link_text, args, wall_s
         return float(np.mean(hits)) if hits else None
 
     final_msgs = [msg for _, _, msg in results]
+    planner_status = recorder.status('offload_planner_node') \
+        if hasattr(recorder, 'status') else {}
+
+    def planner_count(key):
+        value = planner_status.get(key)
+        return int(value) if value is not None and str(value).isdigit() else None
     totals = [msg.latency.total_ms for msg in final_msgs]
     per_phase = {}
     for _, phase, msg in decisions:
@@ -242,6 +248,11 @@ def summarize(recorder, frames_captured, labels, phases, link_text, args, wall_s
         'duplicate_answers': len(stamps) - len(unique),
         'all_answered_once': len(unique) == frames_captured and len(stamps) == len(unique),
         'deadline_misses': sum(1 for m in final_msgs if not m.deadline_met),
+        # Frames the camera published that no final result answers (never reached the
+        # planner), and the planner's own count of sequence gaps on image_raw.
+        'frames_never_seen': max(0, frames_captured - len(unique)),
+        'frames_dropped_in_transport': planner_count('frames_dropped_in_transport'),
+        'late_on_arrival': planner_count('late_on_arrival'),
         'answer_sources': sources,
         'empty_answers': sum(1 for m in final_msgs if not m.class_id),
         'offload_share': (sum(1 for _, _, m in decisions if m.offload) / len(decisions)
@@ -272,6 +283,10 @@ def print_summary(summary, path):
         f"{summary['duplicate_answers']}; "
         f"{'OK' if summary['all_answered_once'] else 'MISMATCH'})")
     out(f"deadline misses:   {summary['deadline_misses']}")
+    dropped = summary.get('frames_dropped_in_transport')
+    out(f"frames lost:       {summary.get('frames_never_seen', 0)} never reached the planner "
+        f"(its image_raw sequence gaps: {'n/a' if dropped is None else dropped}); "
+        f"{summary.get('late_on_arrival') or 0} arrived after their deadline")
     out(f"answers:           {summary['answer_sources']['server']} server, "
         f"{summary['answer_sources']['robot']} robot ({summary['empty_answers']} empty)")
     out(f"offloaded overall: {summary['offload_share']:.0%}  per resolution: "
@@ -363,6 +378,9 @@ def run(args):
                          "planner's bandwidth_cap_bps")
         print(f'link: {link_text}')
         base_env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED='1')
+        # One machine: nothing outside it is discovered (the shaped link adds its peer with
+        # ROS_STATIC_PEERS); a value of your own is kept.
+        base_env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
         server_env = dict(base_env, **(link.env_for_server() if link else {}))
         robot_env = dict(base_env, **(link.env_for_robot() if link else {}))
         os.environ.update(robot_env)     # this process (the recorder) is on the robot side

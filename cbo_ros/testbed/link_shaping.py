@@ -64,6 +64,11 @@ class ShapingError(RuntimeError):
     """A tc/ip/nft command failed."""
 
 
+# Largest RTPS datagram on the shaped link (fits one 1500-byte Ethernet frame with room for
+# tunnels); larger samples are fragmented by DDS, not by IP (config/fastdds_shaped_link.xml).
+DDS_MESSAGE_BYTES = 1400
+
+
 def _run(args, check=True, input_text=None, timeout=10.0):
     """Run one command, return CompletedProcess; raise ShapingError on failure when check."""
     try:
@@ -528,8 +533,13 @@ class ShapedLink:
     def _write_profiles(self):
         if self._profile_dir is None:
             self._profile_dir = tempfile.mkdtemp(prefix=f'{self.netns}-fastdds-')
-        period_ms = 10
-        bytes_per_period = max(int(self.flow_control_bps / 8.0 * period_ms / 1000.0), 2000)
+        # Datagrams of at most `message` bytes (maxMessageSize: no IP fragmentation, see the
+        # template); the flow controller sends whole datagrams only, so its budget per period
+        # is a whole number of them and the period (whole ms, ~10) follows from the rate.
+        message = min(DDS_MESSAGE_BYTES, self.mtu - 100)
+        per_period = max(1, round(self.flow_control_bps / 8.0 * 0.010 / message))
+        period_ms = max(1, round(per_period * message * 8.0 / self.flow_control_bps * 1000.0))
+        bytes_per_period = per_period * message
         template_path = os.path.join(_ROOT, 'config', 'fastdds_shaped_link.xml')
         with open(template_path) as handle:
             template = handle.read()
@@ -539,6 +549,8 @@ class ShapedLink:
                           template)
             text = re.sub(r'<period_ms>\d+</period_ms>', f'<period_ms>{period_ms}</period_ms>',
                           text)
+            text = re.sub(r'<maxMessageSize>\d+</maxMessageSize>',
+                          f'<maxMessageSize>{message}</maxMessageSize>', text)
             if shm:
                 # Robot side: keep shared memory (32 MiB segments) for robot-local images and
                 # do not pace robot-local topics (only service requests/responses are paced).

@@ -3,13 +3,15 @@
 Subscribes ``result`` (final answers), ``local_result``, ``offload_decision``,
 ``offload_transfers``, ``network_quality``, the camera's latched ``frames_published`` count and
 its ``image_raw/source_frame`` (which source frame each stamp is), and keeps them (thread-safe)
-with their receipt time and the current ``phase`` label.
+with their receipt time and the current ``phase`` label; of ``/diagnostics`` it keeps the latest
+values of each of its namespace's nodes (``statuses``).
 """
 
 import threading
 import time
 
 from cbo_interfaces.msg import FrameClassification, NetworkQuality, OffloadDecision, TransferSample
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from sensor_msgs.msg import TimeReference
 from std_msgs.msg import UInt64
@@ -31,6 +33,7 @@ class Recorder(Node):
         self.qualities = []
         self.frames_published = 0
         self.source_frames = {}     # image stamp (ns) -> name of the frame in the source
+        self.statuses = {}          # node name -> {key: value} of its latest diagnostic status
         self.create_subscription(FrameClassification, 'result', self._on('results'), RESULT_QOS)
         self.create_subscription(OffloadDecision, 'offload_decision', self._on('decisions'),
                                  RESULT_QOS)
@@ -43,6 +46,7 @@ class Recorder(Node):
         self.create_subscription(UInt64, 'frames_published', self._on_count, LATCHED_QOS)
         self.create_subscription(TimeReference, 'image_raw/source_frame', self._on_source_frame,
                                  RESULT_QOS)
+        self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
 
     def _on(self, attribute):
         def callback(msg):
@@ -53,6 +57,23 @@ class Recorder(Node):
     def _on_count(self, msg):
         with self.lock:
             self.frames_published = max(self.frames_published, int(msg.data))
+
+    def _on_diagnostics(self, msg):
+        prefix = self.get_namespace().rstrip('/') + '/'
+        with self.lock:
+            for status in msg.status:
+                name = status.name.split(': ')[-1]
+                if name.startswith(prefix) or prefix == '/':
+                    values = {kv.key: kv.value for kv in status.values}
+                    level = status.level
+                    values['level'] = level[0] if isinstance(level, bytes) else int(level)
+                    values['message'] = status.message
+                    self.statuses[name.rsplit('/', 1)[-1]] = values
+
+    def status(self, node_name):
+        """Return the latest diagnostic values of a node of this namespace ({} before any)."""
+        with self.lock:
+            return dict(self.statuses.get(node_name, {}))
 
     def _on_source_frame(self, msg):
         with self.lock:

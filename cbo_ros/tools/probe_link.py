@@ -15,6 +15,7 @@ Used by test/test_link_shaping.py, scripts/benchmark_pipeline.py and docs/networ
 
 import argparse
 import array
+import copy
 import json
 import sys
 import time
@@ -65,13 +66,16 @@ def _percentile(values, q):
 def run_client(args):
     """Keep ``window`` Probe requests in flight; report goodput per interval and in total."""
     import rclpy
+    from rclpy.qos import qos_profile_services_default
 
     from cbo_interfaces.srv import Probe
 
     start = time.monotonic()
     rclpy.init()
     node = rclpy.create_node('cbo_link_probe_client')
-    client = node.create_client(Probe, args.service)
+    qos = copy.copy(qos_profile_services_default)
+    qos.depth = args.depth          # KEEP_LAST: requests beyond it are no longer repaired
+    client = node.create_client(Probe, args.service, qos_profile=qos)
     if not client.wait_for_service(timeout_sec=args.wait):
         _emit(event='error', error=f'service {args.service} not found in {args.wait} s')
         node.destroy_node()
@@ -144,6 +148,8 @@ def main(argv=None):
     client.add_argument('--duration', type=float, default=5.0, help='seconds of sending')
     client.add_argument('--interval', type=float, default=1.0, help='report period (s)')
     client.add_argument('--wait', type=float, default=20.0, help='discovery timeout (s)')
+    client.add_argument('--depth', type=int, default=10,
+                        help='KEEP_LAST history depth of the client (services default: 10)')
     client.add_argument('--call-timeout', type=float, default=15.0,
                         help='a request without answer after this long counts as lost')
     client.add_argument('--drain', type=float, default=5.0,

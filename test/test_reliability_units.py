@@ -1,0 +1,62 @@
+"""Units of the reliability fixes: busy retry hints, sequence gaps, frames late on arrival."""
+
+from cbo_ros.core.server_busy import BusyBackoff, retry_after_s
+
+
+def test_retry_hint_is_read_from_a_busy_refusal():
+    assert retry_after_s('busy: 12 requests in progress (max_queue_size 8); retry in 40 ms') \
+        == 0.04
+    assert retry_after_s('busy: queue full') == 0.0
+    assert retry_after_s('deadline already passed') is None
+
+
+def test_busy_backoff_holds_offloads_until_the_hint_and_bounds_it():
+    backoff = BusyBackoff(max_wait_s=1.0)
+    assert not backoff.observe('invalid image: not a JPEG', 10.0)
+    assert backoff.why(10.0) == ''
+    assert backoff.observe('busy: this client has 4 requests; retry in 250 ms', 10.0)
+    assert backoff.why(10.1).startswith('server busy')
+    assert backoff.why(10.25) == ''
+    backoff.observe('busy: x; retry in 600000 ms', 20.0)          # bounded by max_wait_s
+    assert backoff.why(20.9) and backoff.why(21.0) == ''
+    assert backoff.refusals == 2
+
+
+def test_sequence_gaps_count_frames_a_writer_sent_and_the_reader_missed():
+    from cbo_ros.nodes.ros_common import SequenceGaps
+    gaps = SequenceGaps()
+    a, b = {'data': b'a' * 16}, {'data': b'b' * 16}
+    for number in (1, 2, 5, 6):
+        gaps.observe({'publication_sequence_number': number, 'publisher_gid': a})
+    gaps.observe({'publication_sequence_number': 1, 'publisher_gid': b})   # a new writer
+    gaps.observe({'publication_sequence_number': 3, 'publisher_gid': b})
+    gaps.observe({'publication_sequence_number': 2, 'publisher_gid': b})   # out of order
+    gaps.observe({})                                                      # no info
+    assert gaps.missing == 3 and gaps.received == 8
+
+
+def test_frame_book_answers_late_frames_but_not_replays():
+    from std_msgs.msg import Header
+    from cbo_ros.nodes.planner_frames import FrameBook, final_result
+    start, deadline, wait = 100 * 10**9, 300 * 10**6, 275 * 10**6
+    book = FrameBook(started_ns=start)
+
+    def header(stamp_ns):
+        h = Header()
+        h.stamp.sec, h.stamp.nanosec = divmod(stamp_ns, 10**9)
+        return h
+    now = start + 10**9
+    # A result replayed from before the start (transient local): not answered again.
+    replay = book.frame_for(header(50 * 10**9), deadline, now, wait, start - 1)
+    assert replay == (None, 'due_before_start')
+    # The same old stamp published now, and a stamp of 0: answered, late.
+    state, why = book.frame_for(header(50 * 10**9), deadline, now, wait, now)
+    assert why == 'late' and state.late and book.due_ns(state, 25 * 10**6) == now + wait
+    zero, why = book.frame_for(header(0), deadline, now, wait, now)
+    assert why == 'late'
+    fresh, why = book.frame_for(header(now), deadline, now, wait, now)
+    assert why == 'new' and not fresh.late
+    assert book.due(now + wait - 1, 0) == []
+    assert set(f.key for f in book.due(now + wait, 0)) == {state.key, zero.key}
+    result = final_result(zero, 'local result missing at deadline', now + wait)
+    assert result.note.startswith('deadline passed before planning') and not result.deadline_met
