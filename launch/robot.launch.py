@@ -124,6 +124,7 @@ def generate_launch_description():
             'input_transport', default_value='',
             description='Frames the classifier and the planner read: raw (image_topic) or '
                         "compressed (image_topic/compressed); empty: params_file's"),
+        DeclareLaunchArgument(
             'security', default_value='false',
             description='SROS2: run the nodes with DDS-Security (enclaves under enclave_root in '
                         'keystore; needs a ROS 2 install whose Fast DDS has the security '
