@@ -38,7 +38,9 @@ from cbo_ros.perception.image_ops import center_square, decode_image, encode_jpe
 from cbo_ros.perception.labels import LabelsError, label_matrix
 from cbo_ros.perception.media import MediaError, open_source
 
-ROBOT_MODELS = {'int8': paths.ROBOT_MODEL_INT8, 'fp32': paths.ROBOT_MODEL_FP32}
+# Robot models by tag; lite1/lite2 are the premodel's larger candidates (premodel_models.py).
+ROBOT_MODELS = {'int8': paths.ROBOT_MODEL_INT8, 'fp32': paths.ROBOT_MODEL_FP32,
+                'lite1': 'robot_lite1_fp32.onnx', 'lite2': paths.SERVER_MODEL_FP32}
 DEFAULT_OFFLOAD_RESOLUTIONS = paths.OFFLOAD_RESOLUTIONS
 DEFAULT_ROBOT_RESOLUTIONS = (paths.ROBOT_INPUT_SIZE,)
 NUM_CLASSES = 1000
