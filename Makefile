@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 ENV := source $(ROOT)/cbo_env.sh
 
-.PHONY: setup demo test test-unit test-integration lint eval calibrate benchmark results colcon clean distclean
+.PHONY: setup demo test test-unit test-integration lint eval calibrate benchmark results premodel colcon clean distclean
 
 setup:
 	@bash $(ROOT)/scripts/setup.sh
@@ -34,6 +34,12 @@ benchmark: setup
 
 results: setup
 	@$(ENV) && python $(ROOT)/scripts/benchmark_results.py $(ARGS)
+
+# Premodel model selection (docs/premodel.md): train on the calibration split (cached; about
+# 15 min on 2 cores the first time), then score it on the evaluation split.
+premodel: setup
+	@$(ENV) && python -m cbo_ros.tools.premodel build $(ARGS) && \
+		python -m cbo_ros.tools.premodel evaluate
 
 colcon: setup
 	@bash $(ROOT)/scripts/colcon_build.sh

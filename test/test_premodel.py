@@ -120,3 +120,59 @@ def test_premodel_on_the_labelled_imagenet_samples():
     answered = correct[np.arange(20), chosen]
     assert answered.mean() == pytest.approx(correct.any(axis=1).mean())
     assert premodel.frame_cost_s(chosen).mean() < costs[-1]
+
+
+def _premodel_video(n, seed):
+    """Frames where feature 0 < 0 means the int8 model is right, else only Lite2 is."""
+    from cbo_ros.evaluation.outputs_cache import VideoOutputs
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(n, 3)).astype(np.float32)
+    labels = rng.integers(0, 10, n)
+    easy = features[:, 0] < 0
+    int8 = rng.normal(size=(n, 10)).astype(np.float32)
+    int8[np.arange(n), np.where(easy, labels, (labels + 1) % 10)] += 6.0
+    lite2 = rng.normal(size=(n, 10)).astype(np.float32)
+    lite2[np.arange(n), labels] += 6.0
+    correct = np.column_stack([easy, np.ones(n, bool)]).astype(float)
+    outputs = VideoOutputs(
+        'synthetic', 'synthetic', 10.0, np.arange(n) / 10.0, labels, 'true', labels,
+        [str(i) for i in range(n)], {('int8', 128): int8, ('lite2', 260): lite2},
+        server_pred={224: labels}, server_score={224: np.full(n, 0.9, np.float32)},
+        payload_bytes={224: np.full(n, 10000)}, features=features)
+    return outputs, features, correct
+
+
+def test_replay_runs_premodel_strategies_from_the_chosen_models():
+    from cbo_ros.core.calibration import CalibrationBundle, TemperatureScaling
+    from cbo_ros.evaluation.simulator import SimulationConfig, run_strategies
+    from cbo_ros.evaluation.traces import NetworkTrace
+    _, x, correct = _premodel_video(400, 0)
+    premodel = fit_premodel(x, correct, [0.003, 0.020], 0.001, PremodelConfig('knn', k=5),
+                            ['lite0_int8_128', 'lite2_fp32_260'], temperatures=[1.0, 1.0])
+    outputs, _, _ = _premodel_video(300, 1)
+    profile = ServerProfile.fit(np.linspace(0, 1, 50), np.linspace(0, 1, 50),
+                                {224: np.ones(50)})
+    bundle = CalibrationBundle({128: TemperatureScaling(1.0)}, 128, [224], profile,
+                               {224: 0.01}, 'temperature')
+    config = SimulationConfig(deadline_s=0.2, local_latency_s=0.015, premodel=premodel)
+    strategies = ['local_only', 'premodel', 'premodel_cbo', 'cbo']
+    results, frames = run_strategies(outputs, bundle, NetworkTrace.constant(1e3), config,
+                                     strategies)
+    local, chosen = results['local_only'], results['premodel']
+    assert local.correct.mean() < 0.7 and chosen.correct.mean() > 0.9
+    assert not chosen.resolution.any()
+    # Every frame pays the features (1 ms); Lite2's frames also Lite2 minus the int8 model.
+    slower = chosen.latency_s > 0.016 + 1e-9
+    assert 0.2 < slower.mean() < 0.8
+    assert chosen.latency_s[~slower] == pytest.approx(np.full((~slower).sum(), 0.016))
+    assert chosen.latency_s[slower] == pytest.approx(np.full(slower.sum(), 0.016 + 0.017))
+    # 1 kbit/s: no offload fits the deadline, so premodel_cbo answers like premodel.
+    assert not results['premodel_cbo'].resolution.any()
+    assert np.array_equal(results['premodel_cbo'].correct, chosen.correct)
+    # A fast link: premodel_cbo offloads frames its chosen model is unsure about.
+    results, _ = run_strategies(outputs, bundle, NetworkTrace.constant(50e6), config,
+                                ['premodel_cbo'])
+    assert results['premodel_cbo'].resolution.any()
+    config.premodel = None
+    with pytest.raises(ValueError, match='premodel'):
+        run_strategies(outputs, bundle, NetworkTrace.constant(1e3), config, ['premodel'])

@@ -18,6 +18,7 @@ from cbo_ros.assets import paths
 PREMODEL_EXPORT_VERSION = 1
 ROBOT_MODEL_LITE1_FP32 = 'robot_lite1_fp32.onnx'
 CANDIDATES_MANIFEST = 'premodel_models.json'
+PREMODEL_FILE = 'premodel.npz'
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,19 @@ def candidate_by_name(name):
             return candidate
     raise ValueError(f'unknown candidate model {name!r} (known: '
                      f'{", ".join(c.name for c in CANDIDATES)})')
+
+
+def default_premodel_path():
+    """Return the trained premodel: the first ``calibration/premodel.npz``, else its place."""
+    return paths.find_artifact('calibration', PREMODEL_FILE) or \
+        paths.calibration_dir() / PREMODEL_FILE
+
+
+def resolve_premodel(name):
+    """Resolve a premodel parameter: 'default' or '', a name in calibration/, or a path."""
+    if name in ('', 'default'):
+        return default_premodel_path()
+    return paths.find_artifact('calibration', name) or Path(name)
 
 
 def export_candidates(models_dir=None, force=False, log=print):

@@ -5,9 +5,10 @@ image features, optionally with the cheapest model's calibrated confidence, to o
 candidate models, ordered by cost. Training labels follow the "first correct in cost order"
 rule: a frame's label is the cheapest candidate within the time budget whose top-1 is in the
 frame's true label set; when none is, the ``fallback`` candidate (the cheapest: nothing is won
-by paying more). A kNN or a small decision tree (numpy, below) learns the labels; hyper-parameters are chosen
-by cross-validation grouped by object (``cross_validate``), maximising the accuracy of the
-selected answers and, among settings within ``tolerance`` of the best, the lowest mean time.
+by paying more; or the most capable). A kNN or a small decision tree (numpy, below) learns the
+labels; hyper-parameters are chosen by cross-validation grouped by object (``cross_validate``),
+maximising the accuracy of the selected answers and, among settings within ``tolerance`` of the
+best, the lowest mean time.
 
 Cost of a frame: feature extraction + (the cheapest model, when its confidence is a feature)
 + the chosen model (nothing more when the chosen one is the cheapest already run).
@@ -72,7 +73,7 @@ def selection_labels(correct, costs_s, budget_s=None, fallback='cheapest'):
 
 
 def allowed_candidates(costs_s, budget_s=None):
-    """Indices of the candidates whose cost fits the budget (the cheapest always does)."""
+    """Return the candidates whose cost fits the budget (the cheapest always does)."""
     costs = np.asarray(costs_s, dtype=np.float64)
     if costs.ndim != 1 or not len(costs):
         raise ValueError('costs_s must list one mean time per candidate')
@@ -255,7 +256,7 @@ class Premodel:
         return int(self.select_rows(self.inputs(features, confidence))[0])
 
     def frame_cost_s(self, chosen):
-        """Expected time of frames that chose ``chosen`` (array or int): features + models."""
+        """Return the expected time of frames that chose ``chosen``: features + models."""
         chosen = np.asarray(chosen)
         costs = np.asarray(self.costs_s)
         total = self.feature_time_s + costs[chosen]
@@ -317,6 +318,35 @@ class Premodel:
                    meta.get('info', {}))
 
 
+@dataclass
+class SelectedAnswer:
+    """One frame answered by the model the premodel picked."""
+
+    index: int                 # candidate index (cost order)
+    logits: np.ndarray         # (C,) logits of the chosen model
+    confidence: float          # its calibrated top-1 confidence
+    raw_confidence: float      # its max softmax
+
+
+def answer_frame(premodel, features, run_candidate):
+    """Pick the candidate for one frame and run it: ``run_candidate(index) -> (C,) logits``.
+
+    With a confidence-feature premodel the cheapest candidate runs first; when it is also the
+    one chosen its answer is reused. The live classifier node and the offline replay use this
+    (the replay through ``select_rows`` on cached logits, same arithmetic).
+    """
+    logits0 = None
+    confidence0 = None
+    if premodel.config.use_confidence:
+        logits0 = np.asarray(run_candidate(0), dtype=np.float64).ravel()
+        confidence0 = float(premodel.confidence(0, logits0)[0])
+    index = premodel.select(features, confidence0)
+    logits = logits0 if index == 0 and logits0 is not None else \
+        np.asarray(run_candidate(index), dtype=np.float64).ravel()
+    return SelectedAnswer(index, logits, float(premodel.confidence(index, logits)[0]),
+                          float(TemperatureScaling(1.0).predict(logits)[0]))
+
+
 def training_inputs(features, confidences0, use_confidence):
     """Premodel inputs of a training set: features, plus the cheapest's confidence if used."""
     features = np.asarray(features, dtype=np.float64)
@@ -355,7 +385,7 @@ def default_grid():
 def cross_validate(features, correct, costs_s, feature_time_s, groups, confidences0=None,
                    grid: Optional[Sequence[PremodelConfig]] = None, folds=5, budget_s=None,
                    tolerance=0.01):
-    """Grouped k-fold cross-validation of each setting; return ``(best, rows)``.
+    """Cross-validate each setting with grouped k folds; return ``(best, rows)``.
 
     Each row: the setting, the held-out accuracy of the selected answers and their mean time
     (features + models). ``best``: the fastest setting within ``tolerance`` of the most

@@ -71,6 +71,7 @@ class VideoOutputs:
     stride: int = 1
     labels_file: str = None        # the labels file used (None: reference labels or file names)
     group: str = None              # bootstrap / cross-validation unit (benchmark object; name)
+    features: np.ndarray = None    # (N, F) premodel image features (None: not loaded)
 
     def __post_init__(self):
         classes = next((v.shape[1] for v in self.robot_logits.values()), NUM_CLASSES)
@@ -115,7 +116,7 @@ class VideoOutputs:
             server_score={k: v[idx] for k, v in self.server_score.items()},
             payload_bytes={k: v[idx] for k, v in self.payload_bytes.items()},
             jpeg_quality=self.jpeg_quality, stride=self.stride, labels_file=self.labels_file,
-            group=self.group)
+            group=self.group, features=None if self.features is None else self.features[idx])
         return out
 
     def labelled_only(self):

@@ -21,21 +21,26 @@ from cbo_ros.perception.media import open_source
 FEATURES_VERSION = 1
 
 
-def features_file(spec, labels_file=None, cache_dir=None):
+def features_file(spec, labels_file=None, cache_dir=None, stride=1, max_frames=0, topic=None):
     """Path of a source's cached image features."""
-    key = cache_key(spec, 1, 0, labels_file)
+    key = cache_key(spec, stride, max_frames, labels_file, topic)
     return Path(cache_dir or paths.cache_dir()) / key / f'premodel_features_v{FEATURES_VERSION}.npz'
 
 
-def load_features(spec, labels_file=None, cache_dir=None, expected_frames=None):
-    """Return ``(features (N, F), seconds (N,))`` of every frame of a source (cached)."""
-    path = features_file(spec, labels_file, cache_dir)
+def load_features(spec, labels_file=None, cache_dir=None, expected_frames=None, stride=1,
+                  max_frames=0, topic=None):
+    """Return ``(features (N, F), seconds (N,))`` of the frames of a source (cached).
+
+    ``stride`` and ``max_frames`` select frames as ``load_outputs`` does.
+    """
+    path = features_file(spec, labels_file, cache_dir, stride, max_frames, topic)
     if path.is_file():
         with np.load(path) as data:
             features, seconds = data['features'], data['seconds']
         if expected_frames is None or len(features) == expected_frames:
             return features, seconds
-    source = open_source(spec, labels_file=labels_file)
+    source = open_source(spec, labels_file=labels_file, max_frames=max_frames, stride=stride,
+                         topic=topic)
     rows, times = [], []
     try:
         for frame in source:
@@ -77,6 +82,23 @@ def load_premodel_outputs(source, offload_resolutions=(), candidates=CANDIDATES,
     outputs.group = source.group or outputs.source
     features, seconds = load_features(source.media, source.labels_file, cache_dir, len(outputs))
     return outputs, features, seconds
+
+
+def attach_premodel_inputs(outputs, media, labels_file=None, candidates=CANDIDATES,
+                           stride=1, max_frames=0, cache_dir=None, progress=False, topic=None):
+    """Add every candidate's logits and the image features to loaded ``outputs`` (in place)."""
+    for candidate in candidates:
+        key = (candidate.tag, candidate.input_size)
+        if key not in outputs.robot_logits:
+            loaded = load_outputs(media, robot_tags=(candidate.tag,),
+                                  robot_resolutions=(candidate.input_size,),
+                                  offload_resolutions=(), stride=stride, max_frames=max_frames,
+                                  labels_file=labels_file, topic=topic, cache_dir=cache_dir,
+                                  progress=progress)
+            outputs.robot_logits[key] = loaded.robot_logits[key]
+    outputs.features, _ = load_features(media, labels_file, cache_dir, len(outputs), stride,
+                                        max_frames, topic)
+    return outputs
 
 
 @dataclass

@@ -44,6 +44,7 @@ class PlannerSettings:
     depth: int
     diagnostics_period_s: float
     service_queue_depth: int
+    premodel_file: str
 
     def __post_init__(self) -> None:
         """Refuse values no range of the descriptors catches."""
@@ -62,8 +63,8 @@ def _resolutions(values) -> Tuple[int, ...]:
 PARAMS = (
     Param('strategy', 'cbo',
           'Planner strategy: cbo, cbo_adaptive, cbo_uncalibrated, local_only, server_only_<r>, '
-          'raw_threshold, calibrated_threshold or bandwidth_driven (oracle and cbo_exact need '
-          'hindsight: evaluator only).'),
+          'raw_threshold, calibrated_threshold, bandwidth_driven, premodel or premodel_cbo '
+          '(oracle and cbo_exact need hindsight: evaluator only).'),
     Param('calibration_file', '', 'Calibration bundle (empty: the default path).'),
     Param('offload_resolutions', [0],
           'Offload resolutions in pixels ([0]: those of the calibration).',
@@ -133,4 +134,8 @@ PARAMS = (
           maximum=60.0),
     Param('service_queue_depth', 100, 'History depth of the Offload client (responses).',
           minimum=1, maximum=10000),
+    Param('premodel_file', 'default',
+          'Premodel of strategy premodel_cbo (the server profile of the model each local '
+          "result names): 'default' (artifacts/calibration/premodel.npz) or a path; unused by "
+          'other strategies.'),
 )

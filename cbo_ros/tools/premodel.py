@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from cbo_ros.assets import paths
-from cbo_ros.assets.premodel_models import CANDIDATES, CANDIDATES_MANIFEST, export_candidates
+from cbo_ros.assets.premodel_models import (CANDIDATES, CANDIDATES_MANIFEST, PREMODEL_FILE,
+                                            default_premodel_path, export_candidates)
 from cbo_ros.core.calibration import (CalibrationError, ServerProfile, TemperatureScaling,
                                       load_calibration)
 from cbo_ros.core.calibration_fit import group_bootstrap
@@ -31,14 +32,6 @@ from cbo_ros.evaluation.pooling import ManifestError, benchmark_sources
 from cbo_ros.evaluation.premodel_data import FEATURES_VERSION, build_table
 from cbo_ros.perception.classifier import OnnxClassifier
 from cbo_ros.perception.media import read_frames
-
-PREMODEL_FILE = 'premodel.npz'
-
-
-def default_premodel_path():
-    """Where ``build`` writes the premodel (the calibration directory)."""
-    return paths.find_artifact('calibration', PREMODEL_FILE) or \
-        paths.calibration_dir() / PREMODEL_FILE
 
 
 def measure_costs(frames, threads=1, repeats=3, candidates=CANDIDATES):
