@@ -36,10 +36,11 @@ results: setup
 	@$(ENV) && python $(ROOT)/scripts/benchmark_results.py $(ARGS)
 
 # Premodel model selection (docs/premodel.md): train on the calibration split (cached; about
-# 15 min on 2 cores the first time), then score it on the evaluation split.
+# 15 min on 2 cores the first time), then score it on the evaluation split (ARGS=--grid: the
+# whole bandwidth x deadline grid of make results).
 premodel: setup
-	@$(ENV) && python -m cbo_ros.tools.premodel build $(ARGS) && \
-		python -m cbo_ros.tools.premodel evaluate
+	@$(ENV) && python -m cbo_ros.tools.premodel build && \
+		python $(ROOT)/scripts/premodel_results.py $(ARGS)
 
 colcon: setup
 	@bash $(ROOT)/scripts/colcon_build.sh

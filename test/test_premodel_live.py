@@ -6,14 +6,13 @@ int8 Lite0, dark ones: Lite2), so the test does not need the full build on the b
 
 import numpy as np
 import pytest
-import yaml
 
 from cbo_ros.assets import paths
 from cbo_ros.assets.premodel_models import CANDIDATES, export_candidates
 from cbo_ros.core.premodel import PremodelConfig, fit_premodel
 from cbo_ros.perception.image_features import FEATURE_NAMES, image_features
 from cbo_ros.perception.media import read_frames
-from test_live_system import ROOT, final_by_stamp, system, unanswered_report  # noqa: F401
+from test_live_system import final_by_stamp, system, unanswered_report  # noqa: F401
 from test_live_system import wait_all_answered
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
@@ -41,17 +40,12 @@ def test_premodel_cbo_runs_live_with_the_chosen_models(system):  # noqa: F811
     premodel_path = system.logs / 'premodel.npz'
     premodel, expected = small_premodel(premodel_path)
     assert set(expected) == {0, len(CANDIDATES) - 1}
-    params = yaml.safe_load((ROOT / 'config' / 'robot.yaml').read_text())
-    params['/**/npu_classifier_node']['ros__parameters']['premodel_file'] = str(premodel_path)
-    params['/**/offload_planner_node']['ros__parameters'].update(
-        premodel_file=str(premodel_path), bandwidth_cap_bps=2e6)
-    params_file = system.logs / 'robot_params.yaml'
-    params_file.write_text(yaml.safe_dump(params))
     system.start_server()
     assert system.wait_for_server(), 'server did not come up:\n' + system.log('server')
     system.start_robot('--video', 'bikes.mp4', '--mode', 'once', '--max-frames', str(FRAMES),
                        '--rate', '5', '--start-delay', '2.0', '--strategy', 'premodel_cbo',
-                       '--params-file', str(params_file))
+                       '--premodel', str(premodel_path),
+                       '--params-file', system.robot_params(bandwidth_cap_bps=2e6))
     assert wait_all_answered(system, FRAMES, timeout=90), unanswered_report(system)
     recorder = system.recorder
     answers = final_by_stamp(recorder)

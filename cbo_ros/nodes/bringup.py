@@ -74,6 +74,10 @@ def parse_args(argv):
                         help='camera start delay in seconds')
     parser.add_argument('--strategy', default=None, help='planner strategy')
     parser.add_argument('--deadline-ms', type=float, default=None, help='planner deadline')
+    parser.add_argument('--premodel', default=None, metavar='FILE',
+                        help="premodel mode: the classifier picks a model per frame with this "
+                             "premodel ('default': calibration/premodel.npz) and the planner "
+                             'uses it for premodel_cbo (docs/premodel.md)')
     parser.add_argument('--exit-when-done', action='store_true',
                         help='exit once the camera (mode once) is done and the last deadline '
                              'has passed')
@@ -133,9 +137,12 @@ def node_overrides(options):
               'max_frames': options.max_frames, 'start_delay_s': options.start_delay}
     if not options.single_process and options.exit_when_done:
         camera['exit_when_done'] = True
-    planner = {'strategy': options.strategy, 'deadline_ms': options.deadline_ms}
+    planner = {'strategy': options.strategy, 'deadline_ms': options.deadline_ms,
+               'premodel_file': options.premodel}
+    classifier = {'premodel_file': options.premodel}
     return {name: {k: v for k, v in values.items() if v is not None}
-            for name, values in (('camera_node', camera), ('offload_planner_node', planner))}
+            for name, values in (('camera_node', camera), ('offload_planner_node', planner),
+                                 ('npu_classifier_node', classifier))}
 
 
 def configured(params_file, node, name, default=None):
