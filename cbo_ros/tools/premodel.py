@@ -54,13 +54,13 @@ def measure_costs(frames, threads=1, repeats=3, candidates=CANDIDATES):
     return [float(np.mean(spent)) for spent in times]
 
 
-def _build_key(manifest, budget_s):
+def _build_key(manifest, budget_s, costs_ms=None):
     benchmark = Path(manifest).parent if manifest else paths.artifacts_dir() / 'benchmark'
     content = (benchmark / 'content_hash.txt')
     code = [Path(__file__), Path(__file__).parents[1] / 'core' / 'premodel.py',
             Path(__file__).parents[1] / 'perception' / 'image_features.py']
     parts = [content.read_text() if content.is_file() else '', FEATURES_VERSION,
-             [c.__dict__ for c in CANDIDATES], budget_s,
+             [c.__dict__ for c in CANDIDATES], budget_s, costs_ms,
              [hashlib.sha256(p.read_bytes()).hexdigest() for p in code]]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -76,7 +76,7 @@ def build(args):
     """Train the premodel on the calibration split; print the cross-validation table."""
     out = Path(args.output) if args.output else default_premodel_path()
     budget_s = args.budget_ms / 1e3 if args.budget_ms else None
-    key = _build_key(args.manifest, budget_s)
+    key = _build_key(args.manifest, budget_s, args.costs_ms)
     if out.is_file() and not args.force:
         try:
             if Premodel.load(out).info.get('key') == key:
@@ -91,8 +91,14 @@ def build(args):
     print(f'premodel: outputs of {len(CANDIDATES)} candidates on {len(sources)} clips of '
           f'{args.split} (cached after the first run)', flush=True)
     table = build_table(sources, bundle.offload_resolutions, progress=not args.no_progress)
-    frames = [f.rgb for f in read_frames(sources[0].media, max_frames=args.timing_frames)[0]]
-    costs = measure_costs(frames, threads=args.threads)
+    if args.costs_ms:
+        if len(args.costs_ms) != len(CANDIDATES):
+            raise ValueError(f'--costs-ms needs {len(CANDIDATES)} times (one per candidate)')
+        costs = [c / 1e3 for c in args.costs_ms]
+    else:
+        frames = [f.rgb for f in
+                  read_frames(sources[0].media, max_frames=args.timing_frames)[0]]
+        costs = measure_costs(frames, threads=args.threads)
     feature_time = float(np.mean(table.feature_seconds))
     temperatures, profiles, confidences = [], [], []
     for m, logits in enumerate(table.logits):
@@ -212,6 +218,9 @@ def parse_args(argv):
     b.add_argument('--threads', type=int, default=1,
                    help='onnxruntime threads when timing the candidates (0: default)')
     b.add_argument('--timing-frames', type=int, default=20)
+    b.add_argument('--costs-ms', type=float, nargs='+', default=None,
+                   help='mean time of each candidate (cost order) instead of timing them here '
+                        '(e.g. measured on the robot)')
     b.add_argument('--folds', type=int, default=5)
     b.add_argument('--tolerance', type=float, default=0.01,
                    help='fastest setting within this accuracy of the best (default 0.01)')
