@@ -70,7 +70,7 @@ def main():
     lines.append('## With offloading (accuracy %, 95 % CI over objects)\n')
     lines.append('| link | deadline | ' + ' | '.join(STRATEGIES) +
                  ' | best non-CBO baseline | premodel_cbo offloads % | premodel_cbo − premodel |'
-                 ' premodel_cbo − cbo |\n|' + ' --- |' * (len(STRATEGIES) + 5))
+                 ' premodel_cbo − cbo |\n|' + ' --- |' * (len(STRATEGIES) + 6))
     grid = []
     for mbps, deadline in points:
         report = run_eval(args.split, mbps, deadline, ['--premodel', 'default'])
