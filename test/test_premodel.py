@@ -176,3 +176,36 @@ def test_replay_runs_premodel_strategies_from_the_chosen_models():
     config.premodel = None
     with pytest.raises(ValueError, match='premodel'):
         run_strategies(outputs, bundle, NetworkTrace.constant(1e3), config, ['premodel'])
+
+
+def test_cbo_eval_replays_the_premodel_strategies(tmp_path, capsys):
+    """cbo_eval --premodel on a short clip: candidates' outputs and features cached, reported."""
+    import json
+
+    from cbo_ros.tools import evaluate
+    export_candidates(paths.models_dir(), log=lambda *_: None)
+    frames = [f.rgb for f in read_frames('bikes.mp4', max_frames=12)[0]]
+    features = np.stack([image_features(f) for f in frames])
+    correct = np.zeros((12, len(CANDIDATES)))
+    correct[::2, 0] = 1.0
+    correct[:, -1] = 1.0
+    fit_premodel(features, correct, [0.004, 0.011, 0.015, 0.022], 0.001,
+                 PremodelConfig('knn', k=1), [c.name for c in CANDIDATES],
+                 temperatures=[3.0, 1.2, 1.0, 1.0]).save(tmp_path / 'p.npz')
+    out = tmp_path / 'report.json'
+    argv = ['bikes', '--max-frames', '12', '--premodel', str(tmp_path / 'p.npz'),
+            '--strategies', 'local_only', 'premodel', 'premodel_cbo', '--cache-dir',
+            str(tmp_path / 'cache'), '--json', str(out), '--no-plots', '--no-progress']
+    assert evaluate.main(argv) == 0, capsys.readouterr().err
+    strategies = json.loads(out.read_text())['strategies']
+    assert set(strategies) == {'local_only', 'premodel', 'premodel_cbo'}
+    assert strategies['premodel']['offloads'] == 0
+    # Half the frames wait for Lite2 on top of the features: a longer mean local latency.
+    assert strategies['premodel']['latency_mean_ms'] > strategies['local_only'][
+        'latency_mean_ms'] + 5.0
+    assert list((tmp_path / 'cache').glob('*/premodel_features_v1.npz'))
+    assert list((tmp_path / 'cache').glob('*/robot_lite1_240.npy'))
+    missing = ['bikes', '--max-frames', '4', '--strategies', 'premodel', '--premodel',
+               str(tmp_path / 'none.npz'), '--cache-dir', str(tmp_path / 'cache')]
+    assert evaluate.main(missing) == 1
+    assert 'not found' in capsys.readouterr().err
