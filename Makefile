@@ -36,7 +36,7 @@ results: setup
 	@$(ENV) && python $(ROOT)/scripts/benchmark_results.py $(ARGS)
 
 # Premodel model selection (docs/premodel.md): train on the calibration split (cached; about
-# 15 min on 2 cores the first time), then score it on the evaluation split (ARGS=--grid: the
+# 20-25 min on 2 cores the first time), then score it on the evaluation split (ARGS=--grid: the
 # whole bandwidth x deadline grid of make results).
 premodel: setup
 	@$(ENV) && python -m cbo_ros.tools.premodel build && \
