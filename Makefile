@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 ENV := source $(ROOT)/cbo_env.sh
 
-.PHONY: setup demo test test-unit test-integration lint eval calibrate benchmark results colcon clean distclean
+.PHONY: setup demo test test-unit test-integration lint eval calibrate benchmark results premodel colcon clean distclean
 
 setup:
 	@bash $(ROOT)/scripts/setup.sh
@@ -34,6 +34,13 @@ benchmark: setup
 
 results: setup
 	@$(ENV) && python $(ROOT)/scripts/benchmark_results.py $(ARGS)
+
+# Premodel model selection (docs/premodel.md): train on the calibration split (cached; about
+# 20-25 min on 2 cores the first time), then score it on the evaluation split (ARGS=--grid: the
+# whole bandwidth x deadline grid of make results).
+premodel: setup
+	@$(ENV) && python -m cbo_ros.tools.premodel build && \
+		python $(ROOT)/scripts/premodel_results.py $(ARGS)
 
 colcon: setup
 	@bash $(ROOT)/scripts/colcon_build.sh

@@ -32,6 +32,7 @@ setup(
             'cbo_demo = cbo_ros.testbed.demo:main',
             'cbo_calibrate = cbo_ros.tools.calibrate:main',
             'cbo_eval = cbo_ros.tools.evaluate:main',
+            'cbo_premodel = cbo_ros.tools.premodel:main',
             'cbo_benchmark = cbo_ros.tools.benchmark:main',
             'cbo_prepare_assets = cbo_ros.assets.prepare:main',
             'cbo_link = cbo_ros.testbed.link_shaping:main',

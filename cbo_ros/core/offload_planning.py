@@ -61,9 +61,11 @@ class FramePlanner:
     def __init__(self, strategy: str, bundle, resolutions: Iterable[int],
                  sizer: PayloadSizer, server_time: ServerTimeModel,
                  occupancy: Optional[ServerOccupancy] = None,
-                 probe: Optional[ServerTimeProbe] = None) -> None:
+                 probe: Optional[ServerTimeProbe] = None, premodel=None) -> None:
         self.strategy = strategy
         self.bundle = bundle
+        # premodel_cbo: A_r(c) of the candidate model that answered the frame (core.premodel).
+        self.premodel = premodel
         self.resolutions = [int(r) for r in resolutions]
         self.policy = make_planner(strategy, bundle)
         self.sizer = sizer
@@ -72,29 +74,42 @@ class FramePlanner:
         self.probe = probe or ServerTimeProbe(0.0)
         self.busy_until_s = 0.0             # when the uplink has sent the offloads queued
 
+    def server_accuracy(self, resolution: int, confidence: float,
+                        local_model: Optional[str] = None) -> float:
+        """A_r(c) of the local model: a premodel candidate's own profile, else the bundle's."""
+        if self.premodel is not None and local_model in self.premodel.candidates:
+            return self.premodel.server_accuracy(self.premodel.candidates.index(local_model),
+                                                 resolution, confidence,
+                                                 self.bundle.server_accuracy)
+        return self.bundle.server_accuracy(resolution, confidence)
+
     def options(self, payloads: dict, confidence: float, link: LinkState,
-                now_s: float) -> list:
+                now_s: float, local_model: Optional[str] = None) -> list:
         """Return the offload options of a frame whose payloads (or sizes) are known."""
         options = []
         for r in self.resolutions:
             size = self.sizer.size(r, payloads)
             options.append(OffloadOption(
                 resolution=r, payload_bytes=size,
-                server_accuracy=float(self.bundle.server_accuracy(r, confidence)),
+                server_accuracy=float(self.server_accuracy(r, confidence, local_model)),
                 server_time_s=(self.server_time.server_time_s(r, now_s)
                                + self.occupancy.wait_s(now_s, size, link))))
         return options
 
     def plan(self, seq: int, rgb: np.ndarray, confidence: float, raw_confidence: float,
              local_class: Optional[int], deadline_s: float, link: LinkState,
-             now_s: float) -> Plan:
-        """Decide one frame; for an offload, encode its payload and reserve link and server."""
+             now_s: float, local_model: Optional[str] = None) -> Plan:
+        """Decide one frame; for an offload, encode its payload and reserve link and server.
+
+        ``local_model``: the model that answered locally (premodel_cbo uses its profile).
+        """
         encode_start = time.perf_counter()
         payloads = self.sizer.encode_payloads(rgb)
         encode_ms = (time.perf_counter() - encode_start) * 1e3
         candidate = FrameCandidate(seq=seq, arrival_s=now_s, deadline_s=deadline_s,
                                    confidence=float(confidence),
-                                   options=self.options(payloads, confidence, link, now_s))
+                                   options=self.options(payloads, confidence, link, now_s,
+                                                        local_model))
         candidate.raw_confidence = float(raw_confidence)
         candidate.local_class = local_class
         decision = self.policy.decide(candidate, link, now_s)

@@ -557,6 +557,12 @@ FIXED_STRATEGIES = ('local_only', 'raw_threshold', 'calibrated_threshold', 'band
                     'cbo_uncalibrated', 'cbo', 'cbo_adaptive', 'oracle')
 
 
+# Premodel model selection (docs/premodel.md): the local answer comes from the model the
+# premodel picked per frame; 'premodel' never offloads, 'premodel_cbo' plans with CBO from that
+# model's calibrated confidence. They need a trained premodel, so they are not in the default list.
+PREMODEL_STRATEGIES = ('premodel', 'premodel_cbo')
+
+
 def strategy_names(offload_resolutions: Sequence[int] = OFFLOAD_RESOLUTIONS) -> List[str]:
     """All strategy names (server_only_<r> for each offload resolution)."""
     server = [f'server_only_{int(r)}' for r in offload_resolutions]
@@ -575,6 +581,11 @@ def make_planner(strategy: str = 'cbo', bundle=None, **options) -> BasePlanner:
     name = str(strategy).strip()
     if name == 'local_only':
         return LocalOnlyPlanner(bundle, **options)
+    if name in PREMODEL_STRATEGIES:
+        planner = LocalOnlyPlanner(bundle, **options) if name == 'premodel' else \
+            CboPlanner(bundle, calibrated=True, **options)
+        planner.name = name
+        return planner
     if name.startswith('server_only_'):
         try:
             resolution = int(name[len('server_only_'):])
@@ -598,4 +609,4 @@ def make_planner(strategy: str = 'cbo', bundle=None, **options) -> BasePlanner:
         raise ValueError(f"strategy '{name}' sends tensors, not frames: run early_exit_node "
                          '(docs/early_exit.md); offline, cbo_eval --strategies runs it')
     raise ValueError(f"unknown planner strategy '{name}' (choose from "
-                     f"{', '.join(strategy_names())})")
+                     f"{', '.join(strategy_names() + list(PREMODEL_STRATEGIES))})")

@@ -56,8 +56,12 @@ class ModelSpec:
                 _signature(self.labels_file) if self.labels_file else '']
 
 
+# Robot models by tag; lite1/lite2 are the premodel's larger candidates (premodel_models.py),
+# run at the input sizes the premodel asks for.
 ROBOT_MODELS = {'int8': ModelSpec(paths.ROBOT_MODEL_INT8, Preprocessing(paths.ROBOT_INPUT_SIZE)),
-                'fp32': ModelSpec(paths.ROBOT_MODEL_FP32, Preprocessing(paths.ROBOT_INPUT_SIZE))}
+                'fp32': ModelSpec(paths.ROBOT_MODEL_FP32, Preprocessing(paths.ROBOT_INPUT_SIZE)),
+                'lite1': ModelSpec('robot_lite1_fp32.onnx', Preprocessing(paths.ROBOT_INPUT_SIZE)),
+                'lite2': ModelSpec(paths.SERVER_MODEL_FP32, Preprocessing(paths.ROBOT_INPUT_SIZE))}
 SERVER_MODEL = ModelSpec(paths.SERVER_MODEL_FP32, Preprocessing(paths.SERVER_INPUT_SIZE))
 DEFAULT_OFFLOAD_RESOLUTIONS = paths.OFFLOAD_RESOLUTIONS
 DEFAULT_ROBOT_RESOLUTIONS = (paths.ROBOT_INPUT_SIZE,)
@@ -89,6 +93,7 @@ class VideoOutputs:
     stride: int = 1
     labels_file: str = None        # the labels file used (None: reference labels or file names)
     group: str = None              # bootstrap / cross-validation unit (benchmark object; name)
+    features: np.ndarray = None    # (N, F) premodel image features (None: not loaded)
 
     def __post_init__(self):
         classes = next((v.shape[1] for v in self.robot_logits.values()), NUM_CLASSES)
@@ -133,7 +138,7 @@ class VideoOutputs:
             server_score={k: v[idx] for k, v in self.server_score.items()},
             payload_bytes={k: v[idx] for k, v in self.payload_bytes.items()},
             jpeg_quality=self.jpeg_quality, stride=self.stride, labels_file=self.labels_file,
-            group=self.group)
+            group=self.group, features=None if self.features is None else self.features[idx])
         return out
 
     def labelled_only(self):

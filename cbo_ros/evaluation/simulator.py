@@ -23,8 +23,8 @@ from cbo_ros.assets.paths import ROBOT_INPUT_SIZE
 from cbo_ros.core.calibration import max_softmax
 from cbo_ros.core.early_exit import EARLY_EXIT_STRATEGIES
 from cbo_ros.core.exact_solver import Job, JobOption, solve_exact
-from cbo_ros.core.planner import (FrameCandidate, LinkState, OffloadOption, make_planner,
-                                  strategy_names)
+from cbo_ros.core.planner import (PREMODEL_STRATEGIES, FrameCandidate, LinkState, OffloadOption,
+                                  make_planner, strategy_names)
 
 EXACT_NAME = 'cbo_exact'
 
@@ -45,6 +45,7 @@ class SimulationConfig:
     window: int = 50
     exact_quantum_s: float = 0.0     # 0: exact (the oracle is an upper bound); > 0: faster
     planner_options: dict = field(default_factory=dict)
+    premodel: object = None          # a trained core.premodel.Premodel (premodel strategies)
 
 
 @dataclass
@@ -95,6 +96,60 @@ def prepare_frames(outputs, bundle, config):
                      {r: outputs.server_score.get(r) for r in resolutions}, candidates,
                      np.random.default_rng(config.seed).random(n), resolutions,
                      {r: outputs.server_pred[r] for r in resolutions}, outputs.labelled)
+
+
+def premodel_choices(outputs, premodel):
+    """Per frame: the candidate the premodel picks, its logits, calibrated and raw confidence.
+
+    ``outputs`` must hold every candidate's logits and the image features
+    (``evaluation.premodel_data.attach_premodel_inputs``).
+    """
+    from cbo_ros.assets.premodel_models import candidate_by_name
+    if outputs.features is None:
+        raise ValueError(f'{outputs.name}: premodel strategies need the image features '
+                         '(attach_premodel_inputs)')
+    keys = [(c.tag, c.input_size) for c in map(candidate_by_name, premodel.candidates)]
+    missing = [k for k in keys if k not in outputs.robot_logits]
+    if missing:
+        raise ValueError(f'{outputs.name}: outputs lack the premodel candidates {missing}')
+    confidence0 = premodel.confidence(0, outputs.robot_logits[keys[0]]) \
+        if premodel.config.use_confidence else None
+    chosen = premodel.select_rows(premodel.inputs(outputs.features, confidence0))
+    logits = np.stack([outputs.robot_logits[keys[m]][k] for k, m in enumerate(chosen)])
+    confidence = np.array([premodel.confidence(m, logits[k])[0]
+                           for k, m in enumerate(chosen)])
+    return chosen, logits, confidence, max_softmax(logits)
+
+
+def prepare_premodel_frames(outputs, bundle, config):
+    """Frames answered locally by the premodel's choice (``prepare_frames`` otherwise).
+
+    A frame is ready after ``local_latency_s`` plus the extra time of the premodel: feature
+    extraction and the chosen model(s) beyond the cheapest one (their measured mean times).
+    Offload options use the chosen model's server profile A_r(c).
+    """
+    premodel = config.premodel
+    if premodel is None:
+        raise ValueError('premodel strategies need a trained premodel (cbo_premodel build)')
+    base = prepare_frames(outputs, bundle, config)
+    chosen, logits, confidence, raw = premodel_choices(outputs, premodel)
+    extra = premodel.frame_cost_s(chosen) - float(premodel.costs_s[0])
+    ready = base.capture_s + config.local_latency_s + extra
+    local_class = logits.argmax(axis=1)
+    candidates = []
+    for k, old in enumerate(base.candidates):
+        options = [OffloadOption(o.resolution, o.payload_bytes,
+                                 premodel.server_accuracy(int(chosen[k]), o.resolution,
+                                                          float(confidence[k]),
+                                                          bundle.server_accuracy),
+                                 o.server_time_s) for o in old.options]
+        candidates.append(FrameCandidate(k, float(ready[k]), old.deadline_s,
+                                         float(confidence[k]), options, float(raw[k]),
+                                         int(local_class[k])))
+    return FrameData(base.capture_s, ready, base.deadline_s, confidence, raw,
+                     outputs.correct(local_class), base.server_correct, base.server_score,
+                     candidates, base.loss_draw, base.resolutions, base.server_pred,
+                     base.labelled)
 
 
 @dataclass
@@ -223,10 +278,16 @@ def run_strategies(outputs, bundle, trace, config, strategies=None):
     names = list(strategies or default_strategies(frames.resolutions))
     options = {'safety_margin_s': config.safety_margin_s, **config.planner_options}
     results = {}
+    premodel_frames = None
     for name in names:
         if name in EARLY_EXIT_STRATEGIES:     # partitioned inference: its own replay
             from cbo_ros.evaluation.early_exit_eval import replay_early_exit
             results[name] = replay_early_exit(name, outputs, trace, config)
+        if name in PREMODEL_STRATEGIES:
+            if premodel_frames is None:
+                premodel_frames = prepare_premodel_frames(outputs, bundle, config)
+            planner = make_planner(name, bundle, window=config.window, **options)
+            results[name] = replay(planner, premodel_frames, trace, bundle)
             continue
         if name == 'oracle':
             schedule = oracle_schedule(frames, trace, bundle, config.exact_quantum_s).schedule

@@ -80,6 +80,10 @@ def parse_args(argv):
                         help='camera start delay in seconds')
     parser.add_argument('--strategy', default=None, help='planner strategy')
     parser.add_argument('--deadline-ms', type=float, default=None, help='planner deadline')
+    parser.add_argument('--premodel', default=None, metavar='FILE',
+                        help="premodel mode: the classifier picks a model per frame with this "
+                             "premodel ('default': calibration/premodel.npz) and the planner "
+                             'uses it for premodel_cbo (docs/premodel.md)')
     parser.add_argument('--exit-when-done', action='store_true',
                         help='exit once the camera (mode once) is done and the last deadline '
                              'has passed')
@@ -161,8 +165,8 @@ def node_overrides(options):
     if options.input_transport == 'compressed':
         camera['publish_compressed'] = True      # what the readers then take
     planner = {'strategy': options.strategy, 'deadline_ms': options.deadline_ms,
-               'input_transport': options.input_transport}
-    classifier = {'input_transport': options.input_transport}
+               'input_transport': options.input_transport, 'premodel_file': options.premodel}
+    classifier = {'input_transport': options.input_transport, 'premodel_file': options.premodel}
     sim_time = {'use_sim_time': True} if options.use_sim_time else {}
     return {name: {**sim_time, **{k: v for k, v in values.items() if v is not None}}
             for name, values in (('camera_node', camera), ('offload_planner_node', planner),

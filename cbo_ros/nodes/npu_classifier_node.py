@@ -14,8 +14,13 @@ not decode) is answered with an empty ``class_id``, score 0 and the note ``inval
 <reason>``, so it is not silently lost; so is a frame already older than ``max_frame_age_ms``
 when its turn comes (note ``skipped: ...``): an overloaded classifier catches up instead of
 inferring frames whose deadline has passed.
+Premodel mode (``premodel_file`` set; docs/premodel.md): per frame the premodel picks one of
+its candidate models from cheap image features and that model answers; ``model`` and
+``resolution`` of the local result name the chosen candidate and its input size, the
+confidences are that candidate's (its own temperature), and ``note`` says ``premodel: <name>``.
 """
 
+import collections
 import time
 from dataclasses import dataclass
 from typing import Tuple
@@ -25,11 +30,13 @@ from cbo_interfaces.msg import ClassHypothesis, FrameClassification
 from rclpy.node import Node
 
 from cbo_ros.assets import paths
+from cbo_ros.core.premodel import answer_frame, Premodel
 from cbo_ros.nodes.ros_common import (Diagnostics, FrameSubscription, load_bundle,
                                       load_settings, LOCAL_RESULT_QOS, ms_to_ns, Param,
                                       RateMeter, SimClockWatch, spin_node, stamp_to_ns,
                                       TRANSPORTS)
 from cbo_ros.perception.classifier import describe, OnnxClassifier, Preprocessing
+from cbo_ros.perception.image_features import image_features
 from cbo_ros.perception.image_ops import softmax
 from cbo_ros.perception.media import frame_msg_to_rgb
 
@@ -56,6 +63,8 @@ class ClassifierSettings:
     max_age_ns: int
     diagnostics_period_s: float
     input_transport: str
+    premodel_file: str
+    premodel_models: Tuple[str, ...]
 
     def __post_init__(self) -> None:
         """Refuse values no range of the descriptors catches."""
@@ -105,6 +114,14 @@ PARAMS = (
           "Frames read: 'raw' (sensor_msgs/Image on image_raw) or 'compressed' "
           '(sensor_msgs/CompressedImage, JPEG/PNG, on image_raw/compressed: the image_transport '
           'convention, following a remap of image_raw).'),
+    Param('premodel_file', '',
+          "Premodel mode: a trained premodel (cbo_premodel build; 'default': "
+          'artifacts/calibration/premodel.npz) picks per frame which candidate model answers; '
+          "'' : off (the model above answers every frame)."),
+    Param('premodel_models', [''],
+          "ONNX files of the premodel's candidates in its order (paths or names in "
+          "artifacts/models); ['']: the candidates' default files.",
+          convert=lambda files: tuple(f for f in files if f)),
 )
 
 
@@ -132,6 +149,8 @@ class NpuClassifierNode(Node):
                                          labels_file=s.labels_file)
         for warning in self.classifier.provider_warnings:
             self.get_logger().warning(f'{warning}: falling back to the next provider')
+        self.premodel, self.candidates = self.load_premodel(s)
+        self.chosen = collections.Counter()
         self.bundle, self.calibrated, self.calibration_message = load_bundle(
             self.get_logger(), s.calibration_file)
 
@@ -151,6 +170,28 @@ class NpuClassifierNode(Node):
         self.get_logger().info(
             f'{self.classifier.name} on {", ".join(self.classifier.active_providers)}; '
             f'{self.calibration_message}')
+
+    def load_premodel(self, s):
+        """Load the premodel and its candidate classifiers (``(None, [])`` when off)."""
+        if not s.premodel_file:
+            return None, []
+        from cbo_ros.assets.premodel_models import candidate_by_name, resolve_premodel
+        path = resolve_premodel(s.premodel_file)
+        premodel = Premodel.load(path)            # PremodelError (ValueError) names the fix
+        specs = [candidate_by_name(name) for name in premodel.candidates]
+        files = list(s.premodel_models) or [c.model_file for c in specs]
+        if len(files) != len(specs):
+            raise ValueError(f'premodel_models lists {len(files)} files; the premodel has '
+                             f'{len(specs)} candidates ({", ".join(premodel.candidates)})')
+        candidates = [OnnxClassifier(str(paths.resolve_model(f)), c.input_size,
+                                     providers=list(s.providers),
+                                     intra_op_threads=s.intra_op_threads, name=c.name)
+                      for f, c in zip(files, specs)]
+        for model in candidates:
+            model.logits([np.zeros((model.input_size, model.input_size, 3), np.uint8)])
+        self.get_logger().info(f'premodel {path} ({premodel.config.label()}) over '
+                               f'{", ".join(premodel.candidates)}')
+        return premodel, candidates
 
     def on_image(self, msg) -> None:
         """Classify one frame (or answer why not) and publish its local result."""
@@ -178,8 +219,16 @@ class NpuClassifierNode(Node):
             result.note = f'invalid frame: {error}'
             self.publish(result, start)
             return
-        logits = self.classifier.logits([rgb])[0]
-        calibrated, raw = self.bundle.confidence(logits, resolution=self.input_size)
+        if self.premodel is not None:
+            answer = answer_frame(self.premodel, image_features(rgb),
+                                  lambda i: self.candidates[i].logits([rgb])[0])
+            logits, calibrated, raw = answer.logits, answer.confidence, answer.raw_confidence
+            chosen = self.candidates[answer.index]
+            result.model, result.resolution = chosen.name, chosen.input_size
+            self.chosen[chosen.name] += 1
+        else:
+            logits = self.classifier.logits([rgb])[0]
+            calibrated, raw = self.bundle.confidence(logits, resolution=self.input_size)
         probabilities = softmax(logits)
         # Ties go to the lowest class id, as np.argmax does in the evaluator.
         order = np.argsort(-probabilities, kind='stable')[:self.top_k]
@@ -192,6 +241,8 @@ class NpuClassifierNode(Node):
                                         class_name=self.classifier.class_name(i),
                                         score=float(probabilities[i])) for i in order]
         result.note = 'local answer' if self.calibrated else 'local answer (uncalibrated)'
+        if self.premodel is not None:
+            result.note = f'local answer (premodel: {result.model})'
         self.publish(result, start)
 
     def publish(self, result: FrameClassification, start: float) -> None:
@@ -231,7 +282,9 @@ class NpuClassifierNode(Node):
             'mean_inference_ms': f'{mean_ms:.2f}',
             'frames': self.seq, 'invalid_frames': self.invalid,
             'skipped_stale_frames': self.skipped,
-            'calibration': self.calibration_message})
+            'calibration': self.calibration_message,
+            'premodel_choices': ', '.join(f'{k}: {v}' for k, v in sorted(self.chosen.items()))
+            if self.premodel is not None else 'off'})
 
 
 def main(args=None) -> None:

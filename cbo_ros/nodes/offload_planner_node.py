@@ -69,7 +69,8 @@ class OffloadPlannerNode(Node):
             ServerTimeModel(self.bundle.server_time_s, s.adapt_server_time,
                             s.server_time_percentile, s.server_time_window_s),
             ServerOccupancy(),
-            ServerTimeProbe(s.server_time_probe_s if s.adapt_server_time else 0.0))
+            ServerTimeProbe(s.server_time_probe_s if s.adapt_server_time else 0.0),
+            premodel=self.load_premodel(s))
 
         self.lock = threading.RLock()
         self.frames = FrameBook(started_ns=self.now_ns())
@@ -110,6 +111,18 @@ class OffloadPlannerNode(Node):
             f"strategy '{s.strategy}', deadline {s.deadline_ns / 1e6:.0f} ms, resolutions "
             f'{self.resolutions}, server {self.sender.client.srv_name}; '
             f'{self.calibration_message}')
+
+    def load_premodel(self, s):
+        """Load the premodel of strategy premodel_cbo (None for the others)."""
+        if s.strategy != 'premodel_cbo':
+            return None
+        from cbo_ros.assets.premodel_models import resolve_premodel
+        from cbo_ros.core.premodel import Premodel
+        path = resolve_premodel(s.premodel_file)
+        premodel = Premodel.load(path)          # PremodelError (ValueError) names the fix
+        self.get_logger().info(f'premodel_cbo: server profiles of {", ".join(premodel.candidates)}'
+                               f' from {path}')
+        return premodel
 
     # ------------------------------------------------------------------ inputs
     def on_parameters_set(self, parameters) -> None:
@@ -227,8 +240,8 @@ class OffloadPlannerNode(Node):
             self.publish_decision(msg)
             self.finalize(state, 'invalid frame')
             return
-        if not link.reachable or s.strategy == 'local_only':
-            msg.reason = unreachable_why or 'local_only strategy'
+        if not link.reachable or s.strategy in ('local_only', 'premodel'):
+            msg.reason = unreachable_why or f'{s.strategy} strategy'
             self.publish_decision(msg)
             state.latency['planning_ms'] = (time.perf_counter() - start) * 1e3
             self.finalize(state, msg.reason)
@@ -236,7 +249,7 @@ class OffloadPlannerNode(Node):
         plan = self.planning.plan(
             state.seq, state.rgb, float(local.calibrated_confidence),
             float(local.raw_confidence), int(local.class_id) if local.class_id else None,
-            (state.deadline_ns - s.margin_ns) / NS, link, now_ns / NS)
+            (state.deadline_ns - s.margin_ns) / NS, link, now_ns / NS, local.model or None)
         decision = plan.decision
         if decision.confidence is not None:
             state.confidence = msg.local_confidence = float(decision.confidence)

@@ -46,6 +46,7 @@ class PlannerSettings:
     service_queue_depth: int
     input_transport: str
     trusted_quality_publishers: Tuple[str, ...]
+    premodel_file: str
 
     def __post_init__(self) -> None:
         """Refuse values no range of the descriptors catches."""
@@ -67,8 +68,8 @@ def _resolutions(values) -> Tuple[int, ...]:
 PARAMS = (
     Param('strategy', 'cbo',
           'Planner strategy: cbo, cbo_adaptive, cbo_uncalibrated, local_only, server_only_<r>, '
-          'raw_threshold, calibrated_threshold or bandwidth_driven (oracle and cbo_exact need '
-          'hindsight: evaluator only).'),
+          'raw_threshold, calibrated_threshold, bandwidth_driven, premodel or premodel_cbo '
+          '(oracle and cbo_exact need hindsight: evaluator only).'),
     Param('calibration_file', '', 'Calibration bundle (empty: the default path).'),
     Param('offload_resolutions', [0],
           'Offload resolutions in pixels ([0]: those of the calibration).',
@@ -146,4 +147,8 @@ PARAMS = (
           'Nodes whose network_quality is used (relative names: this namespace; '
           "'*': any); messages of other publishers are ignored and reported.",
           convert=tuple),
+    Param('premodel_file', 'default',
+          'Premodel of strategy premodel_cbo (the server profile of the model each local '
+          "result names): 'default' (artifacts/calibration/premodel.npz) or a path; unused by "
+          'other strategies.'),
 )

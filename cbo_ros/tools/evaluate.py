@@ -21,6 +21,8 @@ import numpy as np
 
 from cbo_ros.assets import paths
 from cbo_ros.core.calibration import CalibrationError, load_calibration, max_softmax, top1_correct
+from cbo_ros.core.planner import PREMODEL_STRATEGIES
+from cbo_ros.core.premodel import Premodel, PremodelError
 from cbo_ros.evaluation.outputs_cache import load_outputs
 from cbo_ros.evaluation.pooling import (ManifestError, LabelledSource, benchmark_sources,
                                         format_pooled, pooled_strategies)
@@ -77,6 +79,10 @@ def parse_args(argv):
                         'artifacts/calibration/cbo_calibration.json)')
     parser.add_argument('--strategies', nargs='+', default=None,
                         help='strategies to run (default: all, plus cbo_exact and oracle)')
+    parser.add_argument('--premodel', default=None, metavar='FILE',
+                        help='trained premodel (cbo_premodel build): adds the premodel and '
+                             'premodel_cbo strategies; "default" = calibration/premodel.npz '
+                             '(also used when --strategies names a premodel strategy)')
     parser.add_argument('--p-tar', type=float, default=0.7, help='threshold of the p_tar rules')
     parser.add_argument('--window', type=int, default=50, help='CBO price window (frames)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the loss draws')
@@ -228,6 +234,17 @@ def main(argv=None):
     except TraceError as error:
         print(f'cbo_eval: {error}', file=sys.stderr)
         return 1
+    wants_premodel = args.premodel or any(n in PREMODEL_STRATEGIES
+                                          for n in args.strategies or ())
+    premodel = None
+    if wants_premodel:
+        from cbo_ros.assets.premodel_models import resolve_premodel
+        path = resolve_premodel(args.premodel or 'default')
+        try:
+            premodel = Premodel.load(path)
+        except PremodelError as error:
+            print(f'cbo_eval: {error}', file=sys.stderr)
+            return 1
     try:
         tag, robot_models, server_model = model_specs(args, bundle.robot_resolution)
         args.robot_tag = tag
@@ -247,6 +264,12 @@ def main(argv=None):
                                    topic=topic, cache_dir=args.cache_dir,
                                    progress=not args.no_progress)
             outputs.group = source.group or outputs.source
+            if premodel is not None:
+                from cbo_ros.evaluation.premodel_data import attach_premodel_inputs
+                attach_premodel_inputs(outputs, source.media, source.labels_file,
+                                       stride=args.stride, max_frames=args.max_frames,
+                                       cache_dir=args.cache_dir, topic=args.topic,
+                                       progress=not args.no_progress)
             print(labels_line(outputs))
             loaded.append(outputs)
     except (MediaError, ValueError, FileNotFoundError) as error:
@@ -266,8 +289,11 @@ def main(argv=None):
     config = SimulationConfig(deadline_s=args.deadline_ms / 1e3,
                               local_latency_s=args.local_latency_ms / 1e3, fps=args.fps,
                               robot_tag=tag, robot_resolution=bundle.robot_resolution,
-                              seed=args.seed, p_tar=args.p_tar, window=args.window)
+                              seed=args.seed, p_tar=args.p_tar, window=args.window,
+                              premodel=premodel)
     strategies = args.strategies or default_strategies(bundle.offload_resolutions)
+    if premodel is not None and not args.strategies:
+        strategies = strategies + list(PREMODEL_STRATEGIES)
     try:
         if len(loaded) == 1:
             report, stem = _single(args, loaded[0], bundle, trace, config, strategies,
