@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 ENV := source $(ROOT)/cbo_env.sh
 
-.PHONY: setup demo test test-unit test-integration lint eval calibrate benchmark results premodel colcon clean distclean
+.PHONY: setup demo test test-unit test-integration lint eval calibrate benchmark results premodel early_exit colcon clean distclean
 
 setup:
 	@bash $(ROOT)/scripts/setup.sh
@@ -41,6 +41,10 @@ results: setup
 premodel: setup
 	@$(ENV) && python -m cbo_ros.tools.premodel build && \
 		python $(ROOT)/scripts/premodel_results.py $(ARGS)
+
+# Early-exit partition offloading (docs/early_exit.md): branches, bytes, p_tar study, grid.
+early_exit: setup
+	@$(ENV) && python $(ROOT)/scripts/early_exit_results.py $(ARGS)
 
 colcon: setup
 	@bash $(ROOT)/scripts/colcon_build.sh
