@@ -67,7 +67,10 @@ def generate_launch_description():
                  'keep_recorded_stamps': (LaunchConfiguration('keep_recorded_stamps'), bool),
                  'publish_clock': (LaunchConfiguration('publish_clock'), bool),
                  'publish_compressed': (LaunchConfiguration('publish_compressed'), bool)}
-        return [robot_node('camera_node', given_overrides(context, given), remappings=frames)]
+        overrides = given_overrides(context, given)
+        if LaunchConfiguration('input_transport').perform(context) == 'compressed':
+            overrides['publish_compressed'] = True       # what the frame readers then take
+        return [robot_node('camera_node', overrides, remappings=frames)]
 
     def frame_readers(context):
         given = {'input_transport': (LaunchConfiguration('input_transport'), str)}

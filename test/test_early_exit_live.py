@@ -136,7 +136,7 @@ def test_parameter_file_matches_the_declared_parameters():
             not calibration_path().is_file():
         pytest.skip('early-exit parts or calibration not built (docs/early_exit.md)')
     path = paths.SOURCE_ROOT / 'config' / 'early_exit.yaml'
-    values = yaml.safe_load(path.read_text())['early_exit_node']['ros__parameters']
+    values = yaml.safe_load(path.read_text())['/**/early_exit_node']['ros__parameters']
     context = rclpy.Context()
     rclpy.init(args=['test', '--ros-args', '--params-file', str(path)], context=context,
                domain_id=unique_domain_id())

@@ -54,3 +54,23 @@ def test_quantised_tensor_keeps_the_answer(model, frames):
         assert max(sizes) < np.prod(model.tensor_shape(blocks))
     jpeg = np.mean([len(encode_jpeg(center_square(f, 224))) for f in frames])
     assert jpeg > 0
+
+
+def test_cbo_eval_replays_the_early_exit_strategies(model, tmp_path, capsys):
+    """cbo_eval --strategies early_exit_partition* on a short clip: the same code as live."""
+    import json
+
+    from cbo_ros.evaluation.early_exit_eval import calibration_path
+    from cbo_ros.tools import evaluate
+    if not calibration_path().is_file():
+        pytest.skip('early-exit calibration not fitted (python -m '
+                    'cbo_ros.evaluation.early_exit_eval calibrate)')
+    out = tmp_path / 'report.json'
+    argv = ['bikes', '--max-frames', '16', '--strategies', 'local_only', 'early_exit_partition',
+            'early_exit_partition_uncalibrated', '--cache-dir', str(tmp_path / 'cache'),
+            '--json', str(out), '--no-plots', '--no-progress']
+    assert evaluate.main(argv) == 0, capsys.readouterr().err
+    strategies = json.loads(out.read_text())['strategies']
+    assert set(strategies) == {'local_only', 'early_exit_partition',
+                               'early_exit_partition_uncalibrated'}
+    assert strategies['early_exit_partition']['frames'] == 16

@@ -109,6 +109,38 @@ def test_frames_due_before_planning_are_answered_once_late(tmp_path):
     assert not by_stamp[live][0].note.startswith('deadline passed'), by_stamp[live][0].note
 
 
+def test_repeated_stamps_are_counted_and_answered_once(tmp_path):
+    """Frames are identified by header.stamp: a repeated stamp gets one answer and a count."""
+    from cbo_ros.nodes.ros_common import stamp_to_ns
+    domain, ns = unique_domain_id(), f'/rep{os.getpid()}'
+    log = tmp_path / 'planner.log'
+    planner = start_process(
+        [sys.executable, '-m', 'cbo_ros.nodes.offload_planner_node', '--ros-args',
+         '--params-file', str(CONFIG / 'robot.yaml'), '-r', f'__ns:={ns}'],
+        ros_env(domain), log)
+    robot = Robot(domain, ns)
+    try:
+        assert robot.session.spin_until(
+            lambda: robot.camera.get_subscription_count() > 0
+            and robot.local.get_subscription_count() > 0, 30.0), log.read_text()
+        robot.session.spin_for(1.0)
+        stamp = time.time_ns()
+        robot.send(stamp)
+        robot.camera.publish(frame(stamp, seed=2))          # same stamp, while in flight
+        assert robot.session.spin_until(lambda: robot.results, 10.0), log.read_text()
+        robot.session.spin_for(0.5)
+        robot.camera.publish(frame(stamp, seed=3))          # same stamp, after the answer
+        assert robot.session.spin_until(
+            lambda: robot.planner_status().get('repeated_stamps') == '2', 10.0), \
+            (robot.planner_status(), log.read_text())
+    finally:
+        robot.session.close()
+        stop_process(planner)
+    assert [stamp_to_ns(r.header.stamp) for r in robot.results] == [stamp]
+    assert len(robot.decisions) == 1
+    assert 'repeats the header.stamp' in log.read_text()
+
+
 def test_spoofed_network_quality_does_not_change_decisions(tmp_path):
     """A foreign node saying "server unreachable" is ignored and reported; the monitor is not."""
     from cbo_interfaces.msg import NetworkQuality

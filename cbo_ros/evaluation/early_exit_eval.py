@@ -149,8 +149,8 @@ def replay_early_exit(name, outputs, trace, config, calibration=None, model=None
     model = model or shared_model()
     policy = make_policy(name, calibration, model, config.p_tar, config.local_latency_s,
                          config.safety_margin_s)
-    ee = ee or load_early_exit_outputs(outputs.source, model)
     n = len(outputs)
+    ee = ee or load_early_exit_outputs(outputs.source, model, max_frames=n)
     if len(ee) != n or getattr(outputs, 'stride', 1) != 1:
         raise ValueError(f'early-exit outputs of {outputs.source} have {len(ee)} frames, the '
                          f'replay {n} (stride {outputs.stride}): only stride 1 is supported')

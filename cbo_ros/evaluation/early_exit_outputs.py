@@ -42,13 +42,13 @@ def shared_model():
     return _MODELS['model']
 
 
-def _key(spec, model):
+def _key(spec, model, max_frames=0):
     from cbo_ros.evaluation.outputs_cache import cache_key
     files = [[f, (model.directory / f).stat().st_size, (model.directory / f).stat().st_mtime_ns]
              for p in model.manifest['partitions'] for f in (p['head'], p['tail'])]
     identity = [model.manifest.get('version'), model.manifest.get('input_size'), files]
     digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:10]
-    return f'{cache_key(spec)}-ee{digest}'
+    return f'{cache_key(spec, max_frames=max_frames)}-ee{digest}'
 
 
 def compute_outputs(frames, model, batch=64):
@@ -76,21 +76,28 @@ def compute_outputs(frames, model, batch=64):
     return result
 
 
-def load_early_exit_outputs(spec, model=None):
-    """Return the cached (or freshly computed) ``EarlyExitOutputs`` of a source."""
+def load_early_exit_outputs(spec, model=None, max_frames=0):
+    """Return the cached (or freshly computed) ``EarlyExitOutputs`` of a source.
+
+    ``max_frames`` (0: all) reads only the first frames, as ``cbo_eval --max-frames`` does; the
+    cached outputs of the whole source serve too when they exist.
+    """
     model = model or shared_model()
     directory = paths.cache_dir() / 'early_exit'
-    path = directory / f'{_key(spec, model)}.npz'
-    if path.is_file():
-        data = np.load(path)
-        out = EarlyExitOutputs({}, {}, {}, {})
-        for blocks in model.blocks:
-            out.exit_logits[blocks] = data[f'exit_{blocks}'].astype(np.float32)
-            out.tail_pred[blocks] = data[f'pred_{blocks}']
-            out.tail_score[blocks] = data[f'score_{blocks}']
-            out.tensor_bytes[blocks] = data[f'bytes_{blocks}']
-        return out
-    frames, _ = read_frames(spec, with_labels=False)
+    path = directory / f'{_key(spec, model, max_frames)}.npz'
+    whole = directory / f'{_key(spec, model)}.npz'
+    for cached in (path, whole):
+        if cached.is_file():
+            data = np.load(cached)
+            end = max_frames or None
+            out = EarlyExitOutputs({}, {}, {}, {})
+            for blocks in model.blocks:
+                out.exit_logits[blocks] = data[f'exit_{blocks}'][:end].astype(np.float32)
+                out.tail_pred[blocks] = data[f'pred_{blocks}'][:end]
+                out.tail_score[blocks] = data[f'score_{blocks}'][:end]
+                out.tensor_bytes[blocks] = data[f'bytes_{blocks}'][:end]
+            return out
+    frames, _ = read_frames(spec, max_frames=max_frames, with_labels=False)
     out = compute_outputs([f.rgb for f in frames], model)
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {}

@@ -283,6 +283,7 @@ def run_strategies(outputs, bundle, trace, config, strategies=None):
         if name in EARLY_EXIT_STRATEGIES:     # partitioned inference: its own replay
             from cbo_ros.evaluation.early_exit_eval import replay_early_exit
             results[name] = replay_early_exit(name, outputs, trace, config)
+            continue
         if name in PREMODEL_STRATEGIES:
             if premodel_frames is None:
                 premodel_frames = prepare_premodel_frames(outputs, bundle, config)

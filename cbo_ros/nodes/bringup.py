@@ -83,7 +83,8 @@ def parse_args(argv):
     parser.add_argument('--premodel', default=None, metavar='FILE',
                         help="premodel mode: the classifier picks a model per frame with this "
                              "premodel ('default': calibration/premodel.npz) and the planner "
-                             'uses it for premodel_cbo (docs/premodel.md)')
+                             'uses it for premodel_cbo (the default strategy then; '
+                             'docs/premodel.md)')
     parser.add_argument('--exit-when-done', action='store_true',
                         help='exit once the camera (mode once) is done and the last deadline '
                              'has passed')
@@ -164,7 +165,9 @@ def node_overrides(options):
         camera['publish_clock'] = True
     if options.input_transport == 'compressed':
         camera['publish_compressed'] = True      # what the readers then take
-    planner = {'strategy': options.strategy, 'deadline_ms': options.deadline_ms,
+    # The premodel's local answers come from several models: plan with their own profiles.
+    strategy = options.strategy or ('premodel_cbo' if options.premodel else None)
+    planner = {'strategy': strategy, 'deadline_ms': options.deadline_ms,
                'input_transport': options.input_transport, 'premodel_file': options.premodel}
     classifier = {'input_transport': options.input_transport, 'premodel_file': options.premodel}
     sim_time = {'use_sim_time': True} if options.use_sim_time else {}

@@ -19,12 +19,11 @@ from cbo_interfaces.msg import ClassHypothesis, FrameClassification, NetworkQual
 from cbo_interfaces.srv import OffloadFeatures
 import numpy as np
 from rclpy.node import Node
-from sensor_msgs.msg import Image
 
 from cbo_ros.core.early_exit import EARLY_EXIT_STRATEGIES
 from cbo_ros.core.planner import LinkState
-from cbo_ros.nodes.ros_common import (class_name, declare, Diagnostics, frame_qos, ns_to_stamp,
-                                      RESULT_QOS, spin_node)
+from cbo_ros.nodes.ros_common import (class_name, declare, Diagnostics, FrameSubscription,
+                                      ns_to_stamp, RESULT_QOS, spin_node, TrustedPublishers)
 from cbo_ros.perception.image_ops import softmax
 from cbo_ros.perception.media import image_msg_to_rgb
 
@@ -53,6 +52,9 @@ class EarlyExitNode(Node):
         self.default_rtt_s = declare(self, 'rtt_ms', 20.0, 'RTT until network_quality arrives',
                                      0.0) / 1e3
         self.top_k = declare(self, 'top_k', 5, 'hypotheses per answer', 1, 1000)
+        trusted = declare(self, 'trusted_quality_publishers', ['network_monitor_node'],
+                          "nodes whose network_quality is used (relative: this namespace; '*': "
+                          'any); messages of other publishers are ignored and reported')
         calibration_file = declare(self, 'calibration_file', '',
                                    'early-exit calibration (empty: the artifacts default)')
         from cbo_ros.evaluation.early_exit_eval import (load_early_exit_calibration,
@@ -73,17 +75,21 @@ class EarlyExitNode(Node):
                        'failed': 0}
         self.result_pub = self.create_publisher(FrameClassification, 'result', RESULT_QOS)
         self.client = self.create_client(OffloadFeatures, 'offload_features')
+        self.quality_source = TrustedPublishers(self, 'network_quality', trusted)
         self.create_subscription(NetworkQuality, 'network_quality', self.on_quality, 10)
-        self.create_subscription(Image, 'image_raw', self.on_image, frame_qos('reliable'))
+        # Reliable, switching to best effort when a best-effort camera appears (as the
+        # classifier and the planner do).
+        self.frames_in = FrameSubscription(self, self.on_image, 'auto', 30)
         self.timer = self.create_timer(0.005, self.on_timer)
         self.diagnostics = Diagnostics(self)
         self.create_timer(1.0, self.on_diagnostics)
         self.get_logger().info(f'{self.policy.name}: partitions {self.model.blocks}, p_tar '
                                f'{p_tar:.2f}, deadline {self.deadline_ns / 1e6:.0f} ms')
 
-    def on_quality(self, msg):
-        """Keep the latest link estimate."""
-        self.link = msg
+    def on_quality(self, msg, info):
+        """Keep the latest link estimate of a trusted network monitor (others: ignored)."""
+        if self.quality_source.accepts(info):
+            self.link = msg
 
     def _link_state(self):
         msg = self.link
@@ -223,7 +229,13 @@ class EarlyExitNode(Node):
         """Publish the counts on /diagnostics."""
         values = {k: str(v) for k, v in self.counts.items()}
         values['strategy'] = self.policy.name
-        self.diagnostics.publish(Diagnostics.OK, f'{self.policy.name} running', values)
+        level, message = Diagnostics.OK, f'{self.policy.name} running'
+        untrusted = self.quality_source.report()
+        if untrusted:
+            level, message = Diagnostics.WARN, f'{message}; {untrusted}'
+        if self.frames_in.problem:
+            level, message = Diagnostics.ERROR, f'{self.frames_in.problem}; {message}'
+        self.diagnostics.publish(level, message, values)
 
 
 def main(args=None):

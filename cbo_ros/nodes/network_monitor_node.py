@@ -156,6 +156,10 @@ class NetworkMonitorNode(Node):
                                                  s.trusted_transfer_publishers)
         self.external_source = TrustedPublishers(self, 'external_network_quality',
                                                  s.trusted_external_publishers)
+        if not self.external_source.any and not self.external_source.trusted:
+            self.get_logger().info('external_network_quality: no publisher trusted '
+                                   '(trusted_external_publishers): external estimates are '
+                                   'ignored')
         self.diagnostics = Diagnostics(self, hardware_id='robot_link')
         self.clock_watch = SimClockWatch(self, self.diagnostics)
         self.probe_timer = self.create_timer(s.probe_period_s, self.on_probe_timer)

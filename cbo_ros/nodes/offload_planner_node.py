@@ -171,8 +171,18 @@ class OffloadPlannerNode(Node):
         with self.lock:
             self.frame_gaps.observe(info)
             state = self.frame_for(msg.header, info)
-            if state is None or state.rgb is not None:
+            if state is None or state.image_seen:
+                if state is not None or self.frames.image_answered(msg.header):
+                    # Frames are told apart by header.stamp: a second image with the same
+                    # stamp (a driver that stamps 0, a duplicated frame) cannot be answered.
+                    self.stats['repeated_stamps'] += 1
+                    self.get_logger().warning(
+                        'an image_raw frame repeats the header.stamp of an earlier frame '
+                        f'({msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}): frames are '
+                        'identified by their stamp, so it gets no answer of its own (fix the '
+                        "camera driver's stamps)", throttle_duration_sec=5.0)
                 return
+            state.image_seen = True
             try:
                 state.rgb = frame_msg_to_rgb(msg)
             except ValueError as error:
@@ -408,6 +418,7 @@ class OffloadPlannerNode(Node):
                 'server_late': self.stats['server_late'],
                 'deadline_misses': self.stats['deadline_misses'],
                 'late_on_arrival': self.stats['late_on_arrival'],
+                'repeated_stamps': self.stats['repeated_stamps'],
                 'frames_received': self.frame_gaps.received,
                 'frames_dropped_in_transport': dropped,
                 'camera_frames_published': self.camera_published,

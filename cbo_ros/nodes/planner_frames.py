@@ -42,6 +42,7 @@ class FrameState:
     deadline_ns: int
     rgb: Optional[np.ndarray] = None         # RGB frame (dropped once the decision is made)
     image_error: str = ''
+    image_seen: bool = False                 # an image_raw message with this stamp arrived
     local: Optional[FrameClassification] = None    # from npu_classifier_node
     stage: FrameStage = FrameStage.WAITING
     decision: Optional[OffloadDecision] = None     # published for this frame
@@ -97,6 +98,10 @@ class FrameBook:
             return state, 'new'
         return state, ''
 
+    def image_answered(self, header: Header) -> bool:
+        """Tell whether a frame with this header's stamp and its image was answered already."""
+        return bool(self.answered.get(stamp_to_ns(header.stamp)))
+
     def get(self, key: int) -> Optional[FrameState]:
         """Return the frame in flight with stamp ``key`` (None: answered or unknown)."""
         return self.frames.get(key)
@@ -121,7 +126,7 @@ class FrameBook:
     def forget(self, state: FrameState, keep_answered: int) -> None:
         """Drop an answered frame; remember its stamp among the ``keep_answered`` latest."""
         self.frames.pop(state.key, None)
-        self.answered[state.key] = True
+        self.answered[state.key] = state.image_seen
         while len(self.answered) > keep_answered:
             self.answered.popitem(last=False)
 

@@ -441,7 +441,7 @@ class TrustedPublishers:
     """
 
     def __init__(self, node: Node, topic: str, trusted: Sequence[str],
-                 refresh_s: float = 0.5) -> None:
+                 refresh_s: float = 0.1) -> None:
         self.node = node
         self.topic = node.resolve_topic_name(topic)
         namespace = node.get_namespace().rstrip('/')
@@ -454,6 +454,7 @@ class TrustedPublishers:
         self.accepted = 0
         self.rejected = 0
         self.last_rejected = ''          # fully qualified name of the last refused publisher
+        self.last_rejected_ns = 0
         self.impersonated = ''           # a trusted name with more than one publisher
 
     def _refresh(self, now_ns: int) -> None:
@@ -483,16 +484,20 @@ class TrustedPublishers:
             self.accepted += 1
             return True
         self.rejected += 1
+        self.last_rejected_ns = now_ns
         self.last_rejected = name or f'unknown publisher (GID {gid.hex()[:16]})'
         self.node.get_logger().warning(
             f'{self.topic}: message from {self.last_rejected} ignored: not a trusted publisher '
             f'({", ".join(sorted(self.trusted)) or "none trusted"})', throttle_duration_sec=5.0)
         return False
 
-    def report(self) -> str:
-        """Return a diagnostic line ('' when nothing was refused and no name is doubled)."""
+    def report(self, recent_s: float = 10.0) -> str:
+        """Return a diagnostic line ('' when none): recent refusals, a doubled trusted name.
+
+        Refusals older than ``recent_s`` seconds stay in the counts only, so the warning clears.
+        """
         parts = []
-        if self.rejected:
+        if self.rejected and time.monotonic_ns() - self.last_rejected_ns < recent_s * 1e9:
             parts.append(f'{self.rejected} {self.topic} messages from untrusted publishers '
                          f'ignored (last: {self.last_rejected})')
         if self.impersonated:

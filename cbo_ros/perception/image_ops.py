@@ -2,6 +2,10 @@
 
 import cv2
 import numpy as np
+from cbo_common.image_header import read_image_header
+
+# Largest image decode_image decodes (an 8K frame is 33 MP): beyond it, refused unread.
+MAX_DECODE_PIXELS = 64_000_000
 
 
 def center_square(rgb, side):
@@ -38,13 +42,26 @@ def encode_png(rgb):
     return buffer.tobytes()
 
 
-def decode_image(data):
-    """Decode JPEG/PNG bytes to an RGB image; raise ValueError when the bytes are not an image."""
-    array = np.frombuffer(bytes(data) if not isinstance(data, (bytes, bytearray)) else data,
-                          dtype=np.uint8)
-    if array.size == 0:
+def decode_image(data, max_pixels=MAX_DECODE_PIXELS):
+    """Decode JPEG/PNG bytes to an RGB image; raise ValueError when the bytes are not an image.
+
+    The size the file header declares is checked against ``max_pixels`` before decoding, so a
+    small file claiming a huge image (a decompression bomb) costs no memory.
+    """
+    data = bytes(data) if not isinstance(data, (bytes, bytearray)) else data
+    if not data:
         raise ValueError('empty image data')
-    bgr = cv2.imdecode(array, cv2.IMREAD_COLOR)
+    header = read_image_header(data)         # ImageHeaderError is a ValueError
+    if max_pixels and header.pixels > max_pixels:
+        raise ValueError(f'image too large: the {header.kind.upper()} header declares '
+                         f'{header.width}x{header.height} pixels, more than {max_pixels}; '
+                         'not decoded')
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as error:               # a size or format OpenCV's own limits refuse
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        raise ValueError('the decoder refused the image'
+                         f" ({lines[-1].strip() if lines else 'no reason given'})") from None
     if bgr is None:
         raise ValueError('data is not a decodable image')
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -268,7 +268,7 @@ def main(argv=None):
                 from cbo_ros.evaluation.premodel_data import attach_premodel_inputs
                 attach_premodel_inputs(outputs, source.media, source.labels_file,
                                        stride=args.stride, max_frames=args.max_frames,
-                                       cache_dir=args.cache_dir, topic=args.topic,
+                                       cache_dir=args.cache_dir, topic=topic,
                                        progress=not args.no_progress)
             print(labels_line(outputs))
             loaded.append(outputs)

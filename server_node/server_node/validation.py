@@ -16,11 +16,11 @@ pixels of the sample images are identical.
 """
 
 import io
-import struct
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from cbo_common.image_header import ImageHeader, ImageHeaderError  # noqa: F401 (re-exported)
+from cbo_common.image_header import read_image_header as _read_header
 from PIL import Image
 
 # Pillow's own decompression-bomb limit would refuse with a different reason: the header check
@@ -33,9 +33,6 @@ JPEG_SOS = b'\xff\xda'
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 PNG_IEND = b'IEND'
 # Frame header markers SOF0-SOF15 (C4 DHT, C8 JPG and CC DAC are not frame headers).
-JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-# Markers without a length field: TEM and the restart markers RST0-RST7.
-JPEG_STANDALONE_MARKERS = frozenset([0x01] + list(range(0xD0, 0xD8)))
 # A progressive JPEG has ~10 scans; thousands of tiny scans make a CPU bomb (each scan walks
 # every coefficient). libjpeg-turbo's own tools stop at 500.
 MAX_JPEG_SCANS = 100
@@ -46,21 +43,6 @@ _SCAN_FILLER = bytes([0x55, 0xAA, 0x33, 0xCC, 0x0F, 0xF0, 0x69, 0x96]) * 8
 
 class RequestError(ValueError):
     """A request the server refuses; the message is returned to the client as the error."""
-
-
-@dataclass(frozen=True)
-class ImageHeader:
-    """What the file header declares, read without decoding."""
-
-    kind: str          # 'jpeg' or 'png'
-    width: int
-    height: int
-    channels: int
-
-    @property
-    def pixels(self):
-        """Width times height."""
-        return self.width * self.height
 
 
 def image_kind(format_string):
@@ -108,62 +90,12 @@ def check_payload(data, format_string, max_bytes):
     return kind
 
 
-def _jpeg_header(data):
-    """Walk the JPEG marker segments up to the frame header; return an ImageHeader."""
-    size = len(data)
-    pos = 2                                               # after SOI
-    while pos < size:
-        if data[pos] != 0xFF:
-            raise RequestError(f'corrupt JPEG header: no marker at byte {pos}')
-        while pos < size and data[pos] == 0xFF:           # fill bytes before a marker
-            pos += 1
-        if pos >= size:
-            break
-        marker = data[pos]
-        pos += 1
-        if marker in JPEG_STANDALONE_MARKERS:
-            continue
-        if marker in (0xD9, 0xDA):
-            raise RequestError('corrupt JPEG header: '
-                               f"{'end of image' if marker == 0xD9 else 'scan'} before the "
-                               'frame header (no image size)')
-        if pos + 2 > size:
-            break
-        (length,) = struct.unpack_from('>H', data, pos)
-        if length < 2 or pos + length > size:
-            raise RequestError(f'corrupt JPEG header: segment 0xFF{marker:02X} of {length} '
-                               f'bytes at byte {pos} runs past the end of the file')
-        if marker in JPEG_SOF_MARKERS:
-            if length < 8:
-                raise RequestError('corrupt JPEG header: frame header too short')
-            height, width, channels = struct.unpack_from('>HHB', data, pos + 3)
-            if height == 0:
-                raise RequestError('JPEG header declares a height of 0 (height defined later '
-                                   'by a DNL marker is not supported)')
-            if width == 0 or channels not in (1, 3, 4):
-                raise RequestError(f'absurd JPEG header: {width}x{height} pixels, {channels} '
-                                   'components')
-            return ImageHeader('jpeg', int(width), int(height), int(channels))
-        pos += length
-    raise RequestError('corrupt JPEG header: no frame header (no image size)')
-
-
-def _png_header(data):
-    """Read the IHDR chunk (it must come first); return an ImageHeader."""
-    if len(data) < 33 or bytes(data[12:16]) != b'IHDR':
-        raise RequestError('corrupt PNG header: the first chunk is not IHDR')
-    width, height, depth, color = struct.unpack_from('>IIBB', data, 16)
-    channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(color)
-    if width == 0 or height == 0 or channels is None or depth not in (1, 2, 4, 8, 16):
-        raise RequestError(f'absurd PNG header: {width}x{height} pixels, bit depth {depth}, '
-                           f'colour type {color}')
-    return ImageHeader('png', int(width), int(height), channels)
-
-
 def read_image_header(data, kind):
     """Return the :class:`ImageHeader` of JPEG/PNG bytes without decoding; raise RequestError."""
-    data = data if isinstance(data, (bytes, bytearray)) else bytes(data)
-    return _jpeg_header(data) if kind == 'jpeg' else _png_header(data)
+    try:
+        return _read_header(data, kind)
+    except ImageHeaderError as error:
+        raise RequestError(str(error)) from None
 
 
 def check_dimensions(header, max_pixels):
