@@ -44,8 +44,8 @@ import threading
 import time
 import weakref
 
-from cbo_common.ros_helpers import (Diagnostics, shutdown_executor, stamp_problem,
-                                    stamp_to_ns)
+from cbo_common.ros_helpers import (class_name, Diagnostics, shutdown_executor,
+                                    stamp_problem, stamp_to_ns)
 from cbo_interfaces.msg import ClassHypothesis, ServerLoad
 from cbo_interfaces.srv import Offload, OffloadFeatures, Probe
 from cbo_ros.assets import paths
@@ -397,7 +397,8 @@ class OffloadServer(Node):
         response.decode_ms = 1e3 * (time.monotonic() - start)
         await self._finish(client, request, response, tensor, expires, self.batcher)
 
-    async def _finish(self, client, request, response, item, expires, batcher):
+    async def _finish(self, client, request, response, item, expires, batcher,
+                      class_name=None):
         """Queue ``item`` for batched inference and fill the response's answer fields."""
         now = time.monotonic()
         if expires is not None:
@@ -429,9 +430,9 @@ class OffloadServer(Node):
         response.inference_ms = result.process_ms
         top_k = min(int(request.top_k) or self.settings.default_top_k, probs.shape[0])
         best = np.argsort(probs)[::-1][:top_k]
+        class_name = class_name or self.classifier.class_name
         response.top_k = [ClassHypothesis(class_id=str(int(i)),
-                                          class_name=self.classifier.class_name(i)
-                                          or str(int(i)),
+                                          class_name=class_name(i) or str(int(i)),
                                           score=float(probs[i])) for i in best]
         response.class_id = response.top_k[0].class_id
         response.class_name = response.top_k[0].class_name
@@ -448,8 +449,9 @@ class OffloadServer(Node):
                                 request.zero_point, request.data, shapes,
                                 self.settings.max_payload_bytes)
         response.decode_ms = 1e3 * (time.monotonic() - start)
+        # The tails finish the robot's Lite0: ImageNet-1k names, whatever the server model's.
         await self._finish(client, request, response, (int(request.partition), tensor[0]),
-                           expires, self.features_batcher)
+                           expires, self.features_batcher, class_name)
 
     async def _result_of(self, future, timeout_s):
         """Await a concurrent future (decode pool, batcher) without holding an executor thread.
