@@ -52,3 +52,18 @@ def test_replay_and_transport_options_become_node_parameters():
     assert overrides['network_monitor_node'] == {'use_sim_time': True}
     plain, _ = bringup.parse_args([])
     assert not any(bringup.node_overrides(plain).values())
+
+
+def test_early_exit_strategy_runs_early_exit_node_instead_of_classifier_and_planner(capsys):
+    options, _ = bringup.parse_args(['--strategy', 'early_exit_partition', '--deadline-ms',
+                                     '250'])
+    assert [n for n, _ in bringup.selected_nodes(options)] == [
+        'camera_node', 'network_monitor_node', 'early_exit_node']
+    overrides = bringup.node_overrides(options)
+    assert overrides['early_exit_node'] == {'strategy': 'early_exit_partition',
+                                            'deadline_ms': 250.0}
+    assert overrides['camera_node'] == {'wait_for_subscribers': 1}
+    command = bringup.node_command('early_exit_node', ['p.yaml'], '', [], None, '/cam/image')
+    assert command[-2:] == ['-r', 'image_raw:=/cam/image']
+    assert bringup.main(['--single-process', '--strategy', 'early_exit_partition']) == 2
+    assert 'does not run early_exit_partition' in capsys.readouterr().err

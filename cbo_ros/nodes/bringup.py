@@ -50,7 +50,12 @@ import yaml
 
 from cbo_ros.assets.paths import config_dir
 
-IMAGE_READERS = ('camera_node', 'npu_classifier_node', 'offload_planner_node')
+IMAGE_READERS = ('camera_node', 'npu_classifier_node', 'offload_planner_node',
+                 'early_exit_node')
+# Strategies served by early_exit_node (head on the robot, tail on the server) in place of
+# npu_classifier_node + offload_planner_node; its parameters: config/early_exit.yaml.
+EARLY_EXIT_STRATEGIES = ('early_exit_partition', 'early_exit_partition_uncalibrated')
+EARLY_EXIT_NODE = ('early_exit_node', 'EarlyExitNode', None)
 NODES = (  # (executable / module, class, option that disables it)
     ('camera_node', 'CameraNode', 'no_camera'),
     ('npu_classifier_node', 'NpuClassifierNode', None),
@@ -78,7 +83,10 @@ def parse_args(argv):
     parser.add_argument('--max-frames', type=int, default=None, help='camera frames per pass')
     parser.add_argument('--start-delay', type=float, default=None,
                         help='camera start delay in seconds')
-    parser.add_argument('--strategy', default=None, help='planner strategy')
+    parser.add_argument('--strategy', default=None,
+                        help='planner strategy (early_exit_partition[_uncalibrated]: '
+                             'early_exit_node replaces the classifier and the planner; '
+                             'docs/early_exit.md)')
     parser.add_argument('--deadline-ms', type=float, default=None, help='planner deadline')
     parser.add_argument('--premodel', default=None, metavar='FILE',
                         help="premodel mode: the classifier picks a model per frame with this "
@@ -170,11 +178,14 @@ def node_overrides(options):
     planner = {'strategy': strategy, 'deadline_ms': options.deadline_ms,
                'input_transport': options.input_transport, 'premodel_file': options.premodel}
     classifier = {'input_transport': options.input_transport, 'premodel_file': options.premodel}
+    early_exit = {'strategy': options.strategy, 'deadline_ms': options.deadline_ms}
+    if options.strategy in EARLY_EXIT_STRATEGIES:
+        camera.setdefault('wait_for_subscribers', 1)     # early_exit_node reads the frames
     sim_time = {'use_sim_time': True} if options.use_sim_time else {}
     return {name: {**sim_time, **{k: v for k, v in values.items() if v is not None}}
             for name, values in (('camera_node', camera), ('offload_planner_node', planner),
                                  ('npu_classifier_node', classifier),
-                                 ('network_monitor_node', {}))}
+                                 ('network_monitor_node', {}), ('early_exit_node', early_exit))}
 
 
 def configured(params_file, node, name, default=None):
@@ -190,7 +201,11 @@ def configured(params_file, node, name, default=None):
 
 def selected_nodes(options):
     """Return the (module, class) of the nodes the options do not disable."""
-    return [(name, cls) for name, cls, disabled_by in NODES
+    nodes = NODES
+    if options.strategy in EARLY_EXIT_STRATEGIES:
+        nodes = [n for n in NODES if n[0] not in ('npu_classifier_node', 'offload_planner_node')]
+        nodes.append(EARLY_EXIT_NODE)
+    return [(name, cls) for name, cls, disabled_by in nodes
             if not (disabled_by and getattr(options, disabled_by))]
 
 
@@ -278,6 +293,8 @@ def run_processes(options, params_file, ros_args):
     try:
         for name, _ in selected_nodes(options):
             files = [params_file]
+            if name == 'early_exit_node':
+                files.insert(0, str(config_dir() / 'early_exit.yaml'))
             if overrides.get(name):
                 path = write_params({f'/**/{name}': {'ros__parameters': overrides[name]}},
                                     f'{name}_overrides_')
@@ -443,6 +460,10 @@ def main(argv=None):
     params_file = namespaced_params_file(options.params_file)
     try:
         if options.single_process:
+            if options.strategy in EARLY_EXIT_STRATEGIES:
+                print(f'robot_bringup: --single-process does not run {options.strategy} '
+                      '(early_exit_node): leave --single-process out', file=sys.stderr)
+                return 2
             return run_single_process(options, params_file, ros_args)
         return run_processes(options, params_file, ros_args)
     finally:
