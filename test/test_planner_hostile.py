@@ -68,21 +68,31 @@ class Robot:
         return {}
 
 
-def test_frames_due_before_planning_are_answered_once_late(tmp_path):
-    """Stamps of 0, negative and an hour old get exactly one final result, marked late."""
-    from cbo_ros.nodes.ros_common import stamp_to_ns
-    domain, ns = unique_domain_id(), f'/late{os.getpid()}'
-    log = tmp_path / 'planner.log'
+def start_planner_and_robot(ns, log):
+    """Start offload_planner_node in ``ns`` and a Robot session matched to it."""
+    domain = unique_domain_id()
     planner = start_process(
         [sys.executable, '-m', 'cbo_ros.nodes.offload_planner_node', '--ros-args',
          '--params-file', str(CONFIG / 'robot.yaml'), '-r', f'__ns:={ns}'],
         ros_env(domain), log)
     robot = Robot(domain, ns)
+    matched = robot.session.spin_until(
+        lambda: robot.camera.get_subscription_count() > 0
+        and robot.local.get_subscription_count() > 0, 30.0)
+    if not matched:
+        robot.session.close()
+        stop_process(planner)
+    assert matched, log.read_text()
+    robot.session.spin_for(1.0)
+    return planner, robot
+
+
+def test_frames_due_before_planning_are_answered_once_late(tmp_path):
+    """Stamps of 0, negative and an hour old get exactly one final result, marked late."""
+    from cbo_ros.nodes.ros_common import stamp_to_ns
+    log = tmp_path / 'planner.log'
+    planner, robot = start_planner_and_robot(f'/late{os.getpid()}', log)
     try:
-        assert robot.session.spin_until(
-            lambda: robot.camera.get_subscription_count() > 0
-            and robot.local.get_subscription_count() > 0, 30.0), log.read_text()
-        robot.session.spin_for(1.0)
         now = time.time_ns()
         old = [0, -5 * 10**9, now - 3600 * 10**9, now - 2 * 10**9]
         for stamp in old:
@@ -112,18 +122,9 @@ def test_frames_due_before_planning_are_answered_once_late(tmp_path):
 def test_repeated_stamps_are_counted_and_answered_once(tmp_path):
     """Frames are identified by header.stamp: a repeated stamp gets one answer and a count."""
     from cbo_ros.nodes.ros_common import stamp_to_ns
-    domain, ns = unique_domain_id(), f'/rep{os.getpid()}'
     log = tmp_path / 'planner.log'
-    planner = start_process(
-        [sys.executable, '-m', 'cbo_ros.nodes.offload_planner_node', '--ros-args',
-         '--params-file', str(CONFIG / 'robot.yaml'), '-r', f'__ns:={ns}'],
-        ros_env(domain), log)
-    robot = Robot(domain, ns)
+    planner, robot = start_planner_and_robot(f'/rep{os.getpid()}', log)
     try:
-        assert robot.session.spin_until(
-            lambda: robot.camera.get_subscription_count() > 0
-            and robot.local.get_subscription_count() > 0, 30.0), log.read_text()
-        robot.session.spin_for(1.0)
         stamp = time.time_ns()
         robot.send(stamp)
         robot.camera.publish(frame(stamp, seed=2))          # same stamp, while in flight
