@@ -35,6 +35,7 @@ from cbo_ros.nodes.offload_client import OffloadClient, PendingCall
 from cbo_ros.nodes.planner_frames import (final_result, FrameBook, FrameStage, FrameState,
                                           LATE_NOTE)
 from cbo_ros.nodes.planner_settings import PARAMS, PlannerSettings
+from cbo_ros.nodes.planner_status import PlannerHealth
 from cbo_ros.nodes.ros_common import (Diagnostics, FrameSubscription, LATCHED_QOS,
                                       load_bundle, load_settings, LOCAL_RESULT_QOS, RateMeter,
                                       RESULT_QOS, SequenceGaps, SimClockWatch, spin_node,
@@ -43,6 +44,7 @@ from cbo_ros.perception.media import frame_msg_to_rgb
 
 NS = 1_000_000_000
 RUN_TIME_PARAMETERS = {p.name for p in PARAMS if not p.read_only}
+RECENT_S = 10.0          # misses and drops this recent raise the diagnostic level to WARN
 
 
 class OffloadPlannerNode(Node):
@@ -77,6 +79,7 @@ class OffloadPlannerNode(Node):
         self.quality: Optional[NetworkQuality] = None
         self.quality_ns = 0
         self.stats = collections.Counter()
+        self.last_miss_s = -float('inf')
         self.local_rate = RateMeter()
         self.offload_rate = RateMeter()
         self.decision_window = collections.deque(maxlen=100)
@@ -336,6 +339,7 @@ class OffloadPlannerNode(Node):
             self.stats['empty_answers'] += 1
         if not result.deadline_met:
             self.stats['deadline_misses'] += 1
+            self.last_miss_s = time.monotonic()
         if state.decision is None:
             # Answered without a planner decision (no local result in time): still say so.
             self.publish_decision(OffloadDecision(
@@ -382,27 +386,13 @@ class OffloadPlannerNode(Node):
             share = offloaded / len(self.decision_window) if self.decision_window else 0.0
             round_trips = self.sender.round_trips_ms
             rtt = float(np.mean(round_trips)) if round_trips else 0.0
-            level = Diagnostics.OK if link.reachable else Diagnostics.WARN
-            message = 'ok' if link.reachable else why
-            if self.stats['deadline_misses']:
-                message += f"; {self.stats['deadline_misses']} deadline misses"
-            if not self.calibrated:
-                level, message = Diagnostics.WARN, message + '; uncalibrated fallback in use'
-            if self.clock_watch.problem:
-                level, message = Diagnostics.ERROR, f'{self.clock_watch.problem}; {message}'
-            dropped = self.frame_gaps.missing
-            if dropped:
-                message += f'; {dropped} frames dropped before the planner saw them'
-                if self.frame_gaps.recent(time.monotonic(), 10.0):
-                    level = max(level, Diagnostics.WARN)
-            untrusted = self.quality_source.report()
-            if untrusted:
-                level, message = max(level, Diagnostics.WARN), f'{message}; {untrusted}'
-            if self.frames_in.problem:
-                level, message = Diagnostics.ERROR, f'{self.frames_in.problem}; {message}'
-            elif self.frames_in.note:
-                message = f'{message}; {self.frames_in.note}'
-            self.diagnostics.publish(level, message, {
+            level, message = PlannerHealth(
+                link.reachable, why, self.stats['deadline_misses'],
+                time.monotonic() - self.last_miss_s < RECENT_S, self.calibrated,
+                self.clock_watch.problem, self.frame_gaps.missing,
+                self.frame_gaps.recent(time.monotonic(), RECENT_S), self.quality_source.report(),
+                self.frames_in.problem, self.frames_in.note).level_and_message()
+            self.diagnostics.publish(bytes((level,)), message, {
                 'strategy': self.settings.strategy,
                 'inference_rate_hz': f'{self.local_rate.rate(time.monotonic()):.2f}',
                 'offload_rate_hz': f'{self.offload_rate.rate(time.monotonic()):.2f}',
@@ -420,7 +410,7 @@ class OffloadPlannerNode(Node):
                 'late_on_arrival': self.stats['late_on_arrival'],
                 'repeated_stamps': self.stats['repeated_stamps'],
                 'frames_received': self.frame_gaps.received,
-                'frames_dropped_in_transport': dropped,
+                'frames_dropped_in_transport': self.frame_gaps.missing,
                 'camera_frames_published': self.camera_published,
                 'untrusted_quality_ignored': self.quality_source.rejected,
                 'server_busy_refusals': self.sender.busy_refusals,
