@@ -8,6 +8,8 @@ veth, TBF, nftables; root only). Then, each phase bounded in count and time:
 
 - ``malformed``: a mix of ``--frames`` frames (valid, unknown encoding, truncated, zero size,
   short step, 4K, stamps of 0, negative, an hour old): every frame must be answered once;
+- ``big_frames``: ``--big-s`` seconds of 640x480 frames at 15 fps, then as long with every
+  tenth frame 3840x2160: deadline misses of the 4K frames and of their 640x480 neighbours;
 - ``flood``: ``--flood`` concurrent Offload calls (valid, garbage, truncated JPEG + end marker,
   deadline nanosec >= 1e9, PNG claiming 16000x16000) while frames flow: every call answered;
 - ``bombs``: rounds of 8 concurrent 631-byte JPEGs claiming 16000x16000: refused undecoded;
@@ -29,6 +31,7 @@ import argparse
 import collections
 import contextlib
 import copy
+import functools
 import json
 import os
 import signal
@@ -186,6 +189,14 @@ def load_frames(count=30):
     return [f.tobytes() for f in frames]
 
 
+@functools.lru_cache(maxsize=4)
+def upscaled_4k(frame_bytes):
+    """A real 640x480 frame upscaled to 3840x2160 (real content, so JPEG encoding costs)."""
+    import cv2
+    frame = np.frombuffer(frame_bytes, np.uint8).reshape(480, 640, 3)
+    return cv2.resize(frame, (3840, 2160), interpolation=cv2.INTER_LINEAR).tobytes()
+
+
 MALFORMED_KINDS = (['valid'] * 11 + ['bad_encoding', 'truncated', 'zero_size', 'short_step',
                                      'stamp_zero', 'negative_stamp', 'hour_old', 'valid_bgr8']
                    + ['valid'] * 5)
@@ -199,7 +210,7 @@ def make_image(kind, index, frames, now_ns):
     stamp = now_ns
     if kind == '4k':
         msg.height, msg.width, msg.step = 2160, 3840, 3840 * 3
-        msg.data = bytes(3840 * 2160 * 3)
+        msg.data = upscaled_4k(frames[index % len(frames)])
     elif kind == 'bad_encoding':
         msg.encoding = 'foo8'
     elif kind == 'truncated':
@@ -318,7 +329,12 @@ class Campaign:
         for stamp in wanted - set(keys):
             kind = self.kinds.get(stamp, '?')
             missing_kinds[kind] = missing_kinds.get(kind, 0) + 1
+
+        def p95(values):
+            return float(np.percentile(values, 95)) if values else float('nan')
         return {'missing_kinds': missing_kinds, 'local_notes': dict(notes.most_common(3)),
+                'total_ms_p95': p95([m.latency.total_ms for _, m in results]),
+                'local_ms_p95': p95([m.latency.capture_to_local_ms for _, m in results]),
                 'captured': len(wanted), 'answered': len(set(keys)),
                 'duplicates': len(keys) - len(set(keys)),
                 'missing': len(wanted - set(keys)),
@@ -435,6 +451,29 @@ def phase_malformed(c, procs, args, rows):
         f"negative, an hour old, or frames that waited too long); 4K frames included; "
         f"planner counts {status.get('frames_dropped_in_transport', '?')} frames dropped in "
         f"transport (sequence gaps), camera stand-in published {c.sent}")))
+
+
+def phase_big_frames(c, procs, args, rows):
+    """4K frames among 640x480 ones: do they push their neighbours past the deadline?"""
+    control = c.stream(args.big_s, 15.0)
+    c.wait_answered(control, 20.0)
+    f = c.measure(control)
+
+    def latency(figures):
+        return (f"p95 stamp->robot answer {figures['local_ms_p95']:.0f} ms, ->final "
+                f"{figures['total_ms_p95']:.0f} ms")
+    rows.append(frames_row('big_frames: control', f, note=f'640x480 only, 15 fps; {latency(f)}'))
+    kinds = ['valid'] * 9 + ['4k']
+    mixed = c.stream(args.big_s, 15.0, kinds=kinds)
+    procs.sample()
+    c.wait_answered(mixed, 30.0)
+    big = [s for s in mixed if c.kinds.get(s) == '4k']
+    neighbours = [s for s in mixed if c.kinds.get(s) != '4k']
+    f_big, f_neighbours = c.measure(big), c.measure(neighbours)
+    rows.append(frames_row('big_frames: 4K', f_big,
+                           note=f'3840x2160 (24.9 MB), 1 in 10; {latency(f_big)}'))
+    rows.append(frames_row('big_frames: neighbours', f_neighbours,
+                           note=f'640x480 among them; {latency(f_neighbours)}'))
 
 
 def phase_flood(c, procs, args, rows):
@@ -636,7 +675,10 @@ def parse_args(argv):
     parser.add_argument('--link', action='store_true',
                         help='server behind the shaped link (root; adds the link faults)')
     parser.add_argument('--link-rate', type=float, default=20e6, help='link rate (bit/s)')
-    parser.add_argument('--phases', default='malformed,flood,bombs,spoof,server_restart,link,'
+    parser.add_argument('--big-s', type=float, default=None,
+                        help='seconds of each big_frames stream (default 20; quick 8)')
+    parser.add_argument('--phases', default='malformed,big_frames,flood,bombs,spoof,'
+                        'server_restart,link,'
                         'soak', help='comma-separated subset (link: link_cut, loss_10, '
                         'bw_drop_10x; or name those)')
     parser.add_argument('--robot-args', default='',
@@ -654,6 +696,7 @@ def parse_args(argv):
     args.flood = args.flood or (1000 if quick else 5000)
     args.bomb_rounds = args.bomb_rounds or (1 if quick else 3)
     args.spoof_s = args.spoof_s or (5.0 if quick else 15.0)
+    args.big_s = args.big_s or (8.0 if quick else 20.0)
     args.soak_s = args.soak_s if args.soak_s is not None else (20.0 if quick else 600.0)
     return args
 
@@ -699,7 +742,8 @@ def main(argv=None):
         warm = campaign.stream(3.0, 15.0)
         campaign.wait_answered(warm)
         rows.append(frames_row('warm-up', campaign.measure(warm)))
-        steps = [('malformed', phase_malformed), ('flood', phase_flood),
+        steps = [('malformed', phase_malformed), ('big_frames', phase_big_frames),
+                 ('flood', phase_flood),
                  ('bombs', phase_bombs), ('spoof', phase_spoof),
                  ('server_restart', phase_server_restart)]
         for name, phase in steps:

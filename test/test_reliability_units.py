@@ -1,5 +1,8 @@
 """Units of the reliability fixes: busy retry hints, sequence gaps, frames late on arrival."""
 
+import cv2
+import numpy as np
+
 from cbo_ros.core.server_busy import BusyBackoff, retry_after_s
 
 
@@ -60,3 +63,20 @@ def test_frame_book_answers_late_frames_but_not_replays():
     assert set(f.key for f in book.due(now + wait, 0)) == {state.key, zero.key}
     result = final_result(zero, 'local result missing at deadline', now + wait)
     assert result.note.startswith('deadline passed before planning') and not result.deadline_met
+
+
+def test_frames_far_larger_than_needed_are_subsampled_others_unchanged():
+    """Bounded per-frame cost: a 4K frame becomes 2-4x the working side; VGA is untouched."""
+    from cbo_ros.perception.image_ops import center_square, decimate_for
+    rng = np.random.default_rng(0)
+    vga = cv2.GaussianBlur(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), (0, 0), 2.0)
+    assert decimate_for(vga, 128) is vga and decimate_for(vga, 384) is vga
+    uhd = cv2.resize(vga, (3840, 2160), interpolation=cv2.INTER_LINEAR)
+    small = decimate_for(uhd, 128)
+    assert small.shape == (270, 480, 3) and small.flags['C_CONTIGUOUS']     # stride 8
+    assert decimate_for(uhd, 384).shape == (1080, 1920, 3)                  # stride 2
+    assert 2 * 128 <= min(small.shape[:2]) < 4 * 128
+    # Same picture: the centre square at 128 px hardly differs from the full-size path.
+    difference = np.abs(center_square(small, 128).astype(int)
+                        - center_square(uhd, 128).astype(int)).mean()
+    assert difference < 4.0, difference

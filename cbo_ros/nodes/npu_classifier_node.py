@@ -36,8 +36,8 @@ from cbo_ros.nodes.ros_common import (Diagnostics, FrameSubscription, load_bundl
                                       RateMeter, SimClockWatch, spin_node, stamp_to_ns,
                                       TRANSPORTS)
 from cbo_ros.perception.classifier import describe, OnnxClassifier, Preprocessing
-from cbo_ros.perception.image_features import image_features
-from cbo_ros.perception.image_ops import softmax
+from cbo_ros.perception.image_features import FEATURE_SIDE, image_features
+from cbo_ros.perception.image_ops import decimate_for, softmax
 from cbo_ros.perception.media import frame_msg_to_rgb
 
 
@@ -150,6 +150,9 @@ class NpuClassifierNode(Node):
         for warning in self.classifier.provider_warnings:
             self.get_logger().warning(f'{warning}: falling back to the next provider')
         self.premodel, self.candidates = self.load_premodel(s)
+        # Frames far larger than any input are subsampled on arrival (bounded per-frame cost).
+        self.working_side = max([s.input_size] + ([FEATURE_SIDE] + [
+            c.input_size for c in self.candidates] if self.premodel is not None else []))
         self.chosen = collections.Counter()
         self.bundle, self.calibrated, self.calibration_message = load_bundle(
             self.get_logger(), s.calibration_file)
@@ -210,7 +213,7 @@ class NpuClassifierNode(Node):
             self.publish(result, start)
             return
         try:
-            rgb = frame_msg_to_rgb(msg)
+            rgb = decimate_for(frame_msg_to_rgb(msg), self.working_side)
         except ValueError as error:
             self.invalid += 1
             self.get_logger().error(f'invalid frame (stamp {msg.header.stamp.sec}.'

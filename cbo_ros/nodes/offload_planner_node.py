@@ -40,6 +40,7 @@ from cbo_ros.nodes.ros_common import (Diagnostics, FrameSubscription, LATCHED_QO
                                       load_bundle, load_settings, LOCAL_RESULT_QOS, RateMeter,
                                       RESULT_QOS, SequenceGaps, SimClockWatch, spin_node,
                                       TrustedPublishers, updated_settings, validate_parameters)
+from cbo_ros.perception.image_ops import decimate_for
 from cbo_ros.perception.media import frame_msg_to_rgb
 
 NS = 1_000_000_000
@@ -187,7 +188,8 @@ class OffloadPlannerNode(Node):
                 return
             state.image_seen = True
             try:
-                state.rgb = frame_msg_to_rgb(msg)
+                # Kept until decided: a 4K frame is kept subsampled (bounded cost and memory).
+                state.rgb = decimate_for(frame_msg_to_rgb(msg), max(self.resolutions))
             except ValueError as error:
                 state.image_error = str(error)
             if state.local is not None:
