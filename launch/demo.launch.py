@@ -44,6 +44,16 @@ def generate_launch_description():
                               description="Camera mode: loop|once (empty: robot_params_file's)"),
         DeclareLaunchArgument('image_topic', default_value='image_raw',
                               description='Frames topic between the camera and its readers'),
+        DeclareLaunchArgument('strategy', default_value='',
+                              description="Planner strategy (empty: robot_params_file's; "
+                                          'early_exit_partition[_uncalibrated]: early_exit_node)'),
+        DeclareLaunchArgument('input_transport', default_value='',
+                              description="raw or compressed frames (empty: robot_params_file's)"),
+        DeclareLaunchArgument('keep_recorded_stamps', default_value='',
+                              description='rosbag2 source: keep its recorded stamps (mode:=once)'),
+        DeclareLaunchArgument('publish_clock', default_value='',
+                              description='Publish /clock from the recorded time (with '
+                                          'use_sim_time:=true)'),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(PathJoinSubstitution([launch_dir, 'server.launch.py'])),
             launch_arguments={**shared,
@@ -54,5 +64,9 @@ def generate_launch_description():
                               'use_camera': 'true',
                               'image_topic': LaunchConfiguration('image_topic'),
                               'source': LaunchConfiguration('source'),
-                              'mode': LaunchConfiguration('mode')}.items()),
+                              'mode': LaunchConfiguration('mode'),
+                              'strategy': LaunchConfiguration('strategy'),
+                              'input_transport': LaunchConfiguration('input_transport'),
+                              'keep_recorded_stamps': LaunchConfiguration('keep_recorded_stamps'),
+                              'publish_clock': LaunchConfiguration('publish_clock')}.items()),
     ])

@@ -9,7 +9,10 @@ default ``image_raw``), published by your own camera driver: ``camera_node`` is 
 demo.launch.py. ``input_transport:=compressed`` makes the readers take
 sensor_msgs/CompressedImage on ``<image_topic>/compressed`` (image_transport's convention). Replay
 of a rosbag2 with its recorded stamps: ``use_camera:=true source:=run1 mode:=once
-keep_recorded_stamps:=true publish_clock:=true use_sim_time:=true``.
+keep_recorded_stamps:=true publish_clock:=true use_sim_time:=true``. ``strategy`` sets the
+planner's strategy; ``strategy:=early_exit_partition`` (or ``early_exit_partition_uncalibrated``)
+starts ``early_exit_node`` (``early_exit_params_file``, then ``params_file``) in place of the
+classifier and the planner (docs/early_exit.md).
 
 All nodes read ``params_file`` (default: cbo_ros/config/robot.yaml, sections keyed ``/**/<node>``
 so they apply under any namespace); the camera arguments (``source``, ``mode``,
@@ -36,6 +39,9 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+# Strategies served by early_exit_node (as in robot_bringup).
+EARLY_EXIT_STRATEGIES = ('early_exit_partition', 'early_exit_partition_uncalibrated')
+
 
 def generate_launch_description():
     namespace = LaunchConfiguration('namespace')
@@ -45,10 +51,10 @@ def generate_launch_description():
     frames = [('image_raw', LaunchConfiguration('image_topic'))]
     common = {'use_sim_time': use_sim_time}
 
-    def robot_node(executable, extra=None, remappings=()):
+    def robot_node(executable, extra=None, remappings=(), files=None):
         return Node(package='cbo_ros', executable=executable, name=executable,
                     namespace=namespace, output='screen',
-                    parameters=[params_file, common] + ([extra] if extra else []),
+                    parameters=(files or [params_file]) + [common] + ([extra] if extra else []),
                     remappings=list(remappings),
                     ros_arguments=['--log-level', log_level,
                                    '--enclave', [LaunchConfiguration('enclave_root'), '/',
@@ -73,10 +79,16 @@ def generate_launch_description():
         return [robot_node('camera_node', overrides, remappings=frames)]
 
     def frame_readers(context):
+        strategy = LaunchConfiguration('strategy').perform(context)
+        if strategy in EARLY_EXIT_STRATEGIES:
+            return [robot_node('early_exit_node', {'strategy': strategy}, remappings=frames,
+                               files=[LaunchConfiguration('early_exit_params_file'),
+                                      params_file])]
         given = {'input_transport': (LaunchConfiguration('input_transport'), str)}
         overrides = given_overrides(context, given)
+        planner = {**overrides, **({'strategy': strategy} if strategy else {})}
         return [robot_node('npu_classifier_node', overrides, remappings=frames),
-                robot_node('offload_planner_node', overrides, remappings=frames)]
+                robot_node('offload_planner_node', planner, remappings=frames)]
 
     return LaunchDescription([
         DeclareLaunchArgument('namespace', default_value='',
@@ -127,6 +139,16 @@ def generate_launch_description():
             'input_transport', default_value='',
             description='Frames the classifier and the planner read: raw (image_topic) or '
                         "compressed (image_topic/compressed); empty: params_file's"),
+        DeclareLaunchArgument(
+            'strategy', default_value='',
+            description="Planner strategy (empty: params_file's); early_exit_partition or "
+                        'early_exit_partition_uncalibrated start early_exit_node instead of '
+                        'the classifier and the planner'),
+        DeclareLaunchArgument(
+            'early_exit_params_file',
+            default_value=PathJoinSubstitution([FindPackageShare('cbo_ros'), 'config',
+                                                'early_exit.yaml']),
+            description='Parameter file of early_exit_node (read before params_file)'),
         DeclareLaunchArgument(
             'security', default_value='false',
             description='SROS2: run the nodes with DDS-Security (enclaves under enclave_root in '

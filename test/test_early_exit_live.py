@@ -18,9 +18,10 @@ FRAMES = 12
 @pytest.fixture(scope='module')
 def system(tmp_path_factory):
     """server_node and early_exit_node processes and a session that plays frames."""
-    from cbo_interfaces.msg import FrameClassification
+    from cbo_interfaces.msg import FrameClassification, TransferSample
     from cbo_interfaces.srv import OffloadFeatures
     from cbo_ros.evaluation.early_exit_eval import calibration_path
+    from cbo_ros.nodes.ros_common import RESULT_QOS
     from cbo_ros.perception.early_exit import find_early_exit_dir
     if not (find_early_exit_dir() / 'manifest.json').is_file() or \
             not calibration_path().is_file():
@@ -41,11 +42,15 @@ def system(tmp_path_factory):
     session = RosSession(domain)
     results = []
     session.node.create_subscription(FrameClassification, f'{NS}/result', results.append, 100)
+    transfers = []
+    session.node.create_subscription(TransferSample, f'{NS}/offload_transfers',
+                                     transfers.append, RESULT_QOS)
     client = session.client(OffloadFeatures, f'{NS}/offload_features')
     try:
         if not session.spin_until(client.service_is_ready, 40):
             pytest.fail('offload_features did not appear:\n' + (logs / 'server.log').read_text())
-        yield {'session': session, 'results': results, 'client': client, 'logs': logs}
+        yield {'session': session, 'results': results, 'client': client, 'logs': logs,
+               'transfers': transfers}
     finally:
         session.close()
         codes = stop_process(robot), stop_process(server)
@@ -103,6 +108,12 @@ def test_every_frame_answered_by_the_server_tail_like_offline(system):
         decoded = decode_tensor(encode_tensor(features), model.tensor_shape(blocks))
         assert int(answer.class_id) == int(model.tail(blocks, decoded).argmax()), answer.note
     assert served >= len(frames) - 2, [r.note for r in results]
+    # One TransferSample per offload call, for the network monitor.
+    assert session.spin_until(lambda: len(system['transfers']) >= served, 5)
+    samples = {t.frame_seq: t for t in system['transfers']}
+    assert len(samples) == len(system['transfers']) >= served
+    assert all(t.payload_bytes > 0 and t.success and t.round_trip_ms > 0
+               for t in samples.values()), samples
 
 
 @pytest.mark.integration

@@ -128,7 +128,7 @@ def test_robot_launch_starts_the_robot_nodes():
     tree = ast.parse((LAUNCH_DIR / 'robot.launch.py').read_text())
     executables = {e for _, e in launched_nodes(tree)}
     assert executables == {'camera_node', 'npu_classifier_node', 'network_monitor_node',
-                           'offload_planner_node'}
+                           'offload_planner_node', 'early_exit_node'}
     tree = ast.parse((LAUNCH_DIR / 'server.launch.py').read_text())
     assert launched_nodes(tree) == [('server_node', 'server_node')]
 
@@ -350,7 +350,8 @@ def test_robot_launch_real_camera_options():
         value = keywords.get('remappings')
         if isinstance(value, ast.Name) and value.id in remap_lists:
             remapped.add(string(call.args[0]))
-    assert remapped == {'camera_node', 'npu_classifier_node', 'offload_planner_node'}, remapped
+    assert remapped == {'camera_node', 'npu_classifier_node', 'offload_planner_node',
+                        'early_exit_node'}, remapped
     node_calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and call_name(n) == 'Node']
     assert all('remappings' in {k.arg for k in n.keywords} for n in node_calls)
 
@@ -370,3 +371,10 @@ def test_demo_launch_starts_the_demo_camera():
     assert is_launch_configuration(robot_arguments['image_topic'], 'image_topic')
     robot_yaml = yaml.safe_load((ROOT / 'config' / 'robot.yaml').read_text())
     assert robot_yaml['/**/camera_node']['ros__parameters']['source'] == 'bikes.mp4'
+    # Every argument the demo passes is one robot.launch.py declares.
+    robot_declared = {string(c.args[0]) for c in ast.walk(
+        ast.parse((LAUNCH_DIR / 'robot.launch.py').read_text()))
+        if isinstance(c, ast.Call) and call_name(c) == 'DeclareLaunchArgument'}
+    assert set(robot_arguments) - {None} <= robot_declared, set(robot_arguments) - robot_declared
+    for name in ('strategy', 'input_transport', 'keep_recorded_stamps', 'publish_clock'):
+        assert is_launch_configuration(robot_arguments[name], name), name

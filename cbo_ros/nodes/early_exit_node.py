@@ -11,14 +11,17 @@ at the deadline. The decisions are ``cbo_ros.core.early_exit.EarlyExitPolicy``, 
 """
 
 import time
+from dataclasses import dataclass
 
 from builtin_interfaces.msg import Time
 
 from cbo_common.tensor_codec import encode_tensor
-from cbo_interfaces.msg import ClassHypothesis, FrameClassification, NetworkQuality
+from cbo_interfaces.msg import (ClassHypothesis, FrameClassification, NetworkQuality,
+                                TransferSample)
 from cbo_interfaces.srv import OffloadFeatures
 import numpy as np
 from rclpy.node import Node
+from std_msgs.msg import Header
 
 from cbo_ros.core.early_exit import EARLY_EXIT_STRATEGIES
 from cbo_ros.core.planner import LinkState
@@ -26,6 +29,17 @@ from cbo_ros.nodes.ros_common import (class_name, declare, Diagnostics, FrameSub
                                       ns_to_stamp, RESULT_QOS, spin_node, TrustedPublishers)
 from cbo_ros.perception.image_ops import softmax
 from cbo_ros.perception.media import image_msg_to_rgb
+
+
+@dataclass
+class InFlight:
+    """An offloaded frame waiting for the server's answer."""
+
+    deadline_ns: int
+    local: FrameClassification      # the branch's answer, published if the server is late
+    sent_perf_s: float
+    send_ns: int
+    payload_bytes: int
 
 
 def _stamp_ns(stamp):
@@ -69,18 +83,26 @@ class EarlyExitNode(Node):
                                   margin_ms / 1e3)
         self.link = None
         self.busy_until_s = 0.0
-        self.pending = {}               # seq -> (deadline_ns, local message, send time)
+        self.margin_ns = int(margin_ms * 1e6)
+        self.pending = {}               # seq -> InFlight
         self.seq = 0
         self.counts = {'frames': 0, 'exits': 0, 'offloads': 0, 'server': 0, 'late': 0,
-                       'failed': 0}
+                       'failed': 0, 'deadline_misses': 0}
         self.result_pub = self.create_publisher(FrameClassification, 'result', RESULT_QOS)
+        # One sample per offload call, as the planner's, so network_monitor_node learns the
+        # uplink from early-exit offloads too.
+        self.transfer_pub = self.create_publisher(TransferSample, 'offload_transfers',
+                                                  RESULT_QOS)
         self.client = self.create_client(OffloadFeatures, 'offload_features')
         self.quality_source = TrustedPublishers(self, 'network_quality', trusted)
         self.create_subscription(NetworkQuality, 'network_quality', self.on_quality, 10)
         # Reliable, switching to best effort when a best-effort camera appears (as the
         # classifier and the planner do).
         self.frames_in = FrameSubscription(self, self.on_image, 'auto', 30)
-        self.timer = self.create_timer(0.005, self.on_timer)
+        # One timer, armed for the nearest offloaded frame's fallback time (deadline minus
+        # margin) and cancelled while nothing is in flight (no polling).
+        self.timer = self.create_timer(1.0, self.on_timer)
+        self.timer.cancel()
         self.diagnostics = Diagnostics(self)
         self.create_timer(1.0, self.on_diagnostics)
         self.get_logger().info(f'{self.policy.name}: partitions {self.model.blocks}, p_tar '
@@ -157,17 +179,21 @@ class EarlyExitNode(Node):
         request.deadline = ns_to_stamp(deadline_ns, Time)
         request.top_k = int(self.top_k)
         self.counts['offloads'] += 1
-        self.pending[seq] = (deadline_ns, local, time.perf_counter())
+        self.pending[seq] = InFlight(deadline_ns, local, time.perf_counter(),
+                                     self.get_clock().now().nanoseconds, len(payload.data))
         future = self.client.call_async(request)
         future.add_done_callback(lambda f, s=seq: self.on_response(s, f))
+        self.arm_timer()
 
     def on_response(self, seq, future):
         """Publish the server's answer when it is in time (else the branch's answered)."""
         entry = self.pending.pop(seq, None)
         if entry is None:
             return                               # already answered locally at the deadline
-        deadline_ns, local, sent = entry
+        deadline_ns, local = entry.deadline_ns, entry.local
         response = future.result() if future.exception() is None else None
+        round_trip_ms = 1e3 * (time.perf_counter() - entry.sent_perf_s)
+        self.publish_transfer(entry, round_trip_ms, response)
         if response is None or not response.success:
             why = 'no response' if response is None else response.error
             self.counts['failed'] += 1
@@ -183,19 +209,42 @@ class EarlyExitNode(Node):
         msg.top_k = list(response.top_k)
         msg.model = response.model
         msg.note = f'server answer (tail after b{local.resolution})'
-        msg.latency.round_trip_ms = 1e3 * (time.perf_counter() - sent)
+        msg.latency.round_trip_ms = round_trip_ms
         msg.latency.server_ms = response.server_ms
         self.counts['server'] += 1
         self._publish(msg, deadline_ns)
 
+    def arm_timer(self):
+        """Arm the timer for the nearest fallback time of an offloaded frame (or cancel it)."""
+        if not self.pending:
+            self.timer.cancel()
+            return
+        due_ns = min(call.deadline_ns for call in self.pending.values()) - self.margin_ns
+        self.timer.timer_period_ns = max(due_ns - self.get_clock().now().nanoseconds,
+                                         1_000_000)
+        self.timer.reset()
+
     def on_timer(self):
-        """Answer the offloaded frames whose deadline has come with their branch's answer."""
+        """Answer the offloaded frames due now with their branch's answer; re-arm."""
         now = self.get_clock().now().nanoseconds
-        for seq in [s for s, (d, _, _) in self.pending.items() if d <= now]:
-            deadline_ns, local, _ = self.pending.pop(seq)
-            local.note = f'server late: local answer (exit b{local.resolution})'
+        for seq in [s for s, call in self.pending.items()
+                    if call.deadline_ns - self.margin_ns <= now]:
+            call = self.pending.pop(seq)
+            self.publish_transfer(call, 0.0, None, timed_out=True)
+            call.local.note = f'server late: local answer (exit b{call.local.resolution})'
             self.counts['late'] += 1
-            self._publish(local, deadline_ns)
+            self._publish(call.local, call.deadline_ns)
+        self.arm_timer()
+
+    def publish_transfer(self, call, round_trip_ms, response, timed_out=False):
+        """Publish the TransferSample of one offload call (stamped with its send time)."""
+        self.transfer_pub.publish(TransferSample(
+            header=Header(stamp=ns_to_stamp(call.send_ns, Time),
+                          frame_id=call.local.header.frame_id),
+            frame_seq=call.local.frame_seq, payload_bytes=int(call.payload_bytes),
+            round_trip_ms=float(round_trip_ms),
+            server_ms=float(response.server_ms) if response is not None else 0.0,
+            success=response is not None, timed_out=bool(timed_out)))
 
     def _message(self, header, seq, logits, confidence, raw, note, deadline_ns, blocks=0):
         msg = FrameClassification()
@@ -222,6 +271,8 @@ class EarlyExitNode(Node):
     def _publish(self, msg, deadline_ns):
         now = self.get_clock().now().nanoseconds
         msg.deadline_met = now <= deadline_ns
+        if not msg.deadline_met:
+            self.counts['deadline_misses'] += 1
         msg.latency.total_ms = (now - _stamp_ns(msg.header.stamp)) / 1e6
         self.result_pub.publish(msg)
 

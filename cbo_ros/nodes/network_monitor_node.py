@@ -88,7 +88,7 @@ PARAMS = (
           maximum=100.0),
     Param('diagnostics_period_s', 1.0, 'Period of /diagnostics (seconds).', minimum=0.1,
           maximum=60.0),
-    Param('trusted_transfer_publishers', ['offload_planner_node'],
+    Param('trusted_transfer_publishers', ['offload_planner_node', 'early_exit_node'],
           "Nodes whose offload_transfers are used (relative names: this namespace; '*': any); "
           'samples of other publishers are ignored and reported.', convert=tuple),
     Param('trusted_external_publishers', [''],
