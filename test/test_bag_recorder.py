@@ -100,3 +100,35 @@ def test_duration_stops_and_closes_the_bag(tmp_path):
     assert wait_for(lambda: process.poll() is not None, 30.0), 'still running after --duration'
     assert process.returncode == 0, (tmp_path / 'recorder.log').read_text()
     assert (bag / 'metadata.yaml').is_file()
+
+
+def test_a_recorder_started_late_still_gets_the_first_results(tmp_path):
+    """result/offload_decision writers offer transient-local history: a recorder that joins
+    after the first answers were published still records them (it follows the writers' QoS)."""
+    from cbo_interfaces.msg import FrameClassification
+    from rosbags.highlevel import AnyReader
+
+    from cbo_ros.nodes.ros_common import RESULT_WRITER_QOS
+    from ros_session import RosSession
+    domain = unique_domain_id()
+    session = RosSession(domain)
+    bag = tmp_path / 'late'
+    recorder = None
+    try:
+        results = session.node.create_publisher(FrameClassification, 'result', RESULT_WRITER_QOS)
+        for index in range(20):                   # nobody listens yet
+            result = FrameClassification(class_id=str(index), frame_seq=index, is_final=True)
+            result.header.stamp.sec = 100 + index
+            results.publish(result)
+        recorder = start_process(['-m', 'cbo_ros.tools.record', '-o', str(bag), '--images',
+                                  'none'], ros_env(domain), tmp_path / 'recorder.log')
+        assert session.spin_until(lambda: results.get_subscription_count() > 0, 20.0)
+        session.spin_for(1.0)
+    finally:
+        session.close()
+        code = recorder is not None and stop_process(recorder)
+    assert code == 0, (tmp_path / 'recorder.log').read_text()
+    with AnyReader([bag]) as reader:
+        recorded = [reader.deserialize(raw, c.msgtype).frame_seq for c, _, raw in
+                    reader.messages([c for c in reader.connections if c.topic == '/result'])]
+    assert recorded == list(range(20))

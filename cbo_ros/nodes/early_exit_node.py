@@ -26,7 +26,8 @@ from std_msgs.msg import Header
 from cbo_ros.core.early_exit import EARLY_EXIT_STRATEGIES
 from cbo_ros.core.planner import LinkState
 from cbo_ros.nodes.ros_common import (class_name, declare, Diagnostics, FrameSubscription,
-                                      ns_to_stamp, RESULT_QOS, spin_node, TrustedPublishers)
+                                      ns_to_stamp, RESULT_WRITER_QOS, spin_node,
+                                      TrustedPublishers)
 from cbo_ros.perception.image_ops import softmax
 from cbo_ros.perception.media import image_msg_to_rgb
 
@@ -88,11 +89,12 @@ class EarlyExitNode(Node):
         self.seq = 0
         self.counts = {'frames': 0, 'exits': 0, 'offloads': 0, 'server': 0, 'late': 0,
                        'failed': 0, 'deadline_misses': 0}
-        self.result_pub = self.create_publisher(FrameClassification, 'result', RESULT_QOS)
+        self.result_pub = self.create_publisher(FrameClassification, 'result',
+                                                RESULT_WRITER_QOS)
         # One sample per offload call, as the planner's, so network_monitor_node learns the
         # uplink from early-exit offloads too.
         self.transfer_pub = self.create_publisher(TransferSample, 'offload_transfers',
-                                                  RESULT_QOS)
+                                                  RESULT_WRITER_QOS)
         self.client = self.create_client(OffloadFeatures, 'offload_features')
         self.quality_source = TrustedPublishers(self, 'network_quality', trusted)
         self.create_subscription(NetworkQuality, 'network_quality', self.on_quality, 10)

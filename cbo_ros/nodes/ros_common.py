@@ -42,6 +42,12 @@ SIM_CLOCK_TIMEOUT_S = 5.0
 # an evaluator sees every one.
 RESULT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
                         reliability=ReliabilityPolicy.RELIABLE)
+# Their writers also offer transient-local: a recorder (cbo_record, ros2 bag) or tool that
+# subscribes transient-local after the run started still gets the last 100 of each topic.
+# Readers of RESULT_QOS (volatile) are compatible and get no history.
+RESULT_WRITER_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
+                               reliability=ReliabilityPolicy.RELIABLE,
+                               durability=DurabilityPolicy.TRANSIENT_LOCAL)
 # local_result (classifier -> planner): also transient-local, so results published before the
 # planner's reader was matched (processes start at their own pace) still reach it. A volatile
 # reader (recorder, tools) is compatible with it.
