@@ -231,8 +231,12 @@ def bench_server(args):
 
 
 def _probe_goodput(link, domain, payload, window, duration):
+    # A call unanswered after 2 s is given up (as the planner gives up at the deadline): under
+    # loss the first calls can go unanswered while the server's response writer has not yet
+    # matched this client, and they would hold the whole window for the rest of the run.
     args = [sys.executable, '-m', 'cbo_ros.tools.probe_link', 'client', '--payload',
-            str(payload), '--window', str(window), '--duration', str(duration), '--wait', '15']
+            str(payload), '--window', str(window), '--duration', str(duration), '--wait', '15',
+            '--call-timeout', '2']
     out = subprocess.run(args, env=ros_env(domain, **link.env_for_robot()), capture_output=True,
                          text=True, timeout=duration + 40).stdout
     events = [json.loads(line) for line in out.splitlines() if line.startswith('{')]

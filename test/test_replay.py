@@ -187,3 +187,31 @@ def test_sim_time_without_clock_fails_loudly(tmp_path):
     assert 'no /clock message has arrived' in text and 'publish_clock' in text, text
     assert errors and 'no /clock' in errors[0].message, text
     assert counts and all(c.data == 0 for c in counts), 'frames were published with no clock'
+
+
+@pytest.mark.integration
+def test_server_on_sim_time_without_clock_reports_an_error(tmp_path):
+    """server_node checks deadlines on its clock: with use_sim_time and no /clock it says so."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from cbo_ros.assets import paths
+    from ros_session import RosSession
+    domain = unique_domain_id()
+    log = tmp_path / 'server.log'
+    server = start_process(
+        [sys.executable, '-m', 'server_node.offload_server', '--ros-args', '--params-file',
+         str(paths.SOURCE_ROOT / 'config' / 'server.yaml'), '-p', 'use_sim_time:=true'],
+        ros_env(domain), log)
+    session = RosSession(domain)
+    errors = []
+    session.node.create_subscription(
+        DiagnosticArray, '/diagnostics',
+        lambda m: errors.extend(s for s in m.status if s.level == s.ERROR), 10)
+    try:
+        session.spin_until(lambda: errors, 40.0)
+    finally:
+        session.close()
+        code = stop_process(server)
+    text = log.read_text()
+    assert code == 0, text
+    assert 'no /clock message has arrived' in text, text
+    assert errors and 'no /clock' in errors[0].message, text

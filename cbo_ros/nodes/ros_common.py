@@ -15,9 +15,9 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 
 # Shared with server_node (package cbo_common); re-exported for the robot nodes.
 from cbo_common.ros_helpers import (class_name, Diagnostics, ns_to_stamp,  # noqa: F401
-                                    shutdown_executor, stamp_to_ns)
+                                    shutdown_executor, SimClockWatch, stamp_to_ns,
+                                    steady_clock, steady_stamp)
 import rclpy
-from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
@@ -35,8 +35,6 @@ RELIABILITY = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
 # Frame transports of the readers (image_transport names): sensor_msgs/Image on image_raw, or
 # sensor_msgs/CompressedImage (JPEG/PNG) on image_raw/compressed.
 TRANSPORTS = ('raw', 'compressed')
-# With use_sim_time, a node whose clock has not started this long after start-up says so.
-SIM_CLOCK_TIMEOUT_S = 5.0
 
 # Final results, decisions and transfer samples are small: keep them reliable so a recorder or
 # an evaluator sees every one.
@@ -271,64 +269,6 @@ class FrameSubscription:
             f'an {self.topic} publisher is best effort (SensorDataQoS): this reader switched to '
             'best effort to receive its frames (reliability: auto); frames dropped under load '
             'can no longer be repaired')
-
-
-def steady_clock() -> Clock:
-    """Return a steady clock, for timers that must run whatever ``use_sim_time`` says."""
-    return Clock(clock_type=ClockType.STEADY_TIME)
-
-
-class SimClockWatch:
-    """With ``use_sim_time``, report loudly when no ``/clock`` arrives instead of hanging.
-
-    Under simulated time a node's clock reads 0 until the first ``/clock`` message, and its
-    ROS-time timers (deadlines, diagnostics) never fire: the node would wait silently. This
-    watch runs on a steady timer: once ``timeout_s`` has passed with the clock still at 0 it
-    logs an error with the fix (every 10 s while it lasts) and publishes an ERROR status on
-    ``/diagnostics`` itself; ``problem`` holds the text for the node's own diagnostics. When
-    the clock starts it says so once and stops watching. Without ``use_sim_time``: nothing.
-    """
-
-    def __init__(self, node: Node, diagnostics, timeout_s: float = SIM_CLOCK_TIMEOUT_S) -> None:
-        self.node = node
-        self.diagnostics = diagnostics
-        self.timeout_s = float(timeout_s)
-        self.problem = ''
-        self.enabled = bool(node.get_parameter('use_sim_time').value)
-        self.started_s = time.monotonic()
-        self.timer = (node.create_timer(min(1.0, self.timeout_s), self.check,
-                                        clock=steady_clock()) if self.enabled else None)
-
-    def clock_started(self) -> bool:
-        """Tell whether the node's clock runs (always true without use_sim_time)."""
-        return not self.enabled or self.node.get_clock().now().nanoseconds > 0
-
-    def check(self) -> None:
-        """Report a clock that has not started after the timeout; stop once it runs."""
-        if self.clock_started():
-            if self.problem:
-                self.node.get_logger().info('/clock arrived: simulated time runs')
-            self.problem = ''
-            self.node.destroy_timer(self.timer)
-            return
-        waited = time.monotonic() - self.started_s
-        if waited < self.timeout_s:
-            return
-        self.problem = (f'use_sim_time is true but no /clock message has arrived in '
-                        f'{waited:.0f} s: the node\'s time stands at 0, so frames cannot be '
-                        'stamped or answered by their deadline. Fix: start a /clock source '
-                        '(camera_node with publish_clock: true, or a bag player with --clock) '
-                        'or set use_sim_time: false')
-        self.node.get_logger().error(self.problem, throttle_duration_sec=10.0)
-        self.diagnostics.publish(Diagnostics.ERROR, self.problem,
-                                 {'use_sim_time': True, 'clock_started': False,
-                                  'waited_s': f'{waited:.0f}'},
-                                 stamp=steady_stamp())
-
-
-def steady_stamp():
-    """Return a stamp of the system clock (for messages sent while ROS time stands at 0)."""
-    return Clock(clock_type=ClockType.SYSTEM_TIME).now().to_msg()
 
 
 class RateMeter:

@@ -36,6 +36,7 @@ import atexit
 import contextlib
 import ipaddress
 import itertools
+import math
 import os
 import re
 import shutil
@@ -67,6 +68,8 @@ class ShapingError(RuntimeError):
 # Largest RTPS datagram on the shaped link (fits one 1500-byte Ethernet frame with room for
 # tunnels); larger samples are fragmented by DDS, not by IP (config/fastdds_shaped_link.xml).
 DDS_MESSAGE_BYTES = 1400
+# Bytes a datagram costs on the shaped link beyond its UDP payload: UDP 8, IPv4 20, Ethernet 14.
+WIRE_OVERHEAD = 42
 
 
 def _run(args, check=True, input_text=None, timeout=10.0):
@@ -114,6 +117,29 @@ def _pid_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def flow_budget(rate_bps, message_bytes, periods_ms=range(5, 1001),
+                wire_overhead=WIRE_OVERHEAD):
+    """Whole datagrams per period and the period (ms) of a Fast DDS flow controller.
+
+    The controller paces large samples so they do not burst into the link queue; the link
+    (TBF) stays the bottleneck. Its budget counts whole datagrams; on the wire each also costs
+    UDP/IP/Ethernet headers. The shortest period (smallest bursts) whose wire budget is at
+    least ``rate_bps`` and at most 2 % above it is chosen, else the period closest above it.
+    Pacing below the link wastes its capacity (repairs after loss then compete with new data:
+    goodput at 1 % loss fell from 79 % to 75 %); far above it, bursts queue in the TBF.
+    """
+    wire = message_bytes + wire_overhead
+    best = None
+    for period_ms in periods_ms:
+        count = max(1, math.ceil(rate_bps * period_ms / 1000.0 / 8.0 / wire))
+        pace = count * wire * 8.0 / (period_ms / 1000.0)
+        if pace <= 1.02 * rate_bps:
+            return count, period_ms
+        if best is None or pace < best[0]:
+            best = (pace, count, period_ms)
+    return best[1], best[2]
 
 
 class ShapedLink:
@@ -537,8 +563,7 @@ class ShapedLink:
         # template); the flow controller sends whole datagrams only, so its budget per period
         # is a whole number of them and the period (whole ms, ~10) follows from the rate.
         message = min(DDS_MESSAGE_BYTES, self.mtu - 100)
-        per_period = max(1, round(self.flow_control_bps / 8.0 * 0.010 / message))
-        period_ms = max(1, round(per_period * message * 8.0 / self.flow_control_bps * 1000.0))
+        per_period, period_ms = flow_budget(self.flow_control_bps, message)
         bytes_per_period = per_period * message
         template_path = os.path.join(_ROOT, 'config', 'fastdds_shaped_link.xml')
         with open(template_path) as handle:
