@@ -235,3 +235,23 @@ def test_flow_controller_keeps_the_link_the_bottleneck_without_bursting_far_abov
     wire_bps = count * (1400 + WIRE_OVERHEAD) * 8 / (period_ms / 1000.0)
     assert 1.0 <= wire_bps / rate <= 1.02, (count, period_ms, wire_bps / rate)
     assert count >= 1 and 5 <= period_ms <= 1000
+
+
+def test_only_the_writers_that_cross_the_link_are_limited_on_the_robot_side():
+    """Server: every datagram <= DDS_MESSAGE_BYTES. Robot: only service requests/responses, so
+    robot-local frames keep large fragments over shared memory."""
+    import xml.etree.ElementTree as ElementTree
+    from cbo_ros.testbed.link_shaping import DDS_MESSAGE_BYTES
+    ns = {'d': 'http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles'}
+    with ShapedLink(rate_bps=8e6) as link:
+        robot = ElementTree.parse(link.profile_path('robot')).getroot()
+        server = ElementTree.parse(link.profile_path('server')).getroot()
+    assert not robot.findall('.//d:maxMessageSize', ns)
+    assert [e.text for e in server.findall('.//d:maxMessageSize', ns)] == [str(DDS_MESSAGE_BYTES)]
+    for root in (robot, server):
+        limited = {w.get('profile_name') for w in root.findall('.//d:data_writer', ns)
+                   if any(p.findtext('d:name', namespaces=ns) == 'fastdds.max_message_size'
+                          and p.findtext('d:value', namespaces=ns) == str(DDS_MESSAGE_BYTES)
+                          for p in w.findall('.//d:property', ns))}
+        assert limited == {'client', 'service'}
+    assert robot.find(".//d:transport_descriptor[d:type='SHM']", ns) is not None

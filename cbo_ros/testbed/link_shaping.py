@@ -576,11 +576,19 @@ class ShapedLink:
                           text)
             text = re.sub(r'<maxMessageSize>\d+</maxMessageSize>',
                           f'<maxMessageSize>{message}</maxMessageSize>', text)
+            text = re.sub(r'(<name>fastdds.max_message_size</name>\s*<value>)\d+(</value>)',
+                          rf'\g<1>{message}\g<2>', text)
             if shm:
                 # Robot side: keep shared memory (32 MiB segments) for robot-local images and
                 # do not pace robot-local topics (only service requests/responses are paced).
                 text = re.sub(r'<!-- DEFAULT_WRITER_QOS_BEGIN -->.*<!-- DEFAULT_WRITER_QOS_END -->',
                               '', text, flags=re.S)
+                # Robot side: only the writers that cross the link (service requests and
+                # responses) keep datagrams below the MTU, by their fastdds.max_message_size;
+                # a transport-wide maxMessageSize would also cut robot-local frames into
+                # 1,400-byte fragments, even over shared memory (a 4K frame then took 1.6-2.4 s
+                # and delayed its neighbours by as much).
+                text = re.sub(r'\s*<maxMessageSize>\d+</maxMessageSize>', '', text)
                 text = text.replace('<!-- ROBOT_SHM_TRANSPORT -->', _ROBOT_SHM_DESCRIPTOR)
                 text = text.replace('<!-- ROBOT_SHM_USER_TRANSPORT -->',
                                     '<transport_id>cbo_shm</transport_id>')
