@@ -163,6 +163,11 @@ class NetworkMonitorNode(Node):
         self.diagnostics = Diagnostics(self, hardware_id='robot_link')
         self.clock_watch = SimClockWatch(self, self.diagnostics)
         self.probe_timer = self.create_timer(s.probe_period_s, self.on_probe_timer)
+        # While the probe service is absent (server down or not yet discovered), look for it
+        # every 0.1 s so that the first probe goes out as soon as it is back (cancelled
+        # otherwise: no extra wake-ups while it is present).
+        self.service_watch = self.create_timer(0.1, self.on_service_watch)
+        self.service_watch.cancel()
         self.publish_timer = self.create_timer(1.0 / s.publish_rate_hz, self.on_publish_timer)
         self.diagnostics_timer = self.create_timer(s.diagnostics_period_s, self.on_diagnostics)
 
@@ -249,11 +254,13 @@ class NetworkMonitorNode(Node):
             if not self._service_absent:
                 self.get_logger().warning(f"service '{self.probe_service}' not "
                                           'available: server unreachable')
+                self.service_watch.reset()
             self._service_absent = True
             return
         if self._service_absent:
             self.get_logger().info(f"service '{self.probe_service}' available")
             self._service_absent = False
+            self.service_watch.cancel()
         size = self.settings.probe_payload_bytes
         idle = (self._last_goodput_transfer is None
                 or now - self._last_goodput_transfer >= self.settings.bandwidth_probe_idle_s)
@@ -274,6 +281,11 @@ class NetworkMonitorNode(Node):
             self._pending = (future, sent, size, token)
         self.probes_sent += 1
         future.add_done_callback(lambda f: self._on_probe_done(f, sent, size, token))
+
+    def on_service_watch(self):
+        """Probe at once when the absent probe service has appeared."""
+        if self.probe_client.service_is_ready():
+            self.on_probe_timer()
 
     def _on_probe_done(self, future, sent, size, token):
         now = time.monotonic()
