@@ -246,12 +246,17 @@ def test_only_the_writers_that_cross_the_link_are_limited_on_the_robot_side():
     with ShapedLink(rate_bps=8e6) as link:
         robot = ElementTree.parse(link.profile_path('robot')).getroot()
         server = ElementTree.parse(link.profile_path('server')).getroot()
+    # No transport-wide limit (it would also cap what each side can receive).
     assert not robot.findall('.//d:maxMessageSize', ns)
-    assert [e.text for e in server.findall('.//d:maxMessageSize', ns)] == [str(DDS_MESSAGE_BYTES)]
+    assert not server.findall('.//d:maxMessageSize', ns)
+
+    def limited(elements):
+        return {e.get('profile_name') for e in elements
+                if any(p.findtext('d:name', namespaces=ns) == 'fastdds.max_message_size'
+                       and p.findtext('d:value', namespaces=ns) == str(DDS_MESSAGE_BYTES)
+                       for p in e.findall('.//d:property', ns))}
     for root in (robot, server):
-        limited = {w.get('profile_name') for w in root.findall('.//d:data_writer', ns)
-                   if any(p.findtext('d:name', namespaces=ns) == 'fastdds.max_message_size'
-                          and p.findtext('d:value', namespaces=ns) == str(DDS_MESSAGE_BYTES)
-                          for p in w.findall('.//d:property', ns))}
-        assert limited == {'client', 'service'}
+        assert limited(root.findall('.//d:data_writer', ns)) == {'client', 'service'}
+    assert limited(server.findall('.//d:participant', ns)) == {'cbo_shaped_participant'}
+    assert limited(robot.findall('.//d:participant', ns)) == set()
     assert robot.find(".//d:transport_descriptor[d:type='SHM']", ns) is not None

@@ -66,16 +66,20 @@ def test_frame_book_answers_late_frames_but_not_replays():
 
 
 def test_frames_far_larger_than_needed_are_subsampled_others_unchanged():
-    """Bounded per-frame cost: a 4K frame becomes 2-4x the working side; VGA is untouched."""
+    """Bounded per-frame cost: frames of 8x the working side or more are subsampled to 4-8x."""
     from cbo_ros.perception.image_ops import center_square, decimate_for
     rng = np.random.default_rng(0)
     vga = cv2.GaussianBlur(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), (0, 0), 2.0)
     assert decimate_for(vga, 128) is vga and decimate_for(vga, 384) is vga
+    hd = cv2.resize(vga, (1280, 720), interpolation=cv2.INTER_LINEAR)
+    assert decimate_for(hd, 128) is hd                                      # 720p: as offline
     uhd = cv2.resize(vga, (3840, 2160), interpolation=cv2.INTER_LINEAR)
+    assert decimate_for(uhd, 384) is uhd                                    # 2160 < 8 x 384
     small = decimate_for(uhd, 128)
-    assert small.shape == (270, 480, 3) and small.flags['C_CONTIGUOUS']     # stride 8
-    assert decimate_for(uhd, 384).shape == (1080, 1920, 3)                  # stride 2
-    assert 2 * 128 <= min(small.shape[:2]) < 4 * 128
+    assert small.shape == (540, 960, 3) and small.flags['C_CONTIGUOUS']     # stride 4
+    assert 4 * 128 <= min(small.shape[:2]) < 8 * 128
+    huge = np.zeros((4320, 7680, 3), np.uint8)
+    assert decimate_for(huge, 384).shape == (2160, 3840, 3)                 # 8K, stride 2
     # Same picture: the centre square at 128 px hardly differs from the full-size path.
     difference = np.abs(center_square(small, 128).astype(int)
                         - center_square(uhd, 128).astype(int)).mean()

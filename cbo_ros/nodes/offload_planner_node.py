@@ -190,7 +190,8 @@ class OffloadPlannerNode(Node):
                 return
             state.image_seen = True
             try:
-                # Kept until decided: a 4K frame is kept subsampled (bounded cost and memory).
+                # Kept until decided; frames of 8x the largest offload side or more are kept
+                # subsampled (bounded cost and memory).
                 state.rgb = decimate_for(frame_msg_to_rgb(msg), max(self.resolutions))
             except ValueError as error:
                 state.image_error = str(error)

@@ -28,14 +28,15 @@ def center_square(rgb, side):
 def decimate_for(rgb, side):
     """Subsample a frame far larger than ``side`` by an integer stride; others unchanged.
 
-    A frame whose shorter side is at least 4 x ``side`` keeps every k-th row and column
-    (k = shorter side // (2 x ``side``)), so it still has at least 2 x ``side`` pixels across
-    for the area resize that follows, and every later step (resizes, JPEG encodes, kept
-    frames) costs what a frame of 2-4 x ``side`` costs, whatever the input size (a 4K frame
-    took ~17 ms per resize and 25 MB per kept frame). Frames below that are returned as they
-    are, so their results are bit-identical to the offline evaluation's.
+    A frame whose shorter side is at least 8 x ``side`` keeps every k-th row and column
+    (k = shorter side // (4 x ``side``)): it still has 4-8 x ``side`` pixels across for the
+    area resize that follows (aliasing negligible), and every later step (resizes, JPEG
+    encodes, kept frames) costs at most what a frame of 8 x ``side`` costs, whatever the input
+    size (a 4K frame took ~17 ms per resize to 128 px). Smaller frames (720p for a 128 px
+    model, 4K for 384 px offloads) are returned as they are, so their results are
+    bit-identical to the offline evaluation's.
     """
-    stride = min(rgb.shape[0], rgb.shape[1]) // (2 * int(side))
+    stride = min(rgb.shape[0], rgb.shape[1]) // (4 * int(side))
     if stride < 2:
         return rgb
     return np.ascontiguousarray(rgb[::stride, ::stride])

@@ -574,8 +574,6 @@ class ShapedLink:
                           template)
             text = re.sub(r'<period_ms>\d+</period_ms>', f'<period_ms>{period_ms}</period_ms>',
                           text)
-            text = re.sub(r'<maxMessageSize>\d+</maxMessageSize>',
-                          f'<maxMessageSize>{message}</maxMessageSize>', text)
             text = re.sub(r'(<name>fastdds.max_message_size</name>\s*<value>)\d+(</value>)',
                           rf'\g<1>{message}\g<2>', text)
             if shm:
@@ -584,11 +582,12 @@ class ShapedLink:
                 text = re.sub(r'<!-- DEFAULT_WRITER_QOS_BEGIN -->.*<!-- DEFAULT_WRITER_QOS_END -->',
                               '', text, flags=re.S)
                 # Robot side: only the writers that cross the link (service requests and
-                # responses) keep datagrams below the MTU, by their fastdds.max_message_size;
-                # a transport-wide maxMessageSize would also cut robot-local frames into
+                # responses) send datagrams below the MTU (their fastdds.max_message_size); a
+                # participant- or transport-wide limit would also cut robot-local frames into
                 # 1,400-byte fragments, even over shared memory (a 4K frame then took 1.6-2.4 s
                 # and delayed its neighbours by as much).
-                text = re.sub(r'\s*<maxMessageSize>\d+</maxMessageSize>', '', text)
+                text = re.sub(r'\s*<!-- SERVER_MAX_MESSAGE_SIZE_BEGIN -->.*'
+                              r'<!-- SERVER_MAX_MESSAGE_SIZE_END -->', '', text, flags=re.S)
                 text = text.replace('<!-- ROBOT_SHM_TRANSPORT -->', _ROBOT_SHM_DESCRIPTOR)
                 text = text.replace('<!-- ROBOT_SHM_USER_TRANSPORT -->',
                                     '<transport_id>cbo_shm</transport_id>')
