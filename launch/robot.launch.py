@@ -39,7 +39,8 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
-# Strategies served by early_exit_node (as in robot_bringup).
+# Strategies served by early_exit_node (cbo_ros.core.early_exit.EARLY_EXIT_STRATEGIES; a test
+# keeps the two equal).
 EARLY_EXIT_STRATEGIES = ('early_exit_partition', 'early_exit_partition_uncalibrated')
 
 
@@ -76,6 +77,9 @@ def generate_launch_description():
         overrides = given_overrides(context, given)
         if LaunchConfiguration('input_transport').perform(context) == 'compressed':
             overrides['publish_compressed'] = True       # what the frame readers then take
+        if (LaunchConfiguration('strategy').perform(context) in EARLY_EXIT_STRATEGIES
+                and 'wait_for_subscribers' not in overrides):
+            overrides['wait_for_subscribers'] = 1        # early_exit_node is the one reader
         return [robot_node('camera_node', overrides, remappings=frames)]
 
     def frame_readers(context):

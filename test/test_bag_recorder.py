@@ -108,14 +108,14 @@ def test_a_recorder_started_late_still_gets_the_first_results(tmp_path):
     from cbo_interfaces.msg import FrameClassification
     from rosbags.highlevel import AnyReader
 
-    from cbo_ros.nodes.ros_common import RESULT_WRITER_QOS
+    from cbo_ros.nodes.ros_common import RESULT_HISTORY_QOS
     from ros_session import RosSession
     domain = unique_domain_id()
     session = RosSession(domain)
     bag = tmp_path / 'late'
     recorder = None
     try:
-        results = session.node.create_publisher(FrameClassification, 'result', RESULT_WRITER_QOS)
+        results = session.node.create_publisher(FrameClassification, 'result', RESULT_HISTORY_QOS)
         for index in range(20):                   # nobody listens yet
             result = FrameClassification(class_id=str(index), frame_seq=index, is_final=True)
             result.header.stamp.sec = 100 + index

@@ -378,3 +378,11 @@ def test_demo_launch_starts_the_demo_camera():
     assert set(robot_arguments) - {None} <= robot_declared, set(robot_arguments) - robot_declared
     for name in ('strategy', 'input_transport', 'keep_recorded_stamps', 'publish_clock'):
         assert is_launch_configuration(robot_arguments[name], name), name
+
+
+def test_robot_launch_early_exit_strategies_are_the_cores():
+    from cbo_ros.core.early_exit import EARLY_EXIT_STRATEGIES
+    tree = ast.parse((LAUNCH_DIR / 'robot.launch.py').read_text())
+    values = [ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+              and any(getattr(t, 'id', '') == 'EARLY_EXIT_STRATEGIES' for t in n.targets)]
+    assert values == [EARLY_EXIT_STRATEGIES]

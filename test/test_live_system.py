@@ -341,9 +341,11 @@ def test_bandwidth_drop_changes_the_planners_choices(system):
     assert sent_low * 8 / duration_low <= 0.4e6 * 1.5, 'offloads exceed the link budget'
 
 
-def test_early_exit_strategy_through_robot_bringup(system):
+@pytest.mark.parametrize('composition', [[], ['--single-process']], ids=['processes', 'one'])
+def test_early_exit_strategy_through_robot_bringup(system, composition):
     """robot_bringup --strategy early_exit_partition: early_exit_node answers every frame once,
-    exiting on the robot or finishing on the server's tail."""
+    exiting on the robot or finishing on the server's tail (a process per node, or all nodes
+    on one MultiThreadedExecutor)."""
     from cbo_ros.evaluation.early_exit_eval import calibration_path
     from cbo_ros.perception.early_exit import find_early_exit_dir
     if not (find_early_exit_dir() / 'manifest.json').is_file() or \
@@ -353,10 +355,11 @@ def test_early_exit_strategy_through_robot_bringup(system):
     assert system.wait_for_server(), 'server did not come up:\n' + system.log('server')
     system.start_robot('--video', 'bikes.mp4', '--mode', 'once', '--max-frames', '30',
                        '--start-delay', '2.0', '--strategy', 'early_exit_partition',
-                       '--deadline-ms', '1000')
+                       '--deadline-ms', '1000', *composition)
     assert wait_all_answered(system, 30, timeout=60), unanswered_report(system)
     answers = final_by_stamp(system.recorder)
     assert len(answers) == 30 and all(len(v) == 1 for v in answers.values())
     finals = [v[0] for v in answers.values()]
     assert all(m.is_final and m.class_id for m in finals), [m.note for m in finals]
     assert 'early_exit_node' in system.log('robot')
+    assert any(m.source == m.SOURCE_SERVER for m in finals), [m.note for m in finals]

@@ -1,7 +1,8 @@
-"""Units of the reliability fixes: busy retry hints, sequence gaps, frames late on arrival."""
+"""Units of the reliability fixes: busy hints, sequence gaps, late frames, big frames, pacing."""
 
 import cv2
 import numpy as np
+import pytest
 
 from cbo_ros.core.server_busy import BusyBackoff, retry_after_s
 
@@ -84,3 +85,13 @@ def test_frames_far_larger_than_needed_are_subsampled_others_unchanged():
     difference = np.abs(center_square(small, 128).astype(int)
                         - center_square(uhd, 128).astype(int)).mean()
     assert difference < 4.0, difference
+
+
+@pytest.mark.parametrize('rate', [5e4, 1e5, 5e5, 1e6, 2e6, 5e6, 8e6, 2e7, 5e7, 1e8])
+def test_flow_controller_keeps_the_link_the_bottleneck_without_bursting_far_above_it(rate):
+    """The Fast DDS pacing budget, on the wire (headers included), is 100-102 % of the link."""
+    from cbo_ros.testbed.link_shaping import flow_budget, WIRE_OVERHEAD
+    count, period_ms = flow_budget(rate, 1400)
+    wire_bps = count * (1400 + WIRE_OVERHEAD) * 8 / (period_ms / 1000.0)
+    assert 1.0 <= wire_bps / rate <= 1.02, (count, period_ms, wire_bps / rate)
+    assert count >= 1 and 5 <= period_ms <= 1000

@@ -142,9 +142,9 @@ class SimClockWatch:
         self.diagnostics.publish(Diagnostics.ERROR, self.problem,
                                  {'use_sim_time': True, 'clock_started': False,
                                   'waited_s': f'{waited:.0f}'},
-                                 stamp=steady_stamp())
+                                 stamp=system_stamp())
 
 
-def steady_stamp():
+def system_stamp():
     """Return a stamp of the system clock (for messages sent while ROS time stands at 0)."""
     return Clock(clock_type=ClockType.SYSTEM_TIME).now().to_msg()

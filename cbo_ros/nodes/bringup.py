@@ -49,12 +49,12 @@ import time
 import yaml
 
 from cbo_ros.assets.paths import config_dir
+from cbo_ros.core.early_exit import EARLY_EXIT_STRATEGIES
 
 IMAGE_READERS = ('camera_node', 'npu_classifier_node', 'offload_planner_node',
                  'early_exit_node')
-# Strategies served by early_exit_node (head on the robot, tail on the server) in place of
-# npu_classifier_node + offload_planner_node; its parameters: config/early_exit.yaml.
-EARLY_EXIT_STRATEGIES = ('early_exit_partition', 'early_exit_partition_uncalibrated')
+# early_exit_node serves EARLY_EXIT_STRATEGIES (head on the robot, tail on the server) in place
+# of npu_classifier_node + offload_planner_node; its parameters: config/early_exit.yaml.
 EARLY_EXIT_NODE = ('early_exit_node', 'EarlyExitNode', None)
 NODES = (  # (executable / module, class, option that disables it)
     ('camera_node', 'CameraNode', 'no_camera'),
@@ -362,7 +362,11 @@ def run_single_process(options, params_file, ros_args):
 
     from cbo_ros.nodes.ros_common import shutdown_executor
 
-    rclpy_args = ['robot_bringup', '--ros-args', '--params-file', params_file] + ros_args
+    files = [params_file]
+    if options.strategy in EARLY_EXIT_STRATEGIES:
+        files.insert(0, str(config_dir() / 'early_exit.yaml'))     # as in run_processes
+    file_args = [arg for path in files for arg in ('--params-file', path)]
+    rclpy_args = ['robot_bringup', '--ros-args'] + file_args + ros_args
     if options.log_level:
         rclpy_args += ['--log-level', options.log_level]
     # SIGINT/SIGTERM end the spin loop below instead of shutting the context down at once:
@@ -394,7 +398,7 @@ def run_single_process(options, params_file, ros_args):
     nodes = []
     code = 0
     try:
-        camera = planner = None
+        camera = answering = None
         for name, class_name in selected_nodes(options):
             cls = node_class(f'cbo_ros.nodes.{name}', class_name)
             params = [Parameter(k, value=v) for k, v in overrides.get(name, {}).items()]
@@ -404,7 +408,8 @@ def run_single_process(options, params_file, ros_args):
             nodes.append(node)
             executor.add_node(node)
             camera = node if name == 'camera_node' else camera
-            planner = node if name == 'offload_planner_node' else planner
+            if name in ('offload_planner_node', 'early_exit_node'):
+                answering = node              # the node that publishes the final results
         logger.info(f"started {', '.join(n.get_fully_qualified_name() for n in nodes)} "
                     f'(params {options.params_file}; one process)')
         done_since = None
@@ -412,7 +417,9 @@ def run_single_process(options, params_file, ros_args):
             executor.spin_once(timeout_sec=0.2)
             if options.exit_when_done and camera is not None and camera.done:
                 done_since = done_since or time.monotonic()
-                if time.monotonic() - done_since > planner.settings.deadline_ns / 1e9 + 1.0:
+                deadline_ns = (answering.deadline_ns if answering.get_name() == 'early_exit_node'
+                               else answering.settings.deadline_ns)
+                if time.monotonic() - done_since > deadline_ns / 1e9 + 1.0:
                     logger.info('camera done and last deadline passed: exiting')
                     break
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -460,10 +467,6 @@ def main(argv=None):
     params_file = namespaced_params_file(options.params_file)
     try:
         if options.single_process:
-            if options.strategy in EARLY_EXIT_STRATEGIES:
-                print(f'robot_bringup: --single-process does not run {options.strategy} '
-                      '(early_exit_node): leave --single-process out', file=sys.stderr)
-                return 2
             return run_single_process(options, params_file, ros_args)
         return run_processes(options, params_file, ros_args)
     finally:

@@ -42,8 +42,9 @@ from sensor_msgs.msg import CompressedImage, Image, TimeReference
 from std_msgs.msg import UInt64
 
 from cbo_ros.nodes.ros_common import (Diagnostics, frame_qos, LATCHED_QOS, load_settings,
-                                      ns_to_stamp, Param, RateMeter, RELIABILITY, RESULT_WRITER_QOS,
-                                      SimClockWatch, spin_node, stamp_to_ns, steady_clock)
+                                      ns_to_stamp, Param, RateMeter, RELIABILITY,
+                                      RESULT_HISTORY_QOS, SimClockWatch, spin_node, stamp_to_ns,
+                                      steady_clock)
 from cbo_ros.perception.image_ops import encode_jpeg, encode_png
 from cbo_ros.perception.media import MediaError, open_source, RosbagSource
 
@@ -195,7 +196,7 @@ class CameraNode(Node):
             if s.publish_compressed else None)
         self.count_pub = self.create_publisher(UInt64, 'frames_published', LATCHED_QOS)
         self.source_frame_pub = self.create_publisher(TimeReference, 'image_raw/source_frame',
-                                                      RESULT_WRITER_QOS)
+                                                      RESULT_HISTORY_QOS)
         self.clock_pub = (self.create_publisher(ClockMsg, '/clock', CLOCK_QOS)
                           if s.publish_clock else None)
         self.diagnostics = Diagnostics(self)

@@ -10,6 +10,7 @@ one ``result`` per frame: the server's answer when it arrives in time, else the 
 at the deadline. The decisions are ``cbo_ros.core.early_exit.EarlyExitPolicy``, as offline.
 """
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from std_msgs.msg import Header
 from cbo_ros.core.early_exit import EARLY_EXIT_STRATEGIES
 from cbo_ros.core.planner import LinkState
 from cbo_ros.nodes.ros_common import (class_name, declare, Diagnostics, FrameSubscription,
-                                      ns_to_stamp, RESULT_WRITER_QOS, spin_node,
+                                      ns_to_stamp, RESULT_HISTORY_QOS, spin_node,
                                       TrustedPublishers)
 from cbo_ros.perception.image_ops import softmax
 from cbo_ros.perception.media import image_msg_to_rgb
@@ -41,6 +42,12 @@ class InFlight:
     sent_perf_s: float
     send_ns: int
     payload_bytes: int
+    future: object = None           # the service call (removed from the client when given up)
+
+
+# An offload answered locally at its deadline is given up this long after it (then reported
+# as a failed transfer and removed from the client), as the planner's late_grace_ms does.
+LATE_GRACE_NS = 1_000_000_000
 
 
 def _stamp_ns(stamp):
@@ -85,16 +92,22 @@ class EarlyExitNode(Node):
         self.link = None
         self.busy_until_s = 0.0
         self.margin_ns = int(margin_ms * 1e6)
-        self.pending = {}               # seq -> InFlight
+        # Executor: its own process under spin_node (single-threaded), or the
+        # MultiThreadedExecutor of robot_bringup --single-process, where service responses
+        # (future callbacks, outside any callback group) can run beside the node's callbacks:
+        # the lock guards the frames in flight, the counts and the timer.
+        self.lock = threading.RLock()
+        self.pending = {}               # seq -> InFlight, waiting for the server
+        self.late = {}                  # seq -> InFlight answered locally, answer still due
         self.seq = 0
         self.counts = {'frames': 0, 'exits': 0, 'offloads': 0, 'server': 0, 'late': 0,
                        'failed': 0, 'deadline_misses': 0}
         self.result_pub = self.create_publisher(FrameClassification, 'result',
-                                                RESULT_WRITER_QOS)
+                                                RESULT_HISTORY_QOS)
         # One sample per offload call, as the planner's, so network_monitor_node learns the
         # uplink from early-exit offloads too.
         self.transfer_pub = self.create_publisher(TransferSample, 'offload_transfers',
-                                                  RESULT_WRITER_QOS)
+                                                  RESULT_HISTORY_QOS)
         self.client = self.create_client(OffloadFeatures, 'offload_features')
         self.quality_source = TrustedPublishers(self, 'network_quality', trusted)
         self.create_subscription(NetworkQuality, 'network_quality', self.on_quality, 10)
@@ -112,8 +125,9 @@ class EarlyExitNode(Node):
 
     def on_quality(self, msg, info):
         """Keep the latest link estimate of a trusted network monitor (others: ignored)."""
-        if self.quality_source.accepts(info):
-            self.link = msg
+        with self.lock:
+            if self.quality_source.accepts(info):
+                self.link = msg
 
     def _link_state(self):
         msg = self.link
@@ -125,26 +139,27 @@ class EarlyExitNode(Node):
 
     def on_image(self, msg):
         """Choose the partition, run the head, exit or offload the tensor."""
-        seq, self.seq = self.seq, self.seq + 1
-        self.counts['frames'] += 1
-        deadline_ns = _stamp_ns(msg.header.stamp) + self.deadline_ns
-        now_s = self.get_clock().now().nanoseconds / 1e9
-        try:
-            rgb = image_msg_to_rgb(msg.encoding, msg.height, msg.width, msg.step,
-                                   np.frombuffer(msg.data, np.uint8), msg.is_bigendian)
-        except ValueError as error:
-            self.get_logger().warning(f'invalid frame: {error}', throttle_duration_sec=5.0)
-            self._publish(self._message(msg.header, seq, None, 0.0, 0.0, f'invalid frame: '
-                                        f'{error}', deadline_ns), deadline_ns)
-            return
-        try:
-            self._process(msg, seq, rgb, now_s, deadline_ns)
-        except Exception as error:  # noqa: BLE001 - a frame must never take the node down
-            self.get_logger().error(f'frame {seq}: {type(error).__name__}: {error}',
-                                    throttle_duration_sec=5.0)
-            self.pending.pop(seq, None)
-            self._publish(self._message(msg.header, seq, None, 0.0, 0.0,
-                                        f'internal error: {error}', deadline_ns), deadline_ns)
+        with self.lock:
+            seq, self.seq = self.seq, self.seq + 1
+            self.counts['frames'] += 1
+            deadline_ns = _stamp_ns(msg.header.stamp) + self.deadline_ns
+            now_s = self.get_clock().now().nanoseconds / 1e9
+            try:
+                rgb = image_msg_to_rgb(msg.encoding, msg.height, msg.width, msg.step,
+                                       np.frombuffer(msg.data, np.uint8), msg.is_bigendian)
+            except ValueError as error:
+                self.get_logger().warning(f'invalid frame: {error}', throttle_duration_sec=5.0)
+                self._publish(self._message(msg.header, seq, None, 0.0, 0.0, f'invalid frame: '
+                                            f'{error}', deadline_ns), deadline_ns)
+                return
+            try:
+                self._process(msg, seq, rgb, now_s, deadline_ns)
+            except Exception as error:  # noqa: BLE001 - a frame must never take the node down
+                self.get_logger().error(f'frame {seq}: {type(error).__name__}: {error}',
+                                        throttle_duration_sec=5.0)
+                self.pending.pop(seq, None)
+                self._publish(self._message(msg.header, seq, None, 0.0, 0.0,
+                                            f'internal error: {error}', deadline_ns), deadline_ns)
 
     def _process(self, msg, seq, rgb, now_s, deadline_ns):
         link = self._link_state()
@@ -181,62 +196,79 @@ class EarlyExitNode(Node):
         request.deadline = ns_to_stamp(deadline_ns, Time)
         request.top_k = int(self.top_k)
         self.counts['offloads'] += 1
-        self.pending[seq] = InFlight(deadline_ns, local, time.perf_counter(),
-                                     self.get_clock().now().nanoseconds, len(payload.data))
-        future = self.client.call_async(request)
-        future.add_done_callback(lambda f, s=seq: self.on_response(s, f))
+        call = InFlight(deadline_ns, local, time.perf_counter(),
+                        self.get_clock().now().nanoseconds, len(payload.data))
+        self.pending[seq] = call
+        call.future = self.client.call_async(request)
+        call.future.add_done_callback(lambda f, s=seq: self.on_response(s, f))
         self.arm_timer()
 
     def on_response(self, seq, future):
         """Publish the server's answer when it is in time (else the branch's answered)."""
-        entry = self.pending.pop(seq, None)
-        if entry is None:
-            return                               # already answered locally at the deadline
-        deadline_ns, local = entry.deadline_ns, entry.local
-        response = future.result() if future.exception() is None else None
-        round_trip_ms = 1e3 * (time.perf_counter() - entry.sent_perf_s)
-        self.publish_transfer(entry, round_trip_ms, response)
-        if response is None or not response.success:
-            why = 'no response' if response is None else response.error
-            self.counts['failed'] += 1
-            self.get_logger().warning(f'offload_features failed: {why}',
-                                      throttle_duration_sec=5.0)
-            local.note = f'server refused: local answer ({why})'
-            self._publish(local, deadline_ns)
-            return
-        msg = local
-        msg.source = FrameClassification.SOURCE_SERVER
-        msg.class_id, msg.class_name, msg.score = (response.class_id, response.class_name,
-                                                   response.score)
-        msg.top_k = list(response.top_k)
-        msg.model = response.model
-        msg.note = f'server answer (tail after b{local.resolution})'
-        msg.latency.round_trip_ms = round_trip_ms
-        msg.latency.server_ms = response.server_ms
-        self.counts['server'] += 1
-        self._publish(msg, deadline_ns)
+        with self.lock:
+            response = future.result() if future.exception() is None else None
+            late = self.late.pop(seq, None)
+            if late is not None:
+                # The frame was answered locally before its deadline; the late answer still
+                # tells the network monitor that the server and the link work.
+                self.publish_transfer(late, 1e3 * (time.perf_counter() - late.sent_perf_s),
+                                      response, timed_out=True)
+                return
+            entry = self.pending.pop(seq, None)
+            if entry is None:
+                return                               # given up long ago
+            deadline_ns, local = entry.deadline_ns, entry.local
+            round_trip_ms = 1e3 * (time.perf_counter() - entry.sent_perf_s)
+            self.publish_transfer(entry, round_trip_ms, response)
+            if response is None or not response.success:
+                why = 'no response' if response is None else response.error
+                self.counts['failed'] += 1
+                self.get_logger().warning(f'offload_features failed: {why}',
+                                          throttle_duration_sec=5.0)
+                local.note = f'server refused: local answer ({why})'
+                self._publish(local, deadline_ns)
+                return
+            msg = local
+            msg.source = FrameClassification.SOURCE_SERVER
+            msg.class_id, msg.class_name, msg.score = (response.class_id, response.class_name,
+                                                       response.score)
+            msg.top_k = list(response.top_k)
+            msg.model = response.model
+            msg.note = f'server answer (tail after b{local.resolution})'
+            msg.latency.round_trip_ms = round_trip_ms
+            msg.latency.server_ms = response.server_ms
+            self.counts['server'] += 1
+            self._publish(msg, deadline_ns)
 
     def arm_timer(self):
         """Arm the timer for the nearest fallback time of an offloaded frame (or cancel it)."""
-        if not self.pending:
+        due = ([call.deadline_ns - self.margin_ns for call in self.pending.values()]
+               + [call.deadline_ns + LATE_GRACE_NS for call in self.late.values()])
+        if not due:
             self.timer.cancel()
             return
-        due_ns = min(call.deadline_ns for call in self.pending.values()) - self.margin_ns
+        due_ns = min(due)
         self.timer.timer_period_ns = max(due_ns - self.get_clock().now().nanoseconds,
                                          1_000_000)
         self.timer.reset()
 
     def on_timer(self):
         """Answer the offloaded frames due now with their branch's answer; re-arm."""
-        now = self.get_clock().now().nanoseconds
-        for seq in [s for s, call in self.pending.items()
-                    if call.deadline_ns - self.margin_ns <= now]:
-            call = self.pending.pop(seq)
-            self.publish_transfer(call, 0.0, None, timed_out=True)
-            call.local.note = f'server late: local answer (exit b{call.local.resolution})'
-            self.counts['late'] += 1
-            self._publish(call.local, call.deadline_ns)
-        self.arm_timer()
+        with self.lock:
+            now = self.get_clock().now().nanoseconds
+            for seq in [s for s, call in self.pending.items()
+                        if call.deadline_ns - self.margin_ns <= now]:
+                call = self.pending.pop(seq)
+                call.local.note = f'server late: local answer (exit b{call.local.resolution})'
+                self.counts['late'] += 1
+                self._publish(call.local, call.deadline_ns)
+                self.late[seq] = call        # its answer may still come: see on_response
+            for seq in [s for s, call in self.late.items()
+                        if call.deadline_ns + LATE_GRACE_NS <= now]:
+                call = self.late.pop(seq)    # no answer at all: a failed transfer
+                self.client.remove_pending_request(call.future)
+                self.publish_transfer(call, 0.0, None, timed_out=True)
+            self.arm_timer()
 
     def publish_transfer(self, call, round_trip_ms, response, timed_out=False):
         """Publish the TransferSample of one offload call (stamped with its send time)."""
@@ -280,15 +312,16 @@ class EarlyExitNode(Node):
 
     def on_diagnostics(self):
         """Publish the counts on /diagnostics."""
-        values = {k: str(v) for k, v in self.counts.items()}
-        values['strategy'] = self.policy.name
-        level, message = Diagnostics.OK, f'{self.policy.name} running'
-        untrusted = self.quality_source.report()
-        if untrusted:
-            level, message = Diagnostics.WARN, f'{message}; {untrusted}'
-        if self.frames_in.problem:
-            level, message = Diagnostics.ERROR, f'{self.frames_in.problem}; {message}'
-        self.diagnostics.publish(level, message, values)
+        with self.lock:
+            values = {k: str(v) for k, v in self.counts.items()}
+            values['strategy'] = self.policy.name
+            level, message = Diagnostics.OK, f'{self.policy.name} running'
+            untrusted = self.quality_source.report()
+            if untrusted:
+                level, message = Diagnostics.WARN, f'{message}; {untrusted}'
+            if self.frames_in.problem:
+                level, message = Diagnostics.ERROR, f'{self.frames_in.problem}; {message}'
+            self.diagnostics.publish(level, message, values)
 
 
 def main(args=None):

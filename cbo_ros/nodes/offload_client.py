@@ -22,7 +22,7 @@ from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage
 
 from cbo_ros.core.server_busy import BusyBackoff
-from cbo_ros.nodes.ros_common import ns_to_stamp, RESULT_WRITER_QOS
+from cbo_ros.nodes.ros_common import ns_to_stamp, RESULT_HISTORY_QOS
 
 
 @dataclass
@@ -59,7 +59,7 @@ class OffloadClient:
         self.client = node.create_client(Offload, service, qos_profile=qos,
                                          callback_group=callback_group)
         self.transfer_pub = node.create_publisher(TransferSample, 'offload_transfers',
-                                                  RESULT_WRITER_QOS)
+                                                  RESULT_HISTORY_QOS)
         self.pending: Dict[int, PendingCall] = {}       # frame key -> call
         self.round_trips_ms: Deque[float] = collections.deque(maxlen=50)
         self.consecutive_timeouts = 0

@@ -38,7 +38,7 @@ from cbo_ros.nodes.planner_settings import PARAMS, PlannerSettings
 from cbo_ros.nodes.planner_status import PlannerHealth
 from cbo_ros.nodes.ros_common import (Diagnostics, FrameSubscription, LATCHED_QOS,
                                       load_bundle, load_settings, LOCAL_RESULT_QOS, RateMeter,
-                                      RESULT_WRITER_QOS, SequenceGaps, SimClockWatch, spin_node,
+                                      RESULT_HISTORY_QOS, SequenceGaps, SimClockWatch, spin_node,
                                       TrustedPublishers, updated_settings, validate_parameters)
 from cbo_ros.perception.image_ops import decimate_for
 from cbo_ros.perception.media import frame_msg_to_rgb
@@ -101,9 +101,9 @@ class OffloadPlannerNode(Node):
         self.camera_published = 0
         self.create_subscription(UInt64, 'frames_published', self.on_camera_count, LATCHED_QOS)
         self.result_pub = self.create_publisher(FrameClassification, 'result',
-                                                RESULT_WRITER_QOS)
+                                                RESULT_HISTORY_QOS)
         self.decision_pub = self.create_publisher(OffloadDecision, 'offload_decision',
-                                                  RESULT_WRITER_QOS)
+                                                  RESULT_HISTORY_QOS)
         self.diagnostics = Diagnostics(self)
         self.clock_watch = SimClockWatch(self, self.diagnostics)
         # One timer, re-armed for the nearest due frame (not a fixed 5 ms poll: 200 wake-ups/s

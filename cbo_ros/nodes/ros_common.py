@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 # Shared with server_node (package cbo_common); re-exported for the robot nodes.
 from cbo_common.ros_helpers import (class_name, Diagnostics, ns_to_stamp,  # noqa: F401
                                     shutdown_executor, SimClockWatch, stamp_to_ns,
-                                    steady_clock, steady_stamp)
+                                    steady_clock, system_stamp)
 import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
@@ -40,12 +40,12 @@ TRANSPORTS = ('raw', 'compressed')
 # an evaluator sees every one.
 RESULT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
                         reliability=ReliabilityPolicy.RELIABLE)
-# Their writers also offer transient-local: a recorder (cbo_record, ros2 bag) or tool that
-# subscribes transient-local after the run started still gets the last 100 of each topic.
-# Readers of RESULT_QOS (volatile) are compatible and get no history.
-RESULT_WRITER_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
-                               reliability=ReliabilityPolicy.RELIABLE,
-                               durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Their writers also offer transient-local: a recorder (cbo_record, ros2 bag, the test bed's
+# Recorder) or tool that subscribes with this profile after the run started still gets the
+# last 100 of each topic. Readers of RESULT_QOS (volatile) are compatible and get no history.
+RESULT_HISTORY_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
+                                reliability=ReliabilityPolicy.RELIABLE,
+                                durability=DurabilityPolicy.TRANSIENT_LOCAL)
 # local_result (classifier -> planner): also transient-local, so results published before the
 # planner's reader was matched (processes start at their own pace) still reach it. A volatile
 # reader (recorder, tools) is compatible with it.

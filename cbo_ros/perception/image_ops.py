@@ -30,7 +30,8 @@ def decimate_for(rgb, side):
 
     A frame whose shorter side is at least 8 x ``side`` keeps every k-th row and column
     (k = shorter side // (4 x ``side``)): it still has 4-8 x ``side`` pixels across for the
-    area resize that follows (aliasing negligible), and every later step (resizes, JPEG
+    area resize that follows (a plain stride does not low-pass filter, so fine texture can
+    alias; the 4-8 x margin keeps that small), and every later step (resizes, JPEG
     encodes, kept frames) costs at most what a frame of 8 x ``side`` costs, whatever the input
     size (a 4K frame took ~17 ms per resize to 128 px). Smaller frames (720p for a 128 px
     model, 4K for 384 px offloads) are returned as they are, so their results are

@@ -559,9 +559,9 @@ class ShapedLink:
     def _write_profiles(self):
         if self._profile_dir is None:
             self._profile_dir = tempfile.mkdtemp(prefix=f'{self.netns}-fastdds-')
-        # Datagrams of at most `message` bytes (maxMessageSize: no IP fragmentation, see the
-        # template); the flow controller sends whole datagrams only, so its budget per period
-        # is a whole number of them and the period (whole ms, ~10) follows from the rate.
+        # Datagrams of at most `message` bytes across the link (fastdds.max_message_size: no
+        # IP fragmentation, see the template); the flow controller sends whole datagrams only,
+        # so its budget is a whole number of them per period (flow_budget).
         message = min(DDS_MESSAGE_BYTES, self.mtu - 100)
         per_period, period_ms = flow_budget(self.flow_control_bps, message)
         bytes_per_period = per_period * message

@@ -16,7 +16,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import TimeReference
 from std_msgs.msg import UInt64
 
-from cbo_ros.nodes.ros_common import LATCHED_QOS, RESULT_QOS, stamp_to_ns
+from cbo_ros.nodes.ros_common import LATCHED_QOS, RESULT_HISTORY_QOS, stamp_to_ns
 
 
 class Recorder(Node):
@@ -34,18 +34,21 @@ class Recorder(Node):
         self.frames_published = 0
         self.source_frames = {}     # image stamp (ns) -> name of the frame in the source
         self.statuses = {}          # node name -> {key: value} of its latest diagnostic status
-        self.create_subscription(FrameClassification, 'result', self._on('results'), RESULT_QOS)
+        # Transient-local, as the writers offer: answers published before this reader matched
+        # the robot's writers (they start at their own pace) are delivered too.
+        self.create_subscription(FrameClassification, 'result', self._on('results'),
+                                 RESULT_HISTORY_QOS)
         self.create_subscription(OffloadDecision, 'offload_decision', self._on('decisions'),
-                                 RESULT_QOS)
+                                 RESULT_HISTORY_QOS)
         self.create_subscription(TransferSample, 'offload_transfers', self._on('transfers'),
-                                 RESULT_QOS)
+                                 RESULT_HISTORY_QOS)
         self.create_subscription(NetworkQuality, 'network_quality', self._on('qualities'), 10)
         if record_local:
             self.create_subscription(FrameClassification, 'local_result',
-                                     self._on('local_results'), RESULT_QOS)
+                                     self._on('local_results'), RESULT_HISTORY_QOS)
         self.create_subscription(UInt64, 'frames_published', self._on_count, LATCHED_QOS)
         self.create_subscription(TimeReference, 'image_raw/source_frame', self._on_source_frame,
-                                 RESULT_QOS)
+                                 RESULT_HISTORY_QOS)
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
 
     def _on(self, attribute):

@@ -200,8 +200,9 @@ class OffloadServer(Node):
         self.hostname = socket.gethostname()
         self.load_pub = self.create_publisher(ServerLoad, 'server_load', 10)
         self.diagnostics = Diagnostics(self, hardware_id=self.hostname)
-        # With use_sim_time (a replay on recorded time) deadlines are checked on /clock: say so
-        # when it never comes (the load timer would stop silently).
+        # With use_sim_time (a replay on recorded time) deadlines are checked on /clock: the
+        # watch says so itself (log, ERROR on /diagnostics from a steady timer) when it never
+        # comes, since the load timer, on ROS time, then never fires.
         self.clock_watch = SimClockWatch(self, self.diagnostics)
         self.load_timer = self.create_timer(settings.load_period_s, self.on_load_timer)
         # Batch waits that must give up: {finish callback: monotonic expiry}, checked by one
@@ -564,9 +565,6 @@ class OffloadServer(Node):
         if not self.batcher.alive:
             level = Diagnostics.ERROR
             notes.insert(0, 'batching thread stopped: no inference')
-        if self.clock_watch.problem:
-            level = Diagnostics.ERROR
-            notes.insert(0, self.clock_watch.problem)
         if busy_recent:
             level = max(level, Diagnostics.WARN)
             notes.insert(0, f'{busy_recent} busy refusals in the last '
