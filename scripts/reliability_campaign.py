@@ -102,8 +102,10 @@ class Processes:
         extra = {}
         if self.link is not None:
             extra = self.link.env_for_server() if side == 'server' else self.link.env_for_robot()
-        return ros_env(self.domain, ROS_AUTOMATIC_DISCOVERY_RANGE=os.environ.get(
-            'ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST'), **extra)
+        # One machine: LOCALHOST unless set; the link's own range wins (see link_shaping).
+        extra = {'ROS_AUTOMATIC_DISCOVERY_RANGE': os.environ.get(
+            'ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST'), **extra}
+        return ros_env(self.domain, **extra)
 
     def start_server(self):
         cmd = [sys.executable, '-m', 'server_node.offload_server', '--ros-args',

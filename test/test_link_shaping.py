@@ -252,3 +252,68 @@ def test_only_the_writers_that_cross_the_link_are_limited_on_the_robot_side():
     assert limited(server.findall('.//d:participant', ns)) == {'cbo_shaped_participant'}
     assert limited(robot.findall('.//d:participant', ns)) == set()
     assert robot.find(".//d:transport_descriptor[d:type='SHM']", ns) is not None
+
+
+_SOCKET_PROBE = """
+import time
+import rclpy
+from cbo_interfaces.srv import Probe
+rclpy.init()
+node = rclpy.create_node('socket_probe')
+client = node.create_client(Probe, 'probe')
+end = time.monotonic() + 8
+while time.monotonic() < end:
+    rclpy.spin_once(node, timeout_sec=0.1)
+"""
+
+
+def _udp_sockets(pid):
+    """(local address, receive buffer, send buffer, non-blocking) of each UDP socket of pid."""
+    import re
+    flags = {}
+    for fd in os.listdir(f'/proc/{pid}/fd'):
+        target = os.readlink(f'/proc/{pid}/fd/{fd}')
+        if target.startswith('socket:['):
+            with open(f'/proc/{pid}/fdinfo/{fd}') as handle:
+                octal = re.search(r'flags:\s*(\d+)', handle.read()).group(1)
+            flags[target[8:-1]] = bool(int(octal, 8) & os.O_NONBLOCK)
+    out = subprocess.run(['ss', '-uampne'], capture_output=True, text=True, check=True).stdout
+    sockets = []
+    for entry in re.split(r'\n(?=\S)', out):
+        if f'pid={pid},' not in entry:
+            continue
+        buffers = re.search(r'skmem:\(r\d+,rb(\d+),t\d+,tb(\d+)', entry)
+        inode = re.search(r'ino:(\d+)', entry).group(1)
+        sockets.append((entry.split()[3], int(buffers.group(1)), int(buffers.group(2)),
+                        flags.get(inode)))
+    return sockets
+
+
+def test_robot_side_reaches_the_server_only_through_the_profiles_sockets():
+    """No UDP socket of a robot process may have the system's default buffers: a blocking socket
+    with a 212 KB send buffer (which rmw_fastrtps adds for ROS_AUTOMATIC_DISCOVERY_RANGE=
+    LOCALHOST) fills on a congested uplink and its blocked send stalls the whole participant."""
+    from cbo_ros.testbed.link_shaping import LINK_DISCOVERY_RANGE
+    with ShapedLink(rate_bps=8e6) as link:
+        env = link.env_for_robot()
+        assert env['ROS_AUTOMATIC_DISCOVERY_RANGE'] == LINK_DISCOVERY_RANGE != 'LOCALHOST'
+        assert link.env_for_server()['ROS_AUTOMATIC_DISCOVERY_RANGE'] == LINK_DISCOVERY_RANGE
+        probe = subprocess.Popen([sys.executable, '-c', _SOCKET_PROBE],
+                                 env=ros_env(unique_domain_id(), **env))
+        try:
+            deadline = time.monotonic() + 6
+            sockets = []
+            while time.monotonic() < deadline and probe.poll() is None:
+                time.sleep(0.5)
+                sockets = _udp_sockets(probe.pid)
+                if any(address.startswith(link.robot_ip) for address, *_ in sockets):
+                    break   # the output socket on the link's interface exists: all are open
+        finally:
+            probe.kill()
+            probe.wait()
+    profile_bytes = 4 * 1024 * 1024       # sendBufferSize / receiveBufferSize of the profile
+    assert any(address.startswith(link.robot_ip) for address, *_ in sockets), sockets
+    for address, receive, send, non_blocking in sockets:
+        assert receive >= profile_bytes or send >= profile_bytes, (address, sockets)
+        if send >= profile_bytes:      # an output socket of the profile's UDP transport
+            assert non_blocking, (address, sockets)

@@ -12,6 +12,7 @@ the veth (its byte counters grow), not shared memory.
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -90,6 +91,8 @@ def firewall_script(first_port, last_port):
             f'  udp dport {first_port}-{last_port} accept\n }}\n}}\n')
 
 
+MULTICAST_TTL = 'multicast TTL of the profile'   # not an environment variable: see below
+
 CASES = {
     # name: (workstation env, robot env, discovery server, firewall (None: none; n: admit the
     # ports of domain + n), expect found)
@@ -98,6 +101,16 @@ CASES = {
                       'ROS_STATIC_PEERS': '{robot_ip}'},
                      {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
                       'ROS_STATIC_PEERS': '{server_ip}'}, False, None, True),
+    # What the shaped link uses (link_shaping.LINK_DISCOVERY_RANGE): SUBNET with static peers and
+    # multicast TTL 0 in the profile; without the peers TTL 0 keeps each side to itself.
+    'static_peers_subnet_ttl0': ({'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET',
+                                  'ROS_STATIC_PEERS': '{robot_ip}', MULTICAST_TTL: '0'},
+                                 {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET',
+                                  'ROS_STATIC_PEERS': '{server_ip}', MULTICAST_TTL: '0'},
+                                 False, None, True),
+    'subnet_ttl0_no_peers': ({'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET', MULTICAST_TTL: '0'},
+                             {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET', MULTICAST_TTL: '0'},
+                             False, None, False),
     'localhost_only': ({'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'},
                        {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}, False, None, False),
     'discovery_server': ({'ROS_DISCOVERY_SERVER': '{server_ip}:11811'},
@@ -112,7 +125,8 @@ CASES = {
 
 @pytest.fixture(scope='module')
 def link():
-    with ShapedLink(rate_bps=None, name='cb2') as shaped:
+    # multicast_ttl 1: the multicast cases need discovery to cross the veth.
+    with ShapedLink(rate_bps=None, name='cb2', multicast_ttl=1) as shaped:
         yield shaped
 
 
@@ -131,6 +145,14 @@ def test_discovery_across_two_namespaces(link, case, tmp_path):
         for name in ('ROS_STATIC_PEERS', 'ROS_AUTOMATIC_DISCOVERY_RANGE',
                      'ROS_DISCOVERY_SERVER'):
             env.pop(name, None)
+        extra = dict(extra)
+        ttl = extra.pop(MULTICAST_TTL, None)
+        if ttl is not None:
+            with open(env['FASTDDS_DEFAULT_PROFILES_FILE']) as handle:
+                text = re.sub(r'<TTL>\d+</TTL>', f'<TTL>{ttl}</TTL>', handle.read())
+            path = tmp_path / f'ttl{ttl}_{"server" if env is server_env else "robot"}.xml'
+            path.write_text(text)
+            env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(path)
         env.update({k: v.format(**addresses) for k, v in extra.items()})
     helpers = []
     if with_firewall is not None:

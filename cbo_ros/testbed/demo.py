@@ -378,8 +378,9 @@ def run(args):
                          "planner's bandwidth_cap_bps")
         print(f'link: {link_text}')
         base_env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED='1')
-        # One machine: nothing outside it is discovered (the shaped link adds its peer with
-        # ROS_STATIC_PEERS); a value of your own is kept.
+        # One machine: nothing outside it is discovered; a value of your own is kept. The shaped
+        # link sets its own (SUBNET with the peer in ROS_STATIC_PEERS, multicast TTL 0: see
+        # link_shaping.LINK_DISCOVERY_RANGE for why not LOCALHOST).
         base_env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
         server_env = dict(base_env, **(link.env_for_server() if link else {}))
         robot_env = dict(base_env, **(link.env_for_robot() if link else {}))

@@ -71,6 +71,15 @@ DDS_MESSAGE_BYTES = 1400
 # Bytes a datagram costs on the shaped link beyond its UDP payload: UDP 8, IPv4 20, Ethernet 14.
 WIRE_OVERHEAD = 42
 
+# Both sides of the link: SUBNET with the peer in ROS_STATIC_PEERS, never LOCALHOST. For LOCALHOST
+# rmw_fastrtps (Kilted) registers a UDPv4 transport of its own beside the profile's, with the
+# system's default 212 KB send buffer and blocking sends, and reaches the static peer through it:
+# when the uplink congests, that socket fills, the send blocks while holding the participant's
+# send lock, and every other send and receive of the process waits, robot-local shared-memory
+# frames included (cbo_demo: 40-77 deadline misses after the drop to 2 Mbit/s, planner frozen
+# for ~3 s; with SUBNET none). Multicast stays on this host: the profile's TTL is 0.
+LINK_DISCOVERY_RANGE = 'SUBNET'
+
 
 def _run(args, check=True, input_text=None, timeout=10.0):
     """Run one command, return CompletedProcess; raise ShapingError on failure when check."""
@@ -162,11 +171,14 @@ class ShapedLink:
         mtu: MTU of the veth pair.
         rtt_ms: round-trip time added by a delay relay (half per direction; 0: no relay). Set
             at construction; :meth:`set_rtt` changes it while the link is up.
+        multicast_ttl: TTL of DDS multicast in the profiles: 0 (default) keeps multicast
+            discovery on this host and the peers find each other through ROS_STATIC_PEERS; 1
+            lets it cross the veth (multicast discovery between the two sides).
     """
 
     def __init__(self, rate_bps=20e6, loss_pct=0.0, name='cbo', downlink_rate_bps=None,
                  downlink_loss_pct=0.0, queue_latency_s=2.0, flow_control_bps=None, mtu=1500,
-                 rtt_ms=0.0):
+                 rtt_ms=0.0, multicast_ttl=0):
         if not _NAME_RE.match(name):
             raise ValueError(f'name must be 1-4 lowercase letters/digits, got {name!r}')
         self.name = name
@@ -179,6 +191,9 @@ class ShapedLink:
         if not 0.0 <= float(rtt_ms) <= 60000.0:
             raise ValueError(f'rtt_ms must be in [0, 60000], got {rtt_ms}')
         self.rtt_ms = float(rtt_ms)
+        if multicast_ttl not in (0, 1):
+            raise ValueError(f'multicast_ttl must be 0 or 1, got {multicast_ttl}')
+        self.multicast_ttl = int(multicast_ttl)
         self.relay_netns = None
         self._relay = None
         # None: the flow controller follows the uplink rate (also through set_rate, for
@@ -576,6 +591,7 @@ class ShapedLink:
                           text)
             text = re.sub(r'(<name>fastdds.max_message_size</name>\s*<value>)\d+(</value>)',
                           rf'\g<1>{message}\g<2>', text)
+            text = re.sub(r'<TTL>\d+</TTL>', f'<TTL>{self.multicast_ttl}</TTL>', text)
             if shm:
                 # Robot side: keep shared memory (32 MiB segments) for robot-local images and
                 # do not pace robot-local topics (only service requests/responses are paced).
@@ -609,6 +625,7 @@ class ShapedLink:
             'FASTDDS_BUILTIN_TRANSPORTS': 'UDPv4',
             'RMW_FASTRTPS_PUBLICATION_MODE': 'AUTO',
             'ROS_STATIC_PEERS': self.robot_ip,
+            'ROS_AUTOMATIC_DISCOVERY_RANGE': LINK_DISCOVERY_RANGE,
             'CBO_LINK_NETNS': self.netns,
         }
 
@@ -619,6 +636,7 @@ class ShapedLink:
             'FASTDDS_DEFAULT_PROFILES_FILE': self.profile_path('robot'),
             'RMW_FASTRTPS_PUBLICATION_MODE': 'AUTO',
             'ROS_STATIC_PEERS': self.server_ip,
+            'ROS_AUTOMATIC_DISCOVERY_RANGE': LINK_DISCOVERY_RANGE,
         }
 
     def describe(self):
