@@ -155,6 +155,26 @@ def test_clients_are_taken_in_turn_so_a_flood_does_not_starve_another():
         batcher.close()
 
 
+def test_within_a_client_the_earliest_deadline_goes_first():
+    """A backlog of far-deadline requests does not delay one due soon; no deadline goes last."""
+    gate = threading.Event()
+    process = Recorder(gate=gate)
+    batcher = Batcher(process, max_batch_size=1, batch_timeout_s=0.0, max_queue_size=100)
+    try:
+        now = time.monotonic()
+        blocker = batcher.submit(-1, client='robot')          # holds the worker at the gate
+        time.sleep(0.05)
+        backlog = [batcher.submit(i, expires=now + 10.0, client='robot') for i in range(5)]
+        undated = batcher.submit(50, client='robot')
+        urgent = batcher.submit(99, expires=now + 5.0, client='robot')
+        gate.set()
+        for future in backlog + [undated, urgent, blocker]:
+            future.result(5)
+        assert [b[0] for b in process.batches[1:]] == [99, 0, 1, 2, 3, 4, 50]
+    finally:
+        batcher.close()
+
+
 def test_per_client_limit_refuses_only_the_client_over_it():
     gate = threading.Event()
     batcher = Batcher(Recorder(gate=gate), max_batch_size=1, batch_timeout_s=0.0,

@@ -2,16 +2,20 @@
 
 Items are queued per client (any hashable key, e.g. the robot namespace a request came from)
 and batches take the clients in turn (round robin), so a client that floods the queue delays
-the others by at most one item per batch instead of by its whole backlog. The worker takes the
-next waiting item, then keeps collecting until ``max_batch_size`` items are gathered or
-``batch_timeout_s`` has passed since that first item was taken, runs ``process(items)`` once for
-the whole batch and resolves one :class:`concurrent.futures.Future` per item with a
+the others by at most one item per batch instead of by its whole backlog. Within a client's
+queue the item that expires first goes first (earliest deadline first; items without an expiry
+last, in arrival order), so a backlog of far-deadline requests does not delay a frame due in a
+few hundred milliseconds. The worker takes the next waiting item, then keeps collecting until
+``max_batch_size`` items are gathered or ``batch_timeout_s`` has passed since that first item
+was taken, runs ``process(items)`` once for the whole batch and resolves one :class:`concurrent.futures.Future` per item with a
 :class:`BatchResult`. Items whose expiry time has passed before their batch starts are dropped
 with :class:`ExpiredError` instead of wasting inference time on them.
 """
 
 import collections
 import concurrent.futures
+import heapq
+import itertools
 import threading
 import time
 from dataclasses import dataclass
@@ -62,7 +66,8 @@ class Batcher:
             raise ValueError('max_queue_size must be >= 1')
         self._process = process
         self._clock = clock
-        self._queues = {}                       # client -> deque of _Entry (non-empty only)
+        self._queues = {}           # client -> heap of (expires, order, _Entry), non-empty only
+        self._order = itertools.count()         # ties (and no expiry) in arrival order
         self._turns = collections.deque()       # clients with waiting items, in serving order
         self._size = 0
         self._cond = threading.Condition()
@@ -122,13 +127,14 @@ class Batcher:
                 raise QueueFullError(f'queue full ({self.max_queue_size} requests waiting)')
             queue = self._queues.get(client)
             if queue is None:
-                queue = self._queues[client] = collections.deque()
+                queue = self._queues[client] = []
                 self._turns.append(client)
             elif len(queue) >= self.max_queue_per_client:
                 raise QueueFullError(f'queue of this client full ({len(queue)} requests '
                                      'waiting)')
-            queue.append(_Entry(item, future, now,
-                                float('inf') if expires is None else float(expires)))
+            entry = _Entry(item, future, now,
+                           float('inf') if expires is None else float(expires))
+            heapq.heappush(queue, (entry.expires, next(self._order), entry))
             self._size += 1
             self._cond.notify_all()
         return future
@@ -137,7 +143,7 @@ class Batcher:
         """Stop the worker; pending items fail with :class:`BatcherClosedError`."""
         with self._cond:
             self._closed = True
-            pending = [entry for queue in self._queues.values() for entry in queue]
+            pending = [entry for queue in self._queues.values() for _, _, entry in queue]
             self._queues.clear()
             self._turns.clear()
             self._size = 0
@@ -176,10 +182,10 @@ class Batcher:
             return [self._pop_next() for _ in range(min(self.max_batch_size, self._size))]
 
     def _pop_next(self):
-        """Pop the oldest item of the client whose turn it is (call with the lock held)."""
+        """Pop the first-expiring item of the client whose turn it is (lock held)."""
         client = self._turns.popleft()
         queue = self._queues[client]
-        entry = queue.popleft()
+        _, _, entry = heapq.heappop(queue)
         if queue:
             self._turns.append(client)
         else:
