@@ -94,6 +94,7 @@ class Processes:
         self.server = self.robot = None
         self.peak_kb = {}
         self.samples = {}            # name -> [(monotonic s, RSS kB)]
+        self.soak_trend = {}         # name -> RSS MB at five even points of the soak
         self.server_starts = 0
         self.robot_args = []
         self.server_args = []
@@ -246,7 +247,7 @@ class Campaign:
         from rclpy.executors import MultiThreadedExecutor
         from rclpy.qos import qos_profile_services_default
         from sensor_msgs.msg import Image
-        from cbo_ros.nodes.ros_common import frame_qos, RESULT_QOS
+        from cbo_ros.nodes.ros_common import frame_qos, RESULT_HISTORY_QOS
         from cbo_ros.testbed.recorder import Recorder
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain)
@@ -258,8 +259,10 @@ class Campaign:
         self.spoof_quality = self.spoofer.create_publisher(NetworkQuality, 'network_quality', 10)
         self.spoof_external = self.spoofer.create_publisher(NetworkQuality,
                                                             'external_network_quality', 10)
+        # The planner's own QoS (transient local), so the recorder, which asks for history,
+        # matches it too.
         self.spoof_transfers = self.spoofer.create_publisher(TransferSample, 'offload_transfers',
-                                                             RESULT_QOS)
+                                                             RESULT_HISTORY_QOS)
         qos = copy.copy(qos_profile_services_default)
         qos.depth = 10000            # the responses of a whole flood
         self.client = self.spoofer.create_client(Offload, 'offload', qos_profile=qos)
@@ -629,6 +632,9 @@ def phase_soak(c, procs, args, rows):
         after = [rss for t, rss in samples if t >= start + warmup]
         if len(after) >= 2:
             growth[name] = (after[-1] - after[0]) / 1024
+            # RSS at five even points after warm-up: levelled off, or still climbing?
+            procs.soak_trend[name] = [after[round(i * (len(after) - 1) / 4)] / 1024
+                                      for i in range(5)]
     f = c.measure(stamps)
     rows.append(frames_row('soak', f, note=f'{args.soak_s:.0f} s at 15 fps; RSS growth after '
                            f'{warmup:.0f} s warm-up in the RSS table'))
@@ -649,11 +655,12 @@ def print_table(rows, procs, growth, wall_s, codes):
     for row in rows:
         print('  '.join(str(row[c]).ljust(w) for c, w in zip(columns, widths)) + '  '
               + row['note'])
-    print('\nprocess                 peak RSS MB   soak growth MB')
+    print('\nprocess                 peak RSS MB   soak growth MB   RSS MB through the soak')
     for name in sorted(procs.peak_kb):
         grown = growth.get(name)
+        trend = ' -> '.join(f'{mb:.0f}' for mb in procs.soak_trend.get(name, ()))
         print(f'{name:<23} {procs.peak_kb[name] / 1024:>11.0f}   '
-              f"{'n/a' if grown is None else f'{grown:+.1f}':>14}")
+              f"{'n/a' if grown is None else f'{grown:+.1f}':>14}   {trend}")
     crashed = [n for n, code in codes.items() if code not in (0, -2, 130)]
     print(f'\nexit codes {codes} ({"no crash" if not crashed else "CRASHED: " + str(crashed)});'
           f' server restarts by the campaign: {procs.server_starts - 1}; wall {wall_s:.0f} s')
@@ -765,7 +772,8 @@ def main(argv=None):
         with open(args.json, 'w') as handle:
             json.dump({'rows': rows, 'peak_rss_mb': {n: v / 1024 for n, v in
                                                      procs.peak_kb.items()},
-                       'soak_growth_mb': growth, 'exit_codes': codes, 'wall_s': wall_s,
+                       'soak_growth_mb': growth, 'soak_rss_mb': procs.soak_trend,
+                       'exit_codes': codes, 'wall_s': wall_s,
                        'args': vars(args)}, handle, indent=2)
     return 0 if all(r['missing'] == 0 and r['duplicates'] == 0 for r in rows) else 1
 
