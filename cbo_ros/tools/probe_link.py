@@ -6,6 +6,10 @@ namespace, e.g. through ``ShapedLink.wrap_command``); ``python -m cbo_ros.tools.
 line per event on stdout:
 
 - ``{"event": "discovered", "discovery_s": ...}``: the service became available;
+- ``{"event": "answered", "first_answer_s": ...}`` (``--first-answer``): a small call was
+  answered, so the server has matched this client too; the window starts only then (steady-state
+  goodput: under loss the server can take seconds to match a new client's response reader, and
+  calls sent before that are never answered);
 - ``{"event": "interval", "wall": ..., "goodput_bps": ..., "calls": ..., "rtt_ms": ...}`` every
   ``--interval`` seconds (goodput counts payload bytes the server confirmed receiving);
 - ``{"event": "done", "goodput_bps": ..., "calls": ..., "lost": ..., "rtt_ms_p50": ...}``.
@@ -82,6 +86,13 @@ def run_client(args):
         rclpy.try_shutdown()
         return 1
     _emit(event='discovered', discovery_s=round(time.monotonic() - start, 3))
+    if args.first_answer and not _first_answer(node, client, start + args.wait):
+        _emit(event='error', error=f'no answer from {args.service} in {args.wait} s')
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 1
+    if args.first_answer:
+        _emit(event='answered', first_answer_s=round(time.monotonic() - start, 3))
     request = Probe.Request()
     request.payload = array.array('B', bytes(args.payload))
     in_flight = {}
@@ -135,6 +146,22 @@ def run_client(args):
     return 0
 
 
+def _first_answer(node, client, give_up_at):
+    """Send small calls (one at a time, 1 s each) until one is answered; False at give_up_at."""
+    import rclpy
+    from cbo_interfaces.srv import Probe
+
+    while time.monotonic() < give_up_at:
+        future = client.call_async(Probe.Request())
+        sent = time.monotonic()
+        while not future.done() and time.monotonic() - sent < 1.0:
+            rclpy.spin_once(node, timeout_sec=0.01)
+        if future.done() and future.result() is not None:
+            return True
+        client.remove_pending_request(future)
+    return False
+
+
 def main(argv=None):
     """Entry point: ``server`` or ``client``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -150,6 +177,8 @@ def main(argv=None):
     client.add_argument('--wait', type=float, default=20.0, help='discovery timeout (s)')
     client.add_argument('--depth', type=int, default=10,
                         help='KEEP_LAST history depth of the client (services default: 10)')
+    client.add_argument('--first-answer', action='store_true',
+                        help='start the window only once a small call is answered')
     client.add_argument('--call-timeout', type=float, default=15.0,
                         help='a request without answer after this long counts as lost')
     client.add_argument('--drain', type=float, default=5.0,
