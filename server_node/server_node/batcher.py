@@ -7,9 +7,10 @@ queue the item that expires first goes first (earliest deadline first; items wit
 last, in arrival order), so a backlog of far-deadline requests does not delay a frame due in a
 few hundred milliseconds. The worker takes the next waiting item, then keeps collecting until
 ``max_batch_size`` items are gathered or ``batch_timeout_s`` has passed since that first item
-was taken, runs ``process(items)`` once for the whole batch and resolves one :class:`concurrent.futures.Future` per item with a
-:class:`BatchResult`. Items whose expiry time has passed before their batch starts are dropped
-with :class:`ExpiredError` instead of wasting inference time on them.
+was taken, runs ``process(items)`` once for the whole batch and resolves one
+:class:`concurrent.futures.Future` per item with a :class:`BatchResult`. Items whose expiry time
+has passed before their batch starts are dropped with :class:`ExpiredError` instead of wasting
+inference time on them.
 """
 
 import collections
