@@ -163,7 +163,9 @@ def test_within_a_client_the_earliest_deadline_goes_first():
     try:
         now = time.monotonic()
         blocker = batcher.submit(-1, client='robot')          # holds the worker at the gate
-        time.sleep(0.05)
+        give_up = time.monotonic() + 5
+        while batcher.depth and time.monotonic() < give_up:   # the worker has taken it
+            time.sleep(0.01)
         backlog = [batcher.submit(i, expires=now + 10.0, client='robot') for i in range(5)]
         undated = batcher.submit(50, client='robot')
         urgent = batcher.submit(99, expires=now + 5.0, client='robot')

@@ -4,7 +4,8 @@ The workstation (a real server_node) runs in its own network namespace behind a 
 (cbo_ros.testbed.link_shaping, unshaped); the robot side (a real rclpy client of the server's
 ``probe`` service) runs in the root namespace. Each case is one discovery set-up of
 docs/two_machines.md: default multicast discovery, ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``
-with and without ``ROS_STATIC_PEERS``, a Fast DDS discovery server, and a firewall on the
+with and without ``ROS_STATIC_PEERS``, ``SUBNET`` with multicast TTL 0 with and without
+``ROS_STATIC_PEERS`` (the shaped link's set-up), a Fast DDS discovery server, and a firewall on the
 workstation that admits only the documented UDP port range of the domain. The traffic must cross
 the veth (its byte counters grow), not shared memory.
 """
@@ -149,7 +150,8 @@ def test_discovery_across_two_namespaces(link, case, tmp_path):
         ttl = extra.pop(MULTICAST_TTL, None)
         if ttl is not None:
             with open(env['FASTDDS_DEFAULT_PROFILES_FILE']) as handle:
-                text = re.sub(r'<TTL>\d+</TTL>', f'<TTL>{ttl}</TTL>', handle.read())
+                text, count = re.subn(r'<TTL>\d+</TTL>', f'<TTL>{ttl}</TTL>', handle.read())
+            assert count == 1, env['FASTDDS_DEFAULT_PROFILES_FILE']
             path = tmp_path / f'ttl{ttl}_{"server" if env is server_env else "robot"}.xml'
             path.write_text(text)
             env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(path)

@@ -86,7 +86,7 @@ def run_client(args):
         rclpy.try_shutdown()
         return 1
     _emit(event='discovered', discovery_s=round(time.monotonic() - start, 3))
-    if args.first_answer and not _first_answer(node, client, start + args.wait):
+    if args.first_answer and not _first_answer(node, client, time.monotonic() + args.wait):
         _emit(event='error', error=f'no answer from {args.service} in {args.wait} s')
         node.destroy_node()
         rclpy.try_shutdown()
@@ -174,7 +174,8 @@ def main(argv=None):
     client.add_argument('--window', type=int, default=4, help='requests kept in flight')
     client.add_argument('--duration', type=float, default=5.0, help='seconds of sending')
     client.add_argument('--interval', type=float, default=1.0, help='report period (s)')
-    client.add_argument('--wait', type=float, default=20.0, help='discovery timeout (s)')
+    client.add_argument('--wait', type=float, default=20.0,
+                        help='discovery timeout, then first-answer timeout (s)')
     client.add_argument('--depth', type=int, default=10,
                         help='KEEP_LAST history depth of the client (services default: 10)')
     client.add_argument('--first-answer', action='store_true',
