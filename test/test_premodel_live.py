@@ -70,8 +70,14 @@ def test_premodel_cbo_runs_live_with_the_chosen_models(system):  # noqa: F811
     assert decisions and all(d.strategy == 'premodel_cbo' for d in decisions)
     planned = [(d, by_stamp[(d.header.stamp.sec, d.header.stamp.nanosec)]) for d in decisions
                if (d.header.stamp.sec, d.header.stamp.nanosec) in by_stamp]
-    # (On a loaded machine a local result may reach the planner after it decided: at most 2.)
+    # On a loaded machine a local result (a big candidate on 2 shared cores) can reach the
+    # planner after it decided; such a decision says so and planned with no confidence. Every
+    # other decision planned with exactly the chosen model's confidence.
+    missing = 'local result missing at deadline'
+    late = [d for d, _ in planned if d.reason == missing]
     differ = [(d.local_confidence, m.calibrated_confidence, d.reason) for d, m in planned
-              if abs(d.local_confidence - m.calibrated_confidence) > 1e-6]
-    assert len(planned) >= FRAMES - 2 and len(differ) <= 2, differ
+              if d.reason != missing and abs(d.local_confidence - m.calibrated_confidence) > 1e-6]
+    assert len(planned) >= FRAMES - 2 and not differ, differ
+    assert len(late) <= FRAMES // 5, [d.reason for d in late]
+    assert all(d.local_confidence == 0.0 for d in late), [d.local_confidence for d in late]
     assert 'premodel_cbo: server profiles' in system.log('robot')
