@@ -92,6 +92,10 @@ def test_compressed_only_stream_gets_every_frame_answered(tmp_path):
     try:
         session.spin_until(lambda: len(results) >= 12, 60.0)
         camera_results = len(results)
+        matched_before = writer.get_subscription_count()
+        # Both readers (classifier, planner) must have matched this writer too, not only the
+        # camera's: a frame published before that reaches only one of them.
+        session.spin_until(lambda: writer.get_subscription_count() >= 2, 30.0)
         png = CompressedImage(format='png', data=encode_png(bikes_frame()))
         broken = CompressedImage(format='jpeg', data=b'\xff\xd8\xff' + bytes(100))
         now_ns = session.node.get_clock().now().nanoseconds
@@ -99,6 +103,8 @@ def test_compressed_only_stream_gets_every_frame_answered(tmp_path):
             msg.header.stamp = ns_to_stamp(now_ns + offset, Time)
             writer.publish(msg)
         session.spin_until(lambda: len(results) >= camera_results + 2, 30.0)
+        # The camera's final count comes after its last frame: wait for it before closing.
+        session.spin_until(lambda: counts and counts[-1].data >= 12, 10.0)
     finally:
         session.close()
         codes = [stop_process(p) for p in readers + [camera]]
@@ -109,7 +115,7 @@ def test_compressed_only_stream_gets_every_frame_answered(tmp_path):
     assert camera_results == 12 and all(r.class_id for r in results[:12]), text
     by_stamp = {r.header.stamp.sec * 10**9 + r.header.stamp.nanosec: r for r in results}
     png_result, broken_result = by_stamp[now_ns], by_stamp[now_ns + 1]
-    assert png_result.class_id, text
+    assert png_result.class_id, (matched_before, png_result.note, broken_result.note, text)
     assert not broken_result.class_id and 'invalid frame' in broken_result.note, text
     assert 'corrupt JPEG header' in logs['classifier'].read_text(), text
     assert len({(r.header.stamp.sec, r.header.stamp.nanosec) for r in results}) == 14, text
