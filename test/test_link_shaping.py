@@ -5,6 +5,7 @@ Skipped (with the reason from ShapedLink.available()) where namespaces/tc/nft ca
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -268,7 +269,6 @@ while True:                      # until the test kills it
 
 def _udp_sockets(pid):
     """(local address, receive buffer, send buffer, non-blocking) of each UDP socket of pid."""
-    import re
     flags = {}
     for fd in os.listdir(f'/proc/{pid}/fd'):
         try:

@@ -86,12 +86,12 @@ def run_client(args):
         rclpy.try_shutdown()
         return 1
     _emit(event='discovered', discovery_s=round(time.monotonic() - start, 3))
-    if args.first_answer and not _first_answer(node, client, time.monotonic() + args.wait):
-        _emit(event='error', error=f'no answer from {args.service} in {args.wait} s')
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 1
     if args.first_answer:
+        if not _first_answer(node, client, time.monotonic() + args.wait):
+            _emit(event='error', error=f'no answer from {args.service} in {args.wait} s')
+            node.destroy_node()
+            rclpy.try_shutdown()
+            return 1
         _emit(event='answered', first_answer_s=round(time.monotonic() - start, 3))
     request = Probe.Request()
     request.payload = array.array('B', bytes(args.payload))
