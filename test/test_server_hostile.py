@@ -51,10 +51,11 @@ def png_claiming(width, height):
     return bytes(data)
 
 
-def request(data, fmt='jpeg', deadline=None, seq=0):
+def request(data, fmt='jpeg', deadline=None, seq=0, client_id=''):
     from cbo_interfaces.srv import Offload
     req = Offload.Request()
     req.frame_seq = seq
+    req.client_id = client_id
     req.image.format = fmt
     req.image.data = bytes(data)
     if deadline is not None:
@@ -200,47 +201,63 @@ def test_diagnostics_ok_on_a_cpu_machine_with_the_shipped_providers(server):
     assert values['limits_remotely_settable'] == 'False'
 
 
-def test_flood_is_answered_and_does_not_starve_another_robot(tmp_path):
-    """A flooding client gets results or quick busy refusals; a steady robot keeps its rate."""
+def test_flood_is_answered_and_does_not_starve_other_clients(tmp_path):
+    """A flooding client gets results or quick busy refusals; steady clients keep their rate.
+
+    One steady client is another robot (its own namespace); the other calls the flooded
+    service itself, with its own ``client_id``.
+    """
     from cbo_interfaces.srv import Offload
     domain = unique_domain_id()
     flood_ns, steady_ns = f'flood{os.getpid()}', f'steady{os.getpid()}'
     process, log = start_server(tmp_path, domain, f'robot_namespaces:=[{flood_ns}, {steady_ns}]',
                                 'warmup:=false')
     session = RosSession(domain)
+    # The neighbour is a participant of its own, as another process on the robot would be.
+    neighbour_session = RosSession(domain, name='neighbour_client')
     frame = cv2.resize(cv2.imread(str(SAMPLE)), (320, 240))
     jpeg = cv2.imencode('.jpg', frame, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
     try:
         flood = session.client(Offload, f'/{flood_ns}/offload', depth=FLOOD_REQUESTS)
         steady = session.client(Offload, f'/{steady_ns}/offload', depth=10)
+        neighbour = neighbour_session.client(Offload, f'/{flood_ns}/offload', depth=10)
         assert session.spin_until(lambda: flood.service_is_ready() and steady.service_is_ready(),
                                   30), log.read_text()
+        assert neighbour_session.spin_until(neighbour.service_is_ready, 30), log.read_text()
         assert session.call(steady, request(jpeg)).success        # warm
         start = time.monotonic()
         flood_futures = [flood.call_async(request(jpeg, seq=i)) for i in range(FLOOD_REQUESTS)]
-        steady_futures, next_steady, flood_seconds = [], start, None
-        # The steady robot sends 5 frames/s while the flood is being answered.
+        steady_futures, neighbour_futures, next_steady, flood_seconds = [], [], start, None
+        # The steady clients send 5 frames/s each while the flood is being answered.
         while time.monotonic() - start < 60 and (flood_seconds is None
                                                  or len(steady_futures) < 10):
             now = time.monotonic()
             if now >= next_steady:
                 steady_futures.append(steady.call_async(request(jpeg)))
+                neighbour_futures.append(neighbour.call_async(
+                    request(jpeg, client_id='/neighbour_planner')))
                 next_steady += 0.2
-            session.executor.spin_once(timeout_sec=0.01)
+            session.executor.spin_once(timeout_sec=0.005)
+            neighbour_session.executor.spin_once(timeout_sec=0.005)
             if flood_seconds is None and all(f.done() for f in flood_futures):
                 flood_seconds = time.monotonic() - start
         session.spin_until(lambda: all(f.done() for f in steady_futures), 5)
+        neighbour_session.spin_until(lambda: all(f.done() for f in neighbour_futures), 5)
     finally:
         session.close()
+        neighbour_session.close()
         assert stop_process(process) == 0, log.read_text()
     flood_answers = [f.result() for f in flood_futures if f.done()]
     served = sum(r.success for r in flood_answers)
     busy = [r for r in flood_answers if not r.success and r.error.startswith('busy:')]
     other = [r.error for r in flood_answers if not r.success and not r.error.startswith('busy:')]
     steady_answers = [f.result() for f in steady_futures if f.done()]
+    neighbour_answers = [f.result() for f in neighbour_futures if f.done()]
     print(f'\nflood of {FLOOD_REQUESTS}: {len(flood_answers)} answered ({served} results, '
           f'{len(busy)} busy) in {flood_seconds or float("nan"):.1f} s; steady robot: '
-          f'{sum(r.success for r in steady_answers)}/{len(steady_futures)} results')
+          f'{sum(r.success for r in steady_answers)}/{len(steady_futures)} results; '
+          f'neighbour on the flooded service: {sum(r.success for r in neighbour_answers)}/'
+          f'{len(neighbour_futures)} results')
     assert len(flood_answers) == FLOOD_REQUESTS, 'requests without an answer'
     assert not other, other[:3]
     assert busy and all('retry in' in r.error for r in busy), busy[:1]
@@ -249,3 +266,8 @@ def test_flood_is_answered_and_does_not_starve_another_robot(tmp_path):
     assert len(steady_answers) == len(steady_futures) >= 10
     assert all(r.success for r in steady_answers), [r.error for r in steady_answers
                                                     if not r.success][:3]
+    # So is a client with its own client_id on the flooded service: the flood fills only
+    # its own share of the queue.
+    assert len(neighbour_answers) == len(neighbour_futures), 'neighbour calls without an answer'
+    assert all(r.success for r in neighbour_answers), [r.error for r in neighbour_answers
+                                                       if not r.success][:3]

@@ -187,6 +187,7 @@ class EarlyExitNode(Node):
         request = OffloadFeatures.Request()
         request.header = msg.header
         request.frame_seq = seq
+        request.client_id = self.get_fully_qualified_name()   # the server's fairness unit
         request.partition = int(part.blocks)
         request.shape = [int(s) for s in payload.shape]
         request.dtype = payload.dtype

@@ -84,7 +84,8 @@ class OffloadClient:
              measure_only: bool) -> PendingCall:
         """Send one payload to the server; the response comes to ``on_done``."""
         request = Offload.Request(header=header, frame_seq=seq, top_k=top_k,
-                                  return_scores=False)
+                                  return_scores=False,
+                                  client_id=self.node.get_fully_qualified_name())
         request.image = CompressedImage(header=header, format='jpeg', data=payload)
         request.deadline = ns_to_stamp(deadline_ns, Time)
         send_ns = self.node.get_clock().now().nanoseconds

@@ -48,10 +48,10 @@ PARAMETERS = {
                          (0.0, 1000.0)),
     'max_queue_size': (64, 'requests in progress (decoding, queued, inferred) beyond which new '
                            'ones get a quick `busy:` refusal with a retry hint', (1, 4096)),
-    'max_queue_per_client': (32, 'requests in progress per client (the service a request '
-                                 'arrived on: one per robot namespace) beyond which that '
-                                 'client gets `busy:` refusals; batches take the clients in '
-                                 'turn', (1, 4096)),
+    'max_queue_per_client': (32, 'requests in progress per client (a request\'s robot '
+                                 'namespace and client_id) beyond which that client gets '
+                                 '`busy:` refusals; batches take the clients in turn',
+                             (1, 4096)),
     'max_payload_bytes': (4 * 1024 * 1024, 'largest accepted compressed image in bytes',
                           (1024, 64 * 1024 * 1024)),
     'max_image_pixels': (10_000_000, 'largest image (width x height, read from the file '
@@ -83,8 +83,9 @@ PARAMETERS = {
                                'and `probe` under each namespace (e.g. [robot1, robot2] gives '
                                '/robot1/offload, /robot2/offload, ...); [\'\'] (default): '
                                'relative to this node\'s namespace', None),
-    'executor_threads': (16, 'threads of the MultiThreadedExecutor (requests decoded/waiting '
-                             'in parallel)', (2, 256)),
+    'executor_threads': (1, 'executor threads: 1 (default) a SingleThreadedExecutor, more a '
+                            'MultiThreadedExecutor; the callbacks only validate and await, the '
+                            'decode pool and the batching thread do the work', (1, 256)),
     'allow_remote_limit_changes': (False, 'let the set_parameters service change the batching '
                                           'and limit parameters at run time (anyone on the DDS '
                                           'domain can call it); false: they are read-only',
