@@ -12,7 +12,12 @@ Inputs:
       sample (``min_bandwidth_payload_bytes``) was seen for ``bandwidth_probe_idle_s`` (a planner
       sending only small frames would otherwise never learn that the link got faster). One probe
       in flight at a time; no answer within ``probe_timeout_s`` counts as lost; an absent
-      service makes the server unreachable.
+      service makes the server unreachable. While the service is absent or its last probe was
+      lost, the graph is checked every 0.1 s: a server that appears (also a restarted one, while
+      the killed one is still in the graph until its lease ends) is probed at once, and a probe
+      still in flight to the old one is dropped uncounted; until the new server answers, an
+      unanswered probe is sent again every 0.25 s (it may have arrived before the server had
+      matched this node, and such a request is never answered).
 
 Outputs:
   ``network_quality`` (cbo_interfaces/msg/NetworkQuality) at ``publish_rate_hz``
@@ -67,6 +72,12 @@ class MonitorSettings:
     trusted_transfer_publishers: tuple
     trusted_external_publishers: tuple
 
+
+# After a server appears, a probe without an answer after this long is sent again (for up to
+# NEW_SERVER_REPROBE_FOR_S): the server may not yet have matched this node's request writer,
+# and a request it received before that is dropped, never answered.
+NEW_SERVER_REPROBE_S = 0.25
+NEW_SERVER_REPROBE_FOR_S = 5.0
 
 PARAMS = (
     Param('probe_enabled', True, 'Send active probes to the server probe service.'),
@@ -163,9 +174,9 @@ class NetworkMonitorNode(Node):
         self.diagnostics = Diagnostics(self, hardware_id='robot_link')
         self.clock_watch = SimClockWatch(self, self.diagnostics)
         self.probe_timer = self.create_timer(s.probe_period_s, self.on_probe_timer)
-        # While the probe service is absent (server down or not yet discovered), look for it
-        # every 0.1 s so that the first probe goes out as soon as it is back (cancelled
-        # otherwise: no extra wake-ups while it is present).
+        # While the probe service is absent (server down or not yet discovered) or not
+        # answering, look at the graph every 0.1 s so that a probe goes out as soon as a server
+        # is back (cancelled otherwise: no extra wake-ups while it answers).
         self.service_watch = self.create_timer(0.1, self.on_service_watch)
         self.service_watch.cancel()
         self.publish_timer = self.create_timer(1.0 / s.publish_rate_hz, self.on_publish_timer)
@@ -179,6 +190,9 @@ class NetworkMonitorNode(Node):
         self._last_goodput_transfer = None
         self._last_bandwidth_probe = float('-inf')
         self._service_absent = False
+        self._server_silent = False     # the last probe was lost; no answer since
+        self._servers_seen = 0          # probe servers in the graph at the last look
+        self._server_appeared = float('-inf')     # when the last new one appeared (monotonic)
         self.probes_sent = 0
         self.probes_lost = 0
         self.transfers_seen = 0
@@ -239,6 +253,28 @@ class NetworkMonitorNode(Node):
         self.get_logger().warning(f'probe of {size} B lost (no answer in '
                                   f'{self.settings.probe_timeout_s:g} s)',
                                   throttle_duration_sec=5.0)
+        if not self._server_silent:
+            self._server_silent = True
+            self.service_watch.reset()
+
+    def _new_server_appeared(self):
+        """Whether the graph has more probe servers than at the last look.
+
+        A killed server stays in the graph until its lease ends (20 s by default), so its
+        restarted successor shows as one more server, not as the service coming back.
+        """
+        servers = self.count_services(self.probe_client.srv_name)
+        appeared = servers > self._servers_seen
+        self._servers_seen = servers
+        return appeared
+
+    def _drop_pending_probe(self):
+        """Forget the probe in flight without counting it lost (it went to a server now gone)."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[0].cancel()
+            self.probe_client.remove_pending_request(pending[0])
 
     def on_probe_timer(self):
         """Send the next probe unless one is still in flight."""
@@ -246,6 +282,16 @@ class NetworkMonitorNode(Node):
             return
         now = time.monotonic()
         self._expire_probe(now)
+        if self._new_server_appeared():
+            self._server_appeared = now
+            if self._pending is not None:
+                self.get_logger().info(f"a new server of '{self.probe_service}' appeared: "
+                                       'probing it')
+                self._drop_pending_probe()
+        if (self._server_silent and self._pending is not None
+                and now - self._server_appeared < NEW_SERVER_REPROBE_FOR_S
+                and now - self._pending[1] >= NEW_SERVER_REPROBE_S):
+            self._drop_pending_probe()          # maybe sent before the server matched us
         if self._pending is not None:
             return
         if not self.probe_client.service_is_ready():
@@ -257,10 +303,9 @@ class NetworkMonitorNode(Node):
                 self.service_watch.reset()
             self._service_absent = True
             return
-        if self._service_absent:
+        if self._service_absent:              # the watch stops itself unless still silent
             self.get_logger().info(f"service '{self.probe_service}' available")
             self._service_absent = False
-            self.service_watch.cancel()
         size = self.settings.probe_payload_bytes
         idle = (self._last_goodput_transfer is None
                 or now - self._last_goodput_transfer >= self.settings.bandwidth_probe_idle_s)
@@ -283,8 +328,10 @@ class NetworkMonitorNode(Node):
         future.add_done_callback(lambda f: self._on_probe_done(f, sent, size, token))
 
     def on_service_watch(self):
-        """Probe at once when the absent probe service has appeared."""
-        if self.probe_client.service_is_ready():
+        """Probe at once when the absent or silent server is back (or a new one appeared)."""
+        if not self._service_absent and not self._server_silent:
+            self.service_watch.cancel()
+        elif self.probe_client.service_is_ready():
             self.on_probe_timer()
 
     def _on_probe_done(self, future, sent, size, token):
@@ -297,6 +344,7 @@ class NetworkMonitorNode(Node):
                 self.probes_lost += 1
                 self.estimator.add_probe(now, size, None)
                 return
+            self._server_silent = False
             rtt_ms = 1e3 * (now - sent)
             self.estimator.add_probe(now, size, rtt_ms)
         received = future.result().received_bytes
