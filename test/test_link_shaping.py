@@ -253,6 +253,10 @@ def test_only_the_writers_that_cross_the_link_are_limited_on_the_robot_side():
     assert limited(server.findall('.//d:participant', ns)) == {'cbo_shaped_participant'}
     assert limited(robot.findall('.//d:participant', ns)) == set()
     assert robot.find(".//d:transport_descriptor[d:type='SHM']", ns) is not None
+    # Robot processes announce themselves every second (a restarted server finds them sooner);
+    # the server keeps Fast DDS's default.
+    assert robot.findtext('.//d:discovery_config/d:leaseAnnouncement/d:sec', namespaces=ns) == '1'
+    assert server.find('.//d:discovery_config', ns) is None
 
 
 _SOCKET_PROBE = """
