@@ -18,6 +18,14 @@ CONFIG = paths.SOURCE_ROOT / 'config'
 NS = f'/nm{os.getpid()}'
 
 
+def start_server(domain, log):
+    return start_process(
+        [sys.executable, '-m', 'server_node.offload_server', '--ros-args',
+         '--params-file', str(CONFIG / 'server.yaml'), '-p', 'warmup:=false',
+         '-r', f'__ns:={NS}'],
+        ros_env(domain), log)
+
+
 @pytest.fixture(scope='module')
 def link(tmp_path_factory):
     """Server + monitor processes on one domain, and a session watching network_quality."""
@@ -26,11 +34,7 @@ def link(tmp_path_factory):
     from cbo_ros.nodes.ros_common import RESULT_QOS
     domain = unique_domain_id()
     logs = tmp_path_factory.mktemp('link')
-    server = start_process(
-        [sys.executable, '-m', 'server_node.offload_server', '--ros-args',
-         '--params-file', str(CONFIG / 'server.yaml'), '-p', 'warmup:=false',
-         '-r', f'__ns:={NS}'],
-        ros_env(domain), logs / 'server.log')
+    server = start_server(domain, logs / 'server.log')
     monitor = start_process(
         [sys.executable, '-m', 'cbo_ros.nodes.network_monitor_node', '--ros-args',
          '--params-file', str(CONFIG / 'robot.yaml'), '-p', 'probe_period_s:=0.25',
@@ -47,13 +51,14 @@ def link(tmp_path_factory):
     session.node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
     transfers = session.node.create_publisher(TransferSample, 'offload_transfers', RESULT_QOS)
     external = session.node.create_publisher(NetworkQuality, 'external_network_quality', 10)
+    state = {'session': session, 'quality': quality, 'diagnostics': diagnostics,
+             'transfers': transfers, 'external': external, 'server': server,
+             'monitor': monitor, 'logs': logs, 'domain': domain}
     try:
-        yield {'session': session, 'quality': quality, 'diagnostics': diagnostics,
-               'transfers': transfers, 'external': external, 'server': server,
-               'monitor': monitor, 'logs': logs}
+        yield state
     finally:
         session.close()
-        stop_process(server)
+        stop_process(state['server'])             # the restarted one, if a test restarted it
         code = stop_process(monitor)
         assert code == 0, (logs / 'monitor.log').read_text()
 
@@ -68,7 +73,9 @@ def latest(link, predicate, timeout):
 def test_reachable_with_plausible_rtt_and_goodput(link):
     msg = latest(link, lambda m: m.server_reachable and m.bandwidth_bps > 0 and m.rtt_ms > 0, 30)
     assert msg is not None, (link['logs'] / 'monitor.log').read_text()
-    assert 0.05 < msg.rtt_ms < 100.0              # loopback, two processes
+    # Loopback, two processes; the first probes of a just-started server on the loaded 2-core
+    # machine took up to 112 ms (one CI run), so the bound only catches gross errors.
+    assert 0.05 < msg.rtt_ms < 500.0
     assert not msg.stale and msg.estimate_age_s < 1.0
     assert msg.source == 'probes' and msg.samples >= 2 and msg.loss_rate == 0.0
     stamps = [m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec for m in link['quality'][-6:]]
@@ -136,4 +143,23 @@ def test_server_loss_makes_the_estimate_unreachable_and_stale(link):
     first_age = msg.estimate_age_s
     later = latest(link, lambda m: m.estimate_age_s > first_age + 0.5, 3)
     assert later is not None and later.stale and not later.server_reachable
+    assert link['monitor'].poll() is None
+
+
+def test_restarted_server_is_probed_as_soon_as_it_appears(link):
+    """After a crash the old server stays in the graph until its lease ends (20 s): the monitor
+    sees the restarted one as one more server and probes it at once, not at its next timeout."""
+    if link['server'].poll() is None:                # not yet killed by the test above
+        link['server'].send_signal(signal.SIGKILL)
+    link['server'].wait(5)
+    log = link['logs'] / 'server2.log'
+    link['server'] = start_server(link['domain'], log)
+    assert link['session'].spin_until(lambda: 'serving offload' in log.read_text(), 30), \
+        log.read_text()
+    serving = time.monotonic()
+    msg = latest(link, lambda m: m.server_reachable, 10)
+    assert msg is not None, (link['logs'] / 'monitor.log').read_text()[-3000:]
+    print(f'\nreachable {time.monotonic() - serving:.2f} s after the new server served')
+    monitor_log = (link['logs'] / 'monitor.log').read_text()
+    assert "(2 in the graph): probing it" in monitor_log, monitor_log[-3000:]
     assert link['monitor'].poll() is None

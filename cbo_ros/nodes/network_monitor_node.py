@@ -284,10 +284,9 @@ class NetworkMonitorNode(Node):
         self._expire_probe(now)
         if self._new_server_appeared():
             self._server_appeared = now
-            if self._pending is not None:
-                self.get_logger().info(f"a new server of '{self.probe_service}' appeared: "
-                                       'probing it')
-                self._drop_pending_probe()
+            self.get_logger().info(f"a server of '{self.probe_service}' appeared "
+                                   f'({self._servers_seen} in the graph): probing it')
+            self._drop_pending_probe()
         if (self._server_silent and self._pending is not None
                 and now - self._server_appeared < NEW_SERVER_REPROBE_FOR_S
                 and now - self._pending[1] >= NEW_SERVER_REPROBE_S):
