@@ -269,7 +269,7 @@ class NetworkMonitorNode(Node):
         return appeared
 
     def _drop_pending_probe(self):
-        """Forget the probe in flight without counting it lost (it went to a server now gone)."""
+        """Forget the probe in flight without counting it lost (a new server gets a new one)."""
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None:
