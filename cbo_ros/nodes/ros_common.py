@@ -423,8 +423,10 @@ class TrustedPublishers:
         now_ns = time.monotonic_ns()
         stale = (self._refreshed_ns is None
                  or now_ns - self._refreshed_ns >= self.refresh_ns)
-        if gid not in self._gids and stale:
-            self._refresh(now_ns)          # a publisher not seen yet (rate limited)
+        if self._gids.get(gid) not in self.trusted and stale:
+            # A publisher not seen yet, or not trusted at the last look: the graph may have
+            # listed its endpoint before its node's name was known (rate limited).
+            self._refresh(now_ns)
         name = self._gids.get(gid, '')
         if name in self.trusted:
             self.accepted += 1
