@@ -60,8 +60,7 @@ class System:
 
     def start_server(self):
         return self.start('server', [script('server_node'), '--ros-args', '--params-file',
-                                     str(ROOT / 'config' / 'server.yaml'),
-                                     '-p', 'executor_threads:=4'])
+                                     str(ROOT / 'config' / 'server.yaml')])
 
     def start_robot(self, *extra):
         return self.start('robot', [script('robot_bringup'), *extra])

@@ -38,6 +38,7 @@ def server(tmp_path_factory):
          '--params-file', str(paths.SOURCE_ROOT / 'config' / 'server.yaml'),
          '-r', f'__ns:={NS}', '-p', 'max_batch_size:=8', '-p', 'batch_timeout_ms:=30.0',
          '-p', f'max_payload_bytes:={MAX_PAYLOAD}', '-p', 'load_period_s:=0.5',
+         # 20 threads: this test covers the MultiThreadedExecutor (the default is one thread).
          '-p', 'executor_threads:=20', '-p', 'allow_remote_limit_changes:=true'],
         ros_env(domain), log)
     session = RosSession(domain)

@@ -392,7 +392,7 @@ def run(args):
         from cbo_interfaces.srv import Offload
         from cbo_ros.testbed.recorder import Recorder
         server_cmd = [executable('server_node'), '--ros-args', '--params-file',
-                      args.server_params_file, '-p', 'executor_threads:=4']
+                      args.server_params_file]
         if link is not None:
             server_cmd = link.wrap_command(server_cmd)
         server = subprocess.Popen(server_cmd, env=server_env, start_new_session=True,
