@@ -12,12 +12,13 @@ Inputs:
       sample (``min_bandwidth_payload_bytes``) was seen for ``bandwidth_probe_idle_s`` (a planner
       sending only small frames would otherwise never learn that the link got faster). One probe
       in flight at a time; no answer within ``probe_timeout_s`` counts as lost; an absent
-      service makes the server unreachable. While the service is absent or its last probe was
-      lost, the graph is checked every 0.1 s: a server that appears (also a restarted one, while
-      the killed one is still in the graph until its lease ends) is probed at once, and a probe
-      still in flight to the old one is dropped uncounted; until the new server answers, an
-      unanswered probe is sent again every 0.25 s (it may have arrived before the server had
-      matched this node, and such a request is never answered).
+      service makes the server unreachable. A server that appears in the graph (also a
+      restarted one, while the killed one is still there until its lease ends) is probed at
+      once, and a probe still in flight to the old one is dropped uncounted; until the new
+      server answers (for up to 5 s), an unanswered probe is sent again every 0.25 s (it may
+      have arrived before the server had matched this node, and such a request is never
+      answered). While the service is absent, silent or newly appeared, the graph is checked
+      every 0.1 s.
 
 Outputs:
   ``network_quality`` (cbo_interfaces/msg/NetworkQuality) at ``publish_rate_hz``
@@ -174,9 +175,9 @@ class NetworkMonitorNode(Node):
         self.diagnostics = Diagnostics(self, hardware_id='robot_link')
         self.clock_watch = SimClockWatch(self, self.diagnostics)
         self.probe_timer = self.create_timer(s.probe_period_s, self.on_probe_timer)
-        # While the probe service is absent (server down or not yet discovered) or not
-        # answering, look at the graph every 0.1 s so that a probe goes out as soon as a server
-        # is back (cancelled otherwise: no extra wake-ups while it answers).
+        # While the probe service is absent (server down or not yet discovered), not answering
+        # or newly appeared, look at the graph every 0.1 s so that a probe goes out as soon as
+        # a server is back (cancelled otherwise: no extra wake-ups while it answers).
         self.service_watch = self.create_timer(0.1, self.on_service_watch)
         self.service_watch.cancel()
         self.publish_timer = self.create_timer(1.0 / s.publish_rate_hz, self.on_publish_timer)
@@ -193,6 +194,7 @@ class NetworkMonitorNode(Node):
         self._server_silent = False     # the last probe was lost; no answer since
         self._servers_seen = 0          # probe servers in the graph at the last look
         self._server_appeared = float('-inf')     # when the last new one appeared (monotonic)
+        self._last_answer = float('-inf')         # when the last probe was answered
         self.probes_sent = 0
         self.probes_lost = 0
         self.transfers_seen = 0
@@ -253,8 +255,9 @@ class NetworkMonitorNode(Node):
         self.get_logger().warning(f'probe of {size} B lost (no answer in '
                                   f'{self.settings.probe_timeout_s:g} s)',
                                   throttle_duration_sec=5.0)
-        if not self._server_silent:
-            self._server_silent = True
+        with self._lock:
+            was_silent, self._server_silent = self._server_silent, True
+        if not was_silent:
             self.service_watch.reset()
 
     def _new_server_appeared(self):
@@ -287,9 +290,11 @@ class NetworkMonitorNode(Node):
             self.get_logger().info(f"a server of '{self.probe_service}' appeared "
                                    f'({self._servers_seen} in the graph): probing it')
             self._drop_pending_probe()
-        if (self._server_silent and self._pending is not None
-                and now - self._server_appeared < NEW_SERVER_REPROBE_FOR_S
-                and now - self._pending[1] >= NEW_SERVER_REPROBE_S):
+            self.service_watch.reset()
+        with self._lock:
+            pending = self._pending
+        if (pending is not None and self._awaiting_new_server(now)
+                and now - pending[1] >= NEW_SERVER_REPROBE_S):
             self._drop_pending_probe()          # maybe sent before the server matched us
         if self._pending is not None:
             return
@@ -326,9 +331,19 @@ class NetworkMonitorNode(Node):
         self.probes_sent += 1
         future.add_done_callback(lambda f: self._on_probe_done(f, sent, size, token))
 
+    def _awaiting_new_server(self, now):
+        """Whether a server appeared in the last NEW_SERVER_REPROBE_FOR_S and has not answered."""
+        with self._lock:
+            last_answer = self._last_answer
+        return (now - self._server_appeared < NEW_SERVER_REPROBE_FOR_S
+                and last_answer < self._server_appeared)
+
     def on_service_watch(self):
         """Probe at once when the absent or silent server is back (or a new one appeared)."""
-        if not self._service_absent and not self._server_silent:
+        with self._lock:
+            silent = self._server_silent
+        if (not self._service_absent and not silent
+                and not self._awaiting_new_server(time.monotonic())):
             self.service_watch.cancel()
         elif self.probe_client.service_is_ready():
             self.on_probe_timer()
@@ -344,6 +359,7 @@ class NetworkMonitorNode(Node):
                 self.estimator.add_probe(now, size, None)
                 return
             self._server_silent = False
+            self._last_answer = now
             rtt_ms = 1e3 * (now - sent)
             self.estimator.add_probe(now, size, rtt_ms)
         received = future.result().received_bytes

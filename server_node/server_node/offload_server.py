@@ -14,30 +14,30 @@ Topics:
 Every request gets an answer: a result, a refusal with the reason, or, when the server holds
 ``max_queue_size`` requests (or the client its ``max_queue_per_client``), a quick refusal whose
 error starts with ``busy:`` and says when to retry. A client is a robot namespace's service plus
-the request's ``client_id`` (the planner's node name), so a flooding caller on one robot's
-service fills only its own share. rclpy does not hand a callback the caller's writer GUID, so
-the id is declared by the caller: it separates honest clients, not a hostile one that forges
-or rotates ids (access control for that is SROS2's, docs/security.md). Checks run cheapest
-first and nothing is decoded before the file header's size passed ``max_image_pixels`` (see
-:mod:`server_node.validation`).
+the request's ``client_id`` (the caller's fully qualified node name), so a flooding caller on
+one robot's service fills only its own share. rclpy does not hand a callback the caller's
+writer GUID, so the id is declared by the caller: it separates honest clients, not a hostile
+one that forges or rotates ids (access control for that is SROS2's, docs/security.md). Checks
+run cheapest first and nothing is decoded before the file header's size passed
+``max_image_pixels`` (see :mod:`server_node.validation`).
 
 Executor: a SingleThreadedExecutor (``executor_threads`` 1, the default; more threads give a
-MultiThreadedExecutor). Each service callback is a coroutine: it validates its request,
-*awaits* its decode in a pool of ``max_concurrent_decodes`` threads (Pillow and OpenCV release
-the GIL), hands the preprocessed tensor to the :class:`~server_node.batcher.Batcher` and
-*awaits* the result while one batching thread runs onnxruntime on up to ``max_batch_size``
-requests at a time; ``_lock`` guards the counters the callbacks and those threads share. The
-executor thread only takes requests, validates and answers, so it keeps up with a flood:
-measured on the 2-core machine, 1,000 concurrent requests were all answered (results or
-``busy:``) in 1.5 s with one thread and in 14 s with 16 (rclpy's MultiThreadedExecutor scans
-every in-flight callback on each wake-up, and a coroutine awaiting its batch stays in flight),
-and a request of another client queued behind such a flood in the service's DDS reader waited
-for it to drain. Blocking waits (before the callbacks were coroutines) tied up one executor
-thread per request in progress: with 4 threads and ~5 offloads in flight, round trip minus
-``server_ms`` was 133 ms (p50) instead of 6 ms. With rclpy 9 (Kilted) a coroutine awaiting a
-Future completed from another thread is resumed only at the executor's next wake-up; the batch
-thread therefore completes a future that has a done callback, which makes the executor's guard
-condition fire (see ``_result_of``).
+MultiThreadedExecutor). Each service callback is a coroutine: it validates its request, *awaits*
+its decode (an image, or a partitioned model's compressed tensor) in a pool of
+``max_concurrent_decodes`` threads (Pillow, OpenCV and zlib release the GIL), hands the
+preprocessed tensor to the :class:`~server_node.batcher.Batcher` and *awaits* the result while
+one batching thread runs onnxruntime on up to ``max_batch_size`` requests at a time; ``_lock``
+guards the counters the callbacks and those threads share. The executor thread only takes
+requests, validates and answers, so it keeps up with a flood: measured on the 2-core machine,
+1,000 concurrent requests were all answered (results or ``busy:``) in 1.5 s with one thread and
+in 14 s with 16 (rclpy's MultiThreadedExecutor scans every in-flight callback on each wake-up,
+and a coroutine awaiting its batch stays in flight), and a request of another client queued
+behind such a flood in the service's DDS reader waited for it to drain. Blocking waits (before
+the callbacks were coroutines) tied up one executor thread per request in progress: with 4
+threads and ~5 offloads in flight, round trip minus ``server_ms`` was 133 ms (p50) instead of 6
+ms. With rclpy 9 (Kilted) a coroutine awaiting a Future completed from another thread is resumed
+only at the executor's next wake-up; the batch thread therefore completes a future that has a
+done callback, which makes the executor's guard condition fire (see ``_result_of``).
 """
 
 import collections
@@ -288,12 +288,12 @@ class OffloadServer(Node):
     async def _handle(self, client, request, response, serve):
         """Admit, serve and count one request; every failure becomes a reason."""
         received = time.monotonic()
-        client = (client, str(request.client_id)[:MAX_CLIENT_ID_CHARS])
+        queue_key = (client, str(request.client_id)[:MAX_CLIENT_ID_CHARS])
         admitted = False
         try:
-            self._admit(client)
+            self._admit(queue_key)
             admitted = True
-            await serve(client, request, response, received)
+            await serve(queue_key, request, response, received)
             response.success = True
             response.error = ''
         except RequestError as error:
@@ -307,9 +307,9 @@ class OffloadServer(Node):
         finally:
             if admitted:
                 with self._lock:
-                    self._in_progress[client] -= 1
-                    if self._in_progress[client] <= 0:
-                        del self._in_progress[client]
+                    self._in_progress[queue_key] -= 1
+                    if self._in_progress[queue_key] <= 0:
+                        del self._in_progress[queue_key]
         response.server_ms = 1e3 * (time.monotonic() - received)
         self._count(response)
         return response
@@ -462,9 +462,21 @@ class OffloadServer(Node):
         shapes = {} if self.early_exit is None else {
             b: self.early_exit.tensor_shape(b) for b in self.early_exit.blocks}
         start = time.monotonic()
-        tensor = check_features(request.partition, request.shape, request.dtype, request.scale,
-                                request.zero_point, request.data, shapes,
-                                self.settings.max_payload_bytes)
+        # Decompression and dequantisation in the decode pool: the one executor thread only
+        # takes, validates and answers requests.
+        wait_s = DECODE_TIMEOUT_S if expires is None else max(0.0, expires - start) + 0.05
+        try:
+            checking = self._decoder.submit(
+                check_features, request.partition, request.shape, request.dtype, request.scale,
+                request.zero_point, request.data, shapes, self.settings.max_payload_bytes)
+        except RuntimeError:                                # the pool was shut down
+            raise RequestError('server shutting down') from None
+        try:
+            tensor = await self._result_of(checking, wait_s)
+        except concurrent.futures.TimeoutError:
+            raise RequestError(f'not checked within {1e3 * wait_s:.0f} ms') from None
+        except concurrent.futures.CancelledError:
+            raise RequestError('server shutting down') from None
         response.decode_ms = 1e3 * (time.monotonic() - start)
         # The tails finish the robot's Lite0: ImageNet-1k names, whatever the server model's.
         await self._finish(client, request, response, (int(request.partition), tensor[0]),
