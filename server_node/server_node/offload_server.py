@@ -398,21 +398,29 @@ class OffloadServer(Node):
         response.image_height, response.image_width = header.height, header.width
 
         start = time.monotonic()
-        # request_timeout_s bounds the wait for inference; a decode (bounded by
-        # max_image_pixels) is waited for up to the deadline, or DECODE_TIMEOUT_S without one.
-        wait_s = DECODE_TIMEOUT_S if expires is None else max(0.0, expires - start) + 0.05
+        tensor = await self._in_decode_pool(expires, self._decode, data, header)
+        response.decode_ms = 1e3 * (time.monotonic() - start)
+        await self._finish(client, request, response, tensor, expires, self.batcher)
+
+    async def _in_decode_pool(self, expires, function, *args):
+        """Run ``function(*args)`` in the decode pool and await it (RequestError on failure).
+
+        The decode (bounded by max_image_pixels / max_payload_bytes) is waited for up to the
+        deadline, or DECODE_TIMEOUT_S without one; request_timeout_s bounds only inference.
+        The one executor thread meanwhile takes, validates and answers other requests.
+        """
+        wait_s = (DECODE_TIMEOUT_S if expires is None
+                  else max(0.0, expires - time.monotonic()) + 0.05)
         try:
-            decoding = self._decoder.submit(self._decode, data, header)
+            decoding = self._decoder.submit(function, *args)
         except RuntimeError:                                # the pool was shut down
             raise RequestError('server shutting down') from None
         try:
-            tensor = await self._result_of(decoding, wait_s)
+            return await self._result_of(decoding, wait_s)
         except concurrent.futures.TimeoutError:
             raise RequestError(f'not decoded within {1e3 * wait_s:.0f} ms') from None
         except concurrent.futures.CancelledError:
             raise RequestError('server shutting down') from None
-        response.decode_ms = 1e3 * (time.monotonic() - start)
-        await self._finish(client, request, response, tensor, expires, self.batcher)
 
     async def _finish(self, client, request, response, item, expires, batcher,
                       class_name=None):
@@ -462,21 +470,10 @@ class OffloadServer(Node):
         shapes = {} if self.early_exit is None else {
             b: self.early_exit.tensor_shape(b) for b in self.early_exit.blocks}
         start = time.monotonic()
-        # Decompression and dequantisation in the decode pool: the one executor thread only
-        # takes, validates and answers requests.
-        wait_s = DECODE_TIMEOUT_S if expires is None else max(0.0, expires - start) + 0.05
-        try:
-            checking = self._decoder.submit(
-                check_features, request.partition, request.shape, request.dtype, request.scale,
-                request.zero_point, request.data, shapes, self.settings.max_payload_bytes)
-        except RuntimeError:                                # the pool was shut down
-            raise RequestError('server shutting down') from None
-        try:
-            tensor = await self._result_of(checking, wait_s)
-        except concurrent.futures.TimeoutError:
-            raise RequestError(f'not checked within {1e3 * wait_s:.0f} ms') from None
-        except concurrent.futures.CancelledError:
-            raise RequestError('server shutting down') from None
+        tensor = await self._in_decode_pool(           # decompression and dequantisation
+            expires, check_features, request.partition, request.shape, request.dtype,
+            request.scale, request.zero_point, request.data, shapes,
+            self.settings.max_payload_bytes)
         response.decode_ms = 1e3 * (time.monotonic() - start)
         # The tails finish the robot's Lite0: ImageNet-1k names, whatever the server model's.
         await self._finish(client, request, response, (int(request.partition), tensor[0]),
