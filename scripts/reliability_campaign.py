@@ -684,6 +684,9 @@ def parse_args(argv):
     parser.add_argument('--link', action='store_true',
                         help='server behind the shaped link (root; adds the link faults)')
     parser.add_argument('--link-rate', type=float, default=20e6, help='link rate (bit/s)')
+    parser.add_argument('--link-queue', choices=('fifo', 'fair'), default='fifo',
+                        help='queueing on the shaped link: one FIFO (default) or per-flow '
+                             'queues served in turn, like fq_codel on most Linux hosts')
     parser.add_argument('--big-s', type=float, default=None,
                         help='seconds of each big_frames stream (default 20; quick 8)')
     parser.add_argument('--phases', default='malformed,big_frames,flood,bombs,spoof,'
@@ -726,7 +729,8 @@ def main(argv=None):
             if not ok:
                 print(f'--link: shaped link unavailable ({why}); running on loopback')
             else:
-                link = stack.enter_context(ShapedLink(rate_bps=args.link_rate))
+                link = stack.enter_context(ShapedLink(rate_bps=args.link_rate,
+                                                      queue=args.link_queue))
                 os.environ.update(link.env_for_robot())     # this process is robot side
         os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
         procs = Processes(namespace, domain, link, log_dir)

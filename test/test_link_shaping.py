@@ -112,6 +112,57 @@ def test_added_round_trip_time_through_the_delay_relay():
     assert not _mine(netns + links, names)
 
 
+def _flood(ip, rate_bps, stop, size=1400):
+    """Send ``size``-byte UDP datagrams to ``ip``:9998 at ``rate_bps`` until ``stop`` is set."""
+    import socket
+    interval = size * 8.0 / rate_bps
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        due = time.perf_counter()
+        while not stop.is_set():
+            sock.sendto(bytes(size), (ip, 9998))
+            due += interval
+            time.sleep(max(0.0, due - time.perf_counter()))
+
+
+@pytest.mark.parametrize('queue', ['fifo', 'fair'])
+def test_fair_queue_keeps_a_steady_flow_fast_beside_a_flood(queue):
+    """A flood at twice the uplink rate: one FIFO delays every flow by the flood's backlog; per-flow
+    queues keep another flow's round trip short (and the nftables table goes with the link)."""
+    with ShapedLink(rate_bps=4e6, name='cbt', queue=queue) as link:
+        names = [link.netns, link.robot_dev, link.server_dev, link._down_table]
+        qdisc = subprocess.run(['tc', 'qdisc', 'show', 'dev', link.robot_dev],
+                               capture_output=True, text=True).stdout
+        assert ('htb' in qdisc) == (queue == 'fair'), qdisc
+        echo = subprocess.Popen(link.wrap_command([sys.executable, '-c', _UDP_ECHO]))
+        time.sleep(0.5)
+        idle = _udp_rtt_ms(link.server_ip, count=5)
+        stop = threading.Event()
+        flooder = threading.Thread(target=_flood, args=(link.server_ip, 8e6, stop))
+        flooder.start()
+        try:
+            time.sleep(1.5)                 # the flood builds a backlog of ~0.75 s at 4 Mbit/s
+            during = _udp_rtt_ms(link.server_ip, count=5)
+        finally:
+            stop.set()
+            flooder.join()
+            echo.terminate()
+        sent = link.stats()['up_bytes']
+        if queue == 'fair':
+            names.append(link._fair_table)
+            tables = subprocess.run(['nft', 'list', 'table', 'inet', link._fair_table],
+                                    capture_output=True, text=True).stdout
+            assert 'meta priority set jhash' in tables, tables
+    assert idle is not None and idle < 20.0, idle
+    # The flood's datagrams went through at about the link rate (it is not starved either).
+    assert sent > 4e6 / 8 * 1.5 * 0.8, sent
+    if queue == 'fair':
+        assert during is not None and during < 60.0, (idle, during)
+    else:
+        assert during is None or during > 150.0, (idle, during)
+    netns, links, tables = _system_state()
+    assert not _mine(netns + links + tables, names)
+
+
 def test_teardown_after_an_error_inside_the_block():
     with pytest.raises(RuntimeError, match='boom'):
         with ShapedLink(rate_bps=2e6, name='cbt') as link:

@@ -5,6 +5,13 @@ pair. The robot -> server uplink is shaped on the robot end of the veth:
 
 - rate: a TBF qdisc with a large queue (``queue_latency_s``, default 2 s), because a short queue
   drops fragments of the 64 KB UDP datagrams that DDS sends, which Fast DDS repairs slowly;
+  one FIFO queue for all traffic (``queue='fifo'``, the default);
+- per-flow fair queueing (``queue='fair'``): the kernel here has no sfq, fq or fq_codel, so an
+  HTB qdisc with :data:`FAIR_QUEUE_FLOWS` leaf classes, each with its own FIFO and a fair share
+  of the rate that it may exceed while the others are idle (HTB serves backlogged classes in
+  turn); an nftables output rule hashes each UDP/TCP flow (addresses, protocol, ports) onto
+  one class, as sfq/fq_codel do on most Linux hosts. Flows that hash to the same class share
+  its queue (stochastic, as in sfq);
 - loss: an nftables rule ``numgen random mod 10000 < N drop`` on the ingress of the far end, so
   lost packets have already used their share of the link rate, as on a real link;
 - delay (``rtt_ms``): the kernel here has no netem (nor fq/etf), so an added round-trip time
@@ -58,7 +65,8 @@ _live_links = set()
 _live_lock = threading.Lock()
 # The netns name is <prefix>-<pid>-<n>: cleanup_stale() uses the pid to find dead owners.
 _NETNS_RE = re.compile(r'^(?P<prefix>[a-z0-9]{1,4})-(?P<pid>\d+)-(?P<n>\d+)(?P<relay>d?)$')
-_NFT_TABLE_RE = re.compile(r'^(?P<prefix>[a-z0-9]{1,4})_(?P<pid>\d+)_(?P<n>\d+)_down$')
+_NFT_TABLE_RE = re.compile(
+    r'^(?P<prefix>[a-z0-9]{1,4})_(?P<pid>\d+)_(?P<n>\d+)_(?P<kind>down|fq)$')
 
 
 class ShapingError(RuntimeError):
@@ -70,6 +78,9 @@ class ShapingError(RuntimeError):
 DDS_MESSAGE_BYTES = 1400
 # Bytes a datagram costs on the shaped link beyond its UDP payload: UDP 8, IPv4 20, Ethernet 14.
 WIRE_OVERHEAD = 42
+# Per-flow queues of queue='fair' (HTB leaf classes 1:10 .. 1:1f; flows hashed onto them).
+FAIR_QUEUE_FLOWS = 16
+QUEUES = ('fifo', 'fair')
 
 # Both sides of the link: SUBNET with the peer in ROS_STATIC_PEERS, never LOCALHOST. For LOCALHOST
 # rmw_fastrtps (Kilted) registers a UDPv4 transport of its own beside the profile's, with the
@@ -174,11 +185,14 @@ class ShapedLink:
         multicast_ttl: TTL of DDS multicast in the profiles: 0 (default) keeps multicast
             discovery on this host and the peers find each other through ROS_STATIC_PEERS; 1
             lets it cross the veth (multicast discovery between the two sides).
+        queue: ``'fifo'`` (default: one TBF queue for all traffic) or ``'fair'`` (per-flow
+            queues served in turn, like sfq/fq_codel; see the module docstring). Each flow's
+            queue holds ``queue_latency_s`` at the full rate.
     """
 
     def __init__(self, rate_bps=20e6, loss_pct=0.0, name='cbo', downlink_rate_bps=None,
                  downlink_loss_pct=0.0, queue_latency_s=2.0, flow_control_bps=None, mtu=1500,
-                 rtt_ms=0.0, multicast_ttl=0):
+                 rtt_ms=0.0, multicast_ttl=0, queue='fifo'):
         if not _NAME_RE.match(name):
             raise ValueError(f'name must be 1-4 lowercase letters/digits, got {name!r}')
         self.name = name
@@ -194,6 +208,11 @@ class ShapedLink:
         if multicast_ttl not in (0, 1):
             raise ValueError(f'multicast_ttl must be 0 or 1, got {multicast_ttl}')
         self.multicast_ttl = int(multicast_ttl)
+        if queue not in QUEUES:
+            raise ValueError(f'queue must be one of {QUEUES}, got {queue!r}')
+        self.queue = queue
+        self._fair_devs = set()            # devices whose HTB classes exist (queue='fair')
+        self._fair_table = None            # robot side nftables table that hashes flows
         self.relay_netns = None
         self._relay = None
         # None: the flow controller follows the uplink rate (also through set_rate, for
@@ -304,6 +323,8 @@ class ShapedLink:
                 raise ShapingError(f'veth {base}r: {result.stderr.strip()}')
             self.robot_dev, self.server_dev = base + 'r', base + 's'
             self._down_table = f'{self.name}_{pid}_{n}_down'
+            if self.queue == 'fair':
+                self._fair_table = f'{self.name}_{pid}_{n}_fq'
             break
         else:
             raise ShapingError('could not find a free namespace/veth name')
@@ -322,6 +343,8 @@ class ShapedLink:
         _run(ns + ['route', 'add', 'default', 'via', self.robot_ip], check=False)
         self._apply_rate(self.robot_dev, self.rate_bps, root_ns=True)
         self._apply_rate(self.server_dev, self.downlink_rate_bps, root_ns=False)
+        if self.queue == 'fair':
+            self._write_flow_hash_tables()
         self._write_loss_tables()
         self._write_profiles()
         if self.relay_netns:
@@ -423,6 +446,8 @@ class ShapedLink:
                 _run(['ip', 'link', 'del', self.robot_dev], check=False)
             if self._down_table:
                 _run(['nft', 'delete', 'table', 'netdev', self._down_table], check=False)
+            if self._fair_table:
+                _run(['nft', 'delete', 'table', 'inet', self._fair_table], check=False)
             _run(['ip', 'netns', 'del', self.netns], check=False)
             if self.relay_netns:
                 _run(['ip', 'netns', 'del', self.relay_netns], check=False)
@@ -467,6 +492,7 @@ class ShapedLink:
         tc = self._tc(root_ns)
         if bps is None:
             _run(tc + ['qdisc', 'del', 'dev', dev, 'root'], check=False)
+            self._fair_devs.discard(dev)
             return
         if bps < 8e3:
             raise ValueError(f'rate too low: {bps} bit/s')
@@ -476,8 +502,46 @@ class ShapedLink:
         # network monitor measures) reflect the configured rate.
         burst = int(max(rate_bytes * 0.002, 2 * (self.mtu + 100)))
         limit = int(max(rate_bytes * self.queue_latency_s, 2 * 1024 * 1024)) + burst
+        if self.queue == 'fair':
+            self._apply_fair_rate(tc, dev, bps, burst, limit)
+            return
         _run(tc + ['qdisc', 'replace', 'dev', dev, 'root', 'tbf', 'rate', f'{int(bps)}bit',
                    'burst', str(burst), 'limit', str(limit)])
+
+    def _apply_fair_rate(self, tc, dev, bps, burst, limit):
+        """HTB: class 1:1 at the rate, FAIR_QUEUE_FLOWS leaves (1:10..) sharing it in turn.
+
+        A leaf's guaranteed rate is its fair share; it may borrow up to the whole rate (ceil)
+        while the others are idle. A rate change changes the classes in place (queues kept).
+        """
+        rate, share = f'{int(bps)}bit', f'{max(int(bps / FAIR_QUEUE_FLOWS), 8000)}bit'
+        shaping = ['burst', str(burst), 'cburst', str(burst)]
+        verb = 'change' if dev in self._fair_devs else 'add'
+        if verb == 'add':
+            _run(tc + ['qdisc', 'del', 'dev', dev, 'root'], check=False)
+            # Unhashed packets (ARP, IPv6, other protocols) go to the first leaf.
+            _run(tc + ['qdisc', 'add', 'dev', dev, 'root', 'handle', '1:', 'htb', 'default',
+                       '10'])
+        _run(tc + ['class', verb, 'dev', dev, 'parent', '1:', 'classid', '1:1', 'htb',
+                   'rate', rate, 'ceil', rate] + shaping)
+        for index in range(FAIR_QUEUE_FLOWS):
+            classid = f'1:{0x10 + index:x}'
+            _run(tc + ['class', verb, 'dev', dev, 'parent', '1:1', 'classid', classid, 'htb',
+                       'rate', share, 'ceil', rate, 'quantum', str(self.mtu + 100)] + shaping)
+            if verb == 'add':
+                _run(tc + ['qdisc', 'add', 'dev', dev, 'parent', classid, 'handle',
+                           f'{0x100 + index:x}:', 'bfifo', 'limit', str(limit)])
+        self._fair_devs.add(dev)
+
+    def _write_flow_hash_tables(self):
+        """nftables output rules: each flow leaving a shaped end gets its HTB leaf (priority).
+
+        HTB takes a packet's class from its priority when that names one of its classes. The
+        hash runs before IP fragmentation, so a datagram's fragments share its flow's class.
+        """
+        _run(['nft', '-f', '-'], input_text=_flow_hash_table(self._fair_table, self.robot_dev))
+        _run(['ip', 'netns', 'exec', self.netns, 'nft', '-f', '-'],
+             input_text=_flow_hash_table('cbo_fq', self.server_dev))
 
     def _loss_rule(self, pct):
         threshold = int(round(pct * 100))
@@ -646,13 +710,18 @@ class ShapedLink:
             return f'ShapedLink {self.name} (not set up)'
         text = (f'veth {self.robot_dev} ({self.robot_ip}) <-> {self.server_dev} '
                 f'({self.server_ip}) shaped: uplink {format_rate(self.rate_bps)}'
-                f'{" TBF" if self.rate_bps else ""}, loss {self.loss_pct:.1f} %')
+                f'{self._queue_words() if self.rate_bps else ""}, loss {self.loss_pct:.1f} %')
         if self.downlink_rate_bps is not None or self.downlink_loss_pct:
             text += (f'; downlink {format_rate(self.downlink_rate_bps)}, '
                      f'loss {self.downlink_loss_pct:.1f} %')
         delay = (f'RTT +{self.rtt_ms:g} ms (user-space relay)' if self._relay is not None
                  else 'no added delay')
         return text + f', {delay}; server netns {self.netns}'
+
+    def _queue_words(self):
+        if self.queue == 'fair':
+            return f' HTB, {FAIR_QUEUE_FLOWS} per-flow queues'
+        return ' TBF'
 
     def __repr__(self):
         return f'<ShapedLink {self.describe()}>'
@@ -667,6 +736,16 @@ _ROBOT_DISCOVERY = """<builtin>
             </leaseAnnouncement>
           </discovery_config>
         </builtin>"""
+
+def _flow_hash_table(table, dev):
+    """An nftables table whose output rule puts each UDP/TCP flow leaving ``dev`` on an HTB leaf."""
+    flow = 'ip saddr . ip daddr . meta l4proto . th sport . th dport'
+    return (f'table inet {table} {{\n'
+            f' chain out {{ type filter hook output priority 0; policy accept;\n'
+            f'  oifname "{dev}" meta l4proto {{ udp, tcp }} meta priority set jhash {flow} '
+            f'mod {FAIR_QUEUE_FLOWS} offset {0x10010} counter\n'
+            f' }}\n}}\n')
+
 
 _ROBOT_SHM_DESCRIPTOR = """<transport_descriptor>
         <transport_id>cbo_shm</transport_id>
@@ -698,13 +777,16 @@ def cleanup_stale(verbose=True):
                     pass
             _run(['ip', 'netns', 'del', netns], check=False)
             removed.append(f'netns {netns}')
-    out = _run(['nft', 'list', 'tables', 'netdev'], check=False).stdout
+    out = _run(['nft', 'list', 'tables'], check=False).stdout
     for line in out.splitlines():
-        table = line.split()[-1] if line.split() else ''
+        words = line.split()
+        if len(words) != 3 or words[1] not in ('netdev', 'inet'):
+            continue
+        family, table = words[1], words[2]
         match = _NFT_TABLE_RE.match(table)
         if match and not _pid_alive(int(match.group('pid'))):
-            _run(['nft', 'delete', 'table', 'netdev', table], check=False)
-            removed.append(f'nft table {table}')
+            _run(['nft', 'delete', 'table', family, table], check=False)
+            removed.append(f'nft table {family} {table}')
     if verbose:
         print('removed: ' + (', '.join(removed) if removed else 'nothing'))
     return removed
@@ -713,7 +795,8 @@ def cleanup_stale(verbose=True):
 def _run_command(args):
     link = ShapedLink(rate_bps=args.rate, loss_pct=args.loss, name=args.name,
                       downlink_rate_bps=args.down_rate, downlink_loss_pct=args.down_loss,
-                      queue_latency_s=args.queue_latency, rtt_ms=args.rtt_ms)
+                      queue_latency_s=args.queue_latency, rtt_ms=args.rtt_ms,
+                      queue=args.queue)
     command = args.command[1:] if args.command[:1] == ['--'] else args.command
     if not command:
         print('cbo_link run: give the server command after --', file=sys.stderr)
@@ -763,6 +846,8 @@ def main(argv=None):
                      help='added round-trip time in ms (user-space relay; default 0: none)')
     run.add_argument('--queue-latency', type=float, default=2.0,
                      help='TBF queue length in seconds at the rate (default 2)')
+    run.add_argument('--queue', choices=QUEUES, default='fifo',
+                     help='fifo: one queue (default); fair: per-flow queues served in turn')
     run.add_argument('--name', default='cbo', help='name prefix (1-4 chars, default cbo)')
     run.add_argument('command', nargs=argparse.REMAINDER, help='-- server command')
     args = parser.parse_args(argv)
