@@ -37,6 +37,21 @@ def test_head_plus_tail_equals_the_full_model(model, frames):
         np.testing.assert_allclose(model.tail(blocks, features), reference, atol=2e-3)
 
 
+def test_short_provider_names_resolve_as_for_the_classifier(model):
+    """The server passes its provider list ('tensorrt', 'cuda', 'cpu'); onnxruntime itself would
+    reject the short names and fall back to the CPU alone, also where CUDA is present."""
+    import onnxruntime as ort
+    from cbo_ros.perception.early_exit import EarlyExitModel
+    tails = EarlyExitModel(model.directory, providers=['tensorrt', 'cuda', 'cpu'])
+    wanted = [p for p in ('TensorrtExecutionProvider', 'CUDAExecutionProvider')
+              if p in ort.get_available_providers()] + ['CPUExecutionProvider']
+    assert tails.providers == wanted
+    assert len(tails.provider_warnings) == 3 - len(wanted)
+    blocks = tails.blocks[0]
+    tails.tail(blocks, np.zeros(tails.tensor_shape(blocks), np.float32))
+    assert tails._session(blocks, 'tail').get_providers()[0] == wanted[0]
+
+
 def test_quantised_tensor_keeps_the_answer(model, frames):
     from cbo_common.tensor_codec import decode_tensor, encode_tensor
     from cbo_ros.perception.image_ops import encode_jpeg, center_square

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from cbo_ros.assets import paths
+from cbo_ros.perception.classifier import resolve_providers
 from cbo_ros.perception.image_ops import center_square
 
 EARLY_EXIT_DIR = 'early_exit'      # under the artifacts' models/
@@ -37,7 +38,9 @@ class EarlyExitModel:
         self.manifest = json.loads(manifest_path.read_text())
         self.input_size = int(self.manifest['input_size'])
         self.partitions = {int(p['blocks']): p for p in self.manifest['partitions']}
-        self._providers = list(providers)
+        # Short names ('cuda', 'cpu') and providers missing here resolve as for the classifier;
+        # onnxruntime itself rejects a short name and falls back to the CPU alone.
+        self.providers, self.provider_warnings = resolve_providers(list(providers))
         self._options = ort.SessionOptions()
         if intra_op_threads:
             self._options.intra_op_num_threads = int(intra_op_threads)
@@ -60,7 +63,7 @@ class EarlyExitModel:
                 raise FileNotFoundError(f'early-exit {part} of partition b{blocks} missing: '
                                         f'{path}')
             self._sessions[key] = ort.InferenceSession(str(path), sess_options=self._options,
-                                                       providers=self._providers)
+                                                       providers=self.providers)
         return self._sessions[key]
 
     def preprocess(self, frames):

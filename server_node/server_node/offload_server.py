@@ -247,7 +247,8 @@ class OffloadServer(Node):
             for blocks in model.blocks:
                 model.tail(blocks, np.zeros(model.tensor_shape(blocks), np.float32))
         self.get_logger().info(f'offload_features: early-exit tails for partitions '
-                               f'{model.blocks} ({model.directory})')
+                               f'{model.blocks} ({model.directory}), providers '
+                               f'{", ".join(model.providers)}')
         return model
 
     def _infer_features(self, items):
