@@ -737,6 +737,7 @@ _ROBOT_DISCOVERY = """<builtin>
           </discovery_config>
         </builtin>"""
 
+
 def _flow_hash_table(table, dev):
     """An nftables table whose output rule puts each UDP/TCP flow leaving ``dev`` on an HTB leaf."""
     flow = 'ip saddr . ip daddr . meta l4proto . th sport . th dport'
