@@ -575,6 +575,12 @@ def phase_server_restart(c, procs, args, rows):
     ready = state.get('ready', state['restarted'])
     extra = c.stream(4.0, 15.0)                   # frames that may be offloaded again
     resume = resume_time(c, ready, 10.0)
+    if args.verbose:
+        print('  network_quality from the kill (s after the new server served, reachable, '
+              'estimate age s): ' + ' '.join(
+                  f'{t - ready:+.1f}/{int(q.server_reachable)}/{q.estimate_age_s:.1f}'
+                  for t, _, q in c.recorder.snapshot('qualities') if t >= state['killed']),
+              flush=True)
     c.wait_answered(stamps + extra)
     procs.sample()
     f = c.measure(stamps + extra)

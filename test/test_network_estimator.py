@@ -104,6 +104,24 @@ def test_consecutive_lost_probes_make_the_server_unreachable_at_once():
     assert est.estimate(1.6).server_reachable
 
 
+def test_old_requests_given_up_late_do_not_hide_a_server_that_answers_again():
+    """The calls in flight when a server died are given up seconds later, while a restarted
+    server already answers probes: they are losses, not failures in a row (they kept the monitor
+    reporting 'unreachable' for ~3 s after a restart)."""
+    est = NetworkEstimator(max_consecutive_failures=2, unreachable_after_s=30.0)
+    est.add_probe(10.0, 64, 5.0)                       # the new server answers
+    for i in range(12):                                # calls sent at 6.0-7.1 s, given up now
+        est.add_transfer(10.1 + 0.05 * i, 30_000, 0.0, success=False, timed_out=True,
+                         sent=6.0 + 0.1 * i)
+    result = est.estimate(10.8)
+    assert result.server_reachable
+    assert result.loss_rate == pytest.approx(12 / 13)
+    # Requests sent after the last answer still count: two in a row make it unreachable.
+    est.add_transfer(11.0, 30_000, 0.0, success=False, timed_out=True, sent=10.2)
+    est.add_transfer(11.1, 30_000, 0.0, success=False, timed_out=True, sent=10.3)
+    assert not est.estimate(11.2).server_reachable
+
+
 def test_absent_service_is_unreachable_but_not_loss():
     est = NetworkEstimator(max_consecutive_failures=2)
     est.add_probe(0.0, 64, 5.0)

@@ -111,7 +111,8 @@ class NetworkEstimator:
         counts as a loss (a late answer is useless for its frame), but a late answer still
         shows that the server is reachable and is a goodput sample.
 
-        ``sent``: when the request was sent (same clock as ``now``). With it, transfers that
+        ``sent``: when the request was sent (same clock as ``now``). A failed one sent before
+        the last success counts as a loss but not towards unreachability. With it, transfers that
         overlapped on the link are accounted for: the link is FIFO, so a request sent while
         earlier ones were still on the wire also waited for their remaining bytes; the sample is
         (own bytes + bytes still ahead of it) / its wire time. Without it each transfer is
@@ -123,7 +124,11 @@ class NetworkEstimator:
             return                                  # malformed sample: nothing measured
         self._events.append((now, lost, 'transfers'))
         if not success:
-            self._failure(now)
+            # A request sent before the server's last answer says nothing about the server
+            # now (e.g. the calls in flight when a server died, given up seconds later while
+            # its successor already answers): a loss, but not a failure in a row.
+            if sent is None or self._last_success is None or sent >= self._last_success:
+                self._failure(now)
             return
         self._success(now)
         wire_ms = round_trip_ms - max(server_ms, 0.0)

@@ -359,9 +359,13 @@ class NetworkMonitorNode(Node):
                 self.estimator.add_probe(now, size, None)
                 return
             self._server_silent = False
+            first_of_new_server = self._last_answer < self._server_appeared
             self._last_answer = now
             rtt_ms = 1e3 * (now - sent)
             self.estimator.add_probe(now, size, rtt_ms)
+        if first_of_new_server:
+            self.get_logger().info(f'the new server answered {now - self._server_appeared:.2f} s '
+                                   'after it appeared')
         received = future.result().received_bytes
         if received != size:
             self.get_logger().warning(f'server received {received} of {size} probe bytes',

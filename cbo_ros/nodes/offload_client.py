@@ -64,6 +64,7 @@ class OffloadClient:
         self.round_trips_ms: Deque[float] = collections.deque(maxlen=50)
         self.consecutive_timeouts = 0
         self.backoff_until_ns = 0
+        self.backoff_started_ns = 0
         self.busy = BusyBackoff(max_wait_s=max(backoff_ns / 1e9, 0.1))
 
     def unreachable_why(self, now_ns: int) -> str:
@@ -135,6 +136,11 @@ class OffloadClient:
         self.backoff_until_ns = 0
         self.consecutive_timeouts = 0
 
+    def server_answered_at(self, answered_ns: int) -> None:
+        """End a back-off that began before the server was last seen answering."""
+        if self.backoff_until_ns and answered_ns > self.backoff_started_ns:
+            self.server_seen_again()
+
     def give_up_late(self, now_ns: int) -> List[PendingCall]:
         """Give up the calls unanswered ``late_grace_ns`` after their deadline; return them."""
         late = [c for c in self.pending.values() if now_ns > c.deadline_ns + self.late_grace_ns]
@@ -143,9 +149,12 @@ class OffloadClient:
             self.client.remove_pending_request(call.future)
             self.publish_transfer(call, success=False, round_trip_ms=0.0, server_ms=0.0,
                                   timed_out=True)
+            if call.send_ns < self.backoff_started_ns:
+                continue        # sent before the last back-off began: that outage is counted
             self.consecutive_timeouts += 1
             if self.consecutive_timeouts >= self.max_timeouts:
                 self.backoff_until_ns = now_ns + self.backoff_ns
+                self.backoff_started_ns = now_ns
                 self.consecutive_timeouts = 0
                 self.node.get_logger().warning(
                     f'server did not answer {self.max_timeouts} offloads in a row: local '

@@ -214,13 +214,18 @@ class OffloadPlannerNode(Node):
         with self.lock:
             if not self.quality_source.accepts(info):
                 return
+            now_ns = self.now_ns()
             if (msg.server_reachable and self.quality is not None
                     and not self.quality.server_reachable):
                 # The monitor's probe got through again: calls given up during the outage
                 # need not hold offloading back any longer.
                 self.sender.server_seen_again()
+            elif msg.server_reachable and msg.source != 'external':
+                # The server answered the monitor (or a transfer) after this client began to
+                # back off, e.g. a restarted server the monitor never counted unreachable.
+                self.sender.server_answered_at(now_ns - int(msg.estimate_age_s * 1e9))
             self.quality = msg
-            self.quality_ns = self.now_ns()
+            self.quality_ns = now_ns
 
     # ------------------------------------------------------------------ decisions
     def link_state(self, now_ns: int):

@@ -105,7 +105,8 @@ PARAMS = (
     Param('max_consecutive_timeouts', 3,
           'Offloads in a row without an answer before the server is treated as unreachable.',
           minimum=1, maximum=1000, field='max_timeouts'),
-    Param('server_backoff_s', 2.0, 'How long an unresponsive server is not offloaded to.',
+    Param('server_backoff_s', 2.0, 'How long an unresponsive server is not offloaded to '
+          '(ended early when the network monitor reports an answer from the server since).',
           minimum=0.0, maximum=3600.0, field='backoff_ns', convert=s_to_ns),
     Param('late_response_grace_s', 3.0,
           'Wait this long after a deadline for a late response before giving the call up.',
