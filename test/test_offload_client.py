@@ -53,19 +53,38 @@ def test_calls_sent_before_a_back_off_do_not_start_another(offload_client):
     for i in range(6):                   # six calls in flight when the server went away
         send(send_ns=i * 50 * MS, deadline_ns=i * 50 * MS + 300 * MS)
     client.give_up_late(now_ns=460 * MS)            # the first three: back-off starts
-    assert client.backoff_started_ns == 460 * MS
     assert client.give_up_late(now_ns=700 * MS)     # the other three, sent before it
     assert client.backoff_until_ns == 460 * MS + BACKOFF_NS, 'a second back-off began'
     assert client.consecutive_timeouts == 0
 
 
-def test_a_server_answer_after_the_back_off_began_ends_it(offload_client):
+def test_the_server_heard_again_ends_the_back_off_and_its_outage(offload_client):
     client, send = offload_client
-    for i in range(3):
-        send(send_ns=i * 100 * MS, deadline_ns=i * 100 * MS + 300 * MS)
-    client.give_up_late(now_ns=700 * MS)
-    client.server_answered_at(600 * MS)             # before the back-off: no news
-    assert client.backoff_until_ns == 700 * MS + BACKOFF_NS
-    client.server_answered_at(900 * MS)             # the server answered the monitor since
-    assert client.backoff_until_ns == 0
-    assert 'backing off' not in client.unreachable_why(1_000 * MS)
+    for i in range(6):
+        send(send_ns=i * 50 * MS, deadline_ns=i * 50 * MS + 300 * MS)
+    client.give_up_late(now_ns=460 * MS)            # back-off
+    client.server_seen_again(500 * MS)              # the monitor hears the server again
+    assert 'backing off' not in client.unreachable_why(600 * MS)
+    client.give_up_late(now_ns=700 * MS)            # the outage's last calls: no new back-off
+    assert client.backoff_until_ns == 0 and client.consecutive_timeouts == 0
+    for i in range(3):                               # new calls after it that go unanswered
+        send(send_ns=800 * MS + i * MS, deadline_ns=1_100 * MS)
+    client.give_up_late(now_ns=1_200 * MS)
+    assert client.backoff_until_ns == 1_200 * MS + BACKOFF_NS
+
+
+def test_an_answered_later_call_discounts_earlier_unanswered_ones(offload_client):
+    """Give-ups come seconds after the answers of later calls: counting in give-up order would
+    start a back-off although the server answers (e.g. one that had not yet matched the first
+    calls of a restarted client)."""
+    from rclpy.task import Future
+    from cbo_interfaces.srv import Offload
+    client, send = offload_client
+    early = [send(send_ns=i * MS, deadline_ns=300 * MS) for i in range(3)]
+    later = send(send_ns=100 * MS, deadline_ns=400 * MS)
+    answered = Future()
+    answered.set_result(Offload.Response(success=True))
+    client.complete(later, answered, now_ns=150 * MS)
+    assert len(client.give_up_late(now_ns=500 * MS)) == 3
+    assert client.backoff_until_ns == 0 and client.consecutive_timeouts == 0
+    assert all(call.key not in client.pending for call in early)

@@ -64,7 +64,10 @@ class OffloadClient:
         self.round_trips_ms: Deque[float] = collections.deque(maxlen=50)
         self.consecutive_timeouts = 0
         self.backoff_until_ns = 0
-        self.backoff_started_ns = 0
+        # Unanswered calls sent before this time are not counted as timeouts in a row: their
+        # outage is already handled (a back-off began, the server was heard again, or a later
+        # call was answered).
+        self.counted_from_ns = 0
         self.busy = BusyBackoff(max_wait_s=max(backoff_ns / 1e9, 0.1))
 
     def unreachable_why(self, now_ns: int) -> str:
@@ -122,6 +125,7 @@ class OffloadClient:
                               timed_out=now_ns > call.deadline_ns)
         if answered:
             self.consecutive_timeouts = 0
+            self.counted_from_ns = max(self.counted_from_ns, call.send_ns)
             if response.success:
                 self.backoff_until_ns = 0       # it answers again: no need to wait
             self.round_trips_ms.append(round_trip_ms)
@@ -131,15 +135,15 @@ class OffloadClient:
                     throttle_duration_sec=2.0)
         return response, error_text, round_trip_ms
 
-    def server_seen_again(self) -> None:
-        """End a back-off early: the server answered someone (e.g. the monitor's probe)."""
+    def server_seen_again(self, now_ns: int) -> None:
+        """End a back-off early: the server answers again after an outage (monitor's probe).
+
+        Calls sent before now belong to that outage: when they are given up later they do not
+        start another back-off.
+        """
         self.backoff_until_ns = 0
         self.consecutive_timeouts = 0
-
-    def server_answered_at(self, answered_ns: int) -> None:
-        """End a back-off that began before the server was last seen answering."""
-        if self.backoff_until_ns and answered_ns > self.backoff_started_ns:
-            self.server_seen_again()
+        self.counted_from_ns = max(self.counted_from_ns, now_ns)
 
     def give_up_late(self, now_ns: int) -> List[PendingCall]:
         """Give up the calls unanswered ``late_grace_ns`` after their deadline; return them."""
@@ -149,12 +153,12 @@ class OffloadClient:
             self.client.remove_pending_request(call.future)
             self.publish_transfer(call, success=False, round_trip_ms=0.0, server_ms=0.0,
                                   timed_out=True)
-            if call.send_ns < self.backoff_started_ns:
-                continue        # sent before the last back-off began: that outage is counted
+            if call.send_ns < self.counted_from_ns:
+                continue
             self.consecutive_timeouts += 1
             if self.consecutive_timeouts >= self.max_timeouts:
                 self.backoff_until_ns = now_ns + self.backoff_ns
-                self.backoff_started_ns = now_ns
+                self.counted_from_ns = now_ns
                 self.consecutive_timeouts = 0
                 self.node.get_logger().warning(
                     f'server did not answer {self.max_timeouts} offloads in a row: local '
