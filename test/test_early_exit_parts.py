@@ -49,7 +49,8 @@ def test_short_provider_names_resolve_as_for_the_classifier(model):
     assert len(tails.provider_warnings) == 3 - len(wanted)
     blocks = tails.blocks[0]
     tails.tail(blocks, np.zeros(tails.tensor_shape(blocks), np.float32))
-    assert tails._session(blocks, 'tail').get_providers()[0] == wanted[0]
+    # (an onnxruntime-gpu build without TensorRT's libraries may fall back to CUDA at run time)
+    assert tails._session(blocks, 'tail').get_providers()[0] in wanted
 
 
 def test_quantised_tensor_keeps_the_answer(model, frames):

@@ -42,8 +42,7 @@ def test_three_unanswered_calls_start_a_back_off(offload_client):
     assert client.backoff_until_ns == 0
     assert len(client.give_up_late(now_ns=700 * MS)) == 1
     assert client.backoff_until_ns == 700 * MS + BACKOFF_NS
-    assert client.unreachable_why(800 * MS) in (
-        'server unavailable', 'server unresponsive (backing off)')
+    assert client.backoff_until_ns > 800 * MS       # no server here: 'server unavailable'
 
 
 def test_calls_sent_before_a_back_off_do_not_start_another(offload_client):
@@ -64,7 +63,7 @@ def test_the_server_heard_again_ends_the_back_off_and_its_outage(offload_client)
         send(send_ns=i * 50 * MS, deadline_ns=i * 50 * MS + 300 * MS)
     client.give_up_late(now_ns=460 * MS)            # back-off
     client.server_seen_again(500 * MS)              # the monitor hears the server again
-    assert 'backing off' not in client.unreachable_why(600 * MS)
+    assert client.backoff_until_ns == 0
     client.give_up_late(now_ns=700 * MS)            # the outage's last calls: no new back-off
     assert client.backoff_until_ns == 0 and client.consecutive_timeouts == 0
     for i in range(3):                               # new calls after it that go unanswered

@@ -112,7 +112,9 @@ class NetworkEstimator:
         shows that the server is reachable and is a goodput sample.
 
         ``sent``: when the request was sent (same clock as ``now``). A failed one sent before
-        the last success counts as a loss but not towards unreachability. With it, transfers that
+        the last success counts as a loss but not towards unreachability: failures are reported
+        seconds after sending, so while probes are answered, reachability is the probes' verdict
+        (the planner backs off from offloads that go unanswered by itself). With it, transfers that
         overlapped on the link are accounted for: the link is FIFO, so a request sent while
         earlier ones were still on the wire also waited for their remaining bytes; the sample is
         (own bytes + bytes still ahead of it) / its wire time. Without it each transfer is

@@ -46,9 +46,6 @@ from cbo_ros.perception.media import frame_msg_to_rgb
 NS = 1_000_000_000
 RUN_TIME_PARAMETERS = {p.name for p in PARAMS if not p.read_only}
 RECENT_S = 10.0          # misses and drops this recent raise the diagnostic level to WARN
-# The monitor's estimate this old (no answer for three of its default 0.5 s probe periods) and
-# then fresh again: the server is back after an outage, even if never counted unreachable.
-SERVER_SILENT_S = 1.5
 
 
 class OffloadPlannerNode(Node):
@@ -218,14 +215,10 @@ class OffloadPlannerNode(Node):
             if not self.quality_source.accepts(info):
                 return
             now_ns = self.now_ns()
-            if msg.server_reachable and self.quality is not None and (
-                    not self.quality.server_reachable
-                    or (msg.source != 'external'
-                        and self.quality.estimate_age_s > SERVER_SILENT_S
-                        and msg.estimate_age_s < self.quality.estimate_age_s)):
-                # The monitor hears the server again after an outage (it was unreachable, or
-                # silent: e.g. a quickly restarted one): calls given up during the outage need
-                # not hold offloading back any longer.
+            if (msg.server_reachable and self.quality is not None
+                    and not self.quality.server_reachable):
+                # The monitor hears the server again after an outage: calls given up during
+                # the outage need not hold offloading back any longer.
                 self.sender.server_seen_again(now_ns)
             self.quality = msg
             self.quality_ns = now_ns

@@ -106,7 +106,7 @@ PARAMS = (
           'Offloads in a row without an answer before the server is treated as unreachable.',
           minimum=1, maximum=1000, field='max_timeouts'),
     Param('server_backoff_s', 2.0, 'How long an unresponsive server is not offloaded to '
-          '(ended early when the network monitor hears the server again after an outage).',
+          '(ended early when the network monitor reports the server reachable again).',
           minimum=0.0, maximum=3600.0, field='backoff_ns', convert=s_to_ns),
     Param('late_response_grace_s', 3.0,
           'Wait this long after a deadline for a late response before giving the call up.',

@@ -10,8 +10,9 @@ pair. The robot -> server uplink is shaped on the robot end of the veth:
   HTB qdisc with :data:`FAIR_QUEUE_FLOWS` leaf classes, each with its own FIFO and a fair share
   of the rate that it may exceed while the others are idle (HTB serves backlogged classes in
   turn); an nftables output rule hashes each UDP/TCP flow (addresses, protocol, ports) onto
-  one class, as sfq/fq_codel do on most Linux hosts. Flows that hash to the same class share
-  its queue (stochastic, as in sfq);
+  one class, for per-flow fairness as sfq/fq_codel give on most Linux hosts (without CoDel's
+  queue-delay control). Flows that hash to the same class share its queue (stochastic, as in
+  sfq; the hash seed differs per link);
 - loss: an nftables rule ``numgen random mod 10000 < N drop`` on the ingress of the far end, so
   lost packets have already used their share of the link rate, as on a real link;
 - delay (``rtt_ms``): the kernel here has no netem (nor fq/etf), so an added round-trip time
@@ -528,9 +529,8 @@ class ShapedLink:
             classid = f'1:{0x10 + index:x}'
             _run(tc + ['class', verb, 'dev', dev, 'parent', '1:1', 'classid', classid, 'htb',
                        'rate', share, 'ceil', rate, 'quantum', str(self.mtu + 100)] + shaping)
-            if verb == 'add':
-                _run(tc + ['qdisc', 'add', 'dev', dev, 'parent', classid, 'handle',
-                           f'{0x100 + index:x}:', 'bfifo', 'limit', str(limit)])
+            _run(tc + ['qdisc', 'add' if verb == 'add' else 'change', 'dev', dev, 'parent',
+                       classid, 'handle', f'{0x100 + index:x}:', 'bfifo', 'limit', str(limit)])
         self._fair_devs.add(dev)
 
     def _write_flow_hash_tables(self):
