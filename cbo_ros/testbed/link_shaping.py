@@ -534,7 +534,7 @@ class ShapedLink:
         self._fair_devs.add(dev)
 
     def _write_flow_hash_tables(self):
-        """nftables output rules: each flow leaving a shaped end gets its HTB leaf (priority).
+        """Write the output rules that put each flow leaving a shaped end on an HTB leaf.
 
         HTB takes a packet's class from its priority when that names one of its classes. The
         hash runs before IP fragmentation, so a datagram's fragments share its flow's class.
@@ -739,7 +739,7 @@ _ROBOT_DISCOVERY = """<builtin>
 
 
 def _flow_hash_table(table, dev):
-    """An nftables table whose output rule puts each UDP/TCP flow leaving ``dev`` on an HTB leaf."""
+    """Return an nftables table putting each UDP/TCP flow leaving ``dev`` on an HTB leaf."""
     flow = 'ip saddr . ip daddr . meta l4proto . th sport . th dport'
     return (f'table inet {table} {{\n'
             f' chain out {{ type filter hook output priority 0; policy accept;\n'
