@@ -709,6 +709,8 @@ def parse_args(argv):
     parser.add_argument('--verbose', action='store_true')
     parser.add_argument('--json', help='also write the table to this file')
     args = parser.parse_args(argv)
+    if args.link_queue != 'fifo' and not args.link:
+        parser.error('--link-queue needs --link (it sets the queueing of the shaped link)')
     quick = args.quick
     args.frames = args.frames or (1000 if quick else 2000)
     args.flood = args.flood or (1000 if quick else 5000)
